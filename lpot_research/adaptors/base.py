@@ -1,0 +1,73 @@
+"""The framework adaptor interface. One subclass per framework; constructors only store arguments."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lpot_research.errors import DataError
+from lpot_research.space import OpCapability, TuneConfig
+
+
+def count_batches(loader: Iterable[Any], what: str) -> Iterator[Any]:
+    """Iterate a dataloader, raising a clear error if it yields nothing."""
+    n = 0
+    for batch in loader:
+        n += 1
+        yield batch
+    if n == 0:
+        raise DataError(f"the {what} dataloader yielded no batch; give it at least one (inputs, labels) batch")
+
+
+class Adaptor(ABC):
+    """Turns a framework model + a TuneConfig into a real quantized model, and measures it."""
+
+    name: str = "base"
+
+    def prepare(self, model: Any, example_inputs: Any) -> Any:
+        """Bring a user/built-in model into this framework's form (e.g. export). Default: as is."""
+        return model
+
+    @abstractmethod
+    def capabilities(self, model: Any, approach: str, example_inputs: Any) -> list[OpCapability]:
+        """Per-op options this framework supports for `model` (in model order)."""
+
+    @abstractmethod
+    def quantize(self, model: Any, config: TuneConfig, calib_dataloader: Iterable[Any], example_inputs: Any) -> Any:
+        """A new quantized model for `config`; the input model is left untouched."""
+
+    @abstractmethod
+    def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
+        """The first `n` input samples of a dataloader of (inputs, labels), as one batch."""
+
+    @abstractmethod
+    def predict(self, model: Any, inputs: Any) -> Any:
+        """Run the model on one batch of inputs."""
+
+    def evaluate(self, model: Any, dataloader: Iterable[Any], metric: Any) -> float:
+        metric.reset()
+        for inputs, labels in count_batches(dataloader, "evaluation"):
+            metric.update(self.predict(model, inputs), labels)
+        return float(metric.result())
+
+    @abstractmethod
+    def latency_ms(self, model: Any, inputs: Any, warmup: int, iterations: int) -> float:
+        """Median wall time of one inference on `inputs`, after warm-up."""
+
+    @abstractmethod
+    def size_bytes(self, model: Any) -> int:
+        """Bytes of the serialized model."""
+
+    @abstractmethod
+    def footprint_bytes(self, model: Any, inputs: Any) -> int:
+        """Peak memory of loading and running the model once on `inputs`."""
+
+    @abstractmethod
+    def inspect(self, model: Any, inputs: Any, op_names: list[str]) -> dict[str, Any]:
+        """Per-op outputs (as float numpy arrays) of `model` on `inputs`, for the given op names."""
+
+    @abstractmethod
+    def save(self, model: Any, path: Path, example_inputs: Any) -> Path:
+        """Save in the framework's own format, loadable without this package. Returns the file."""

@@ -1,0 +1,276 @@
+"""PyTorch back end on torch.ao FX graph mode quantization (x86 backend).
+
+Ops are the quantizable leaf modules (Conv1d/2d/3d, Linear) found by symbolic tracing, named by their
+module path. Each op is INT8 (static or dynamic), BF16 (the float module run in bfloat16, fast on CPUs
+with AVX512-BF16/AMX) or FP32 (qconfig None). Everything else in the graph stays FP32, so falling an op
+back really removes all quantization error at that op.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import logging
+import statistics
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.ao.quantization import QConfig, QConfigMapping
+from torch.ao.quantization.observer import (
+    HistogramObserver,
+    MinMaxObserver,
+    PerChannelMinMaxObserver,
+    PlaceholderObserver,
+)
+
+from lpot_research.adaptors.base import Adaptor, count_batches
+from lpot_research.adaptors.torch_observers import KLHistogramObserver
+from lpot_research.objectives import peak_rss_increase
+from lpot_research.space import OpCapability, OpChoice, TuneConfig
+
+log = logging.getLogger(__name__)
+
+# FX graph mode prints a DeprecationWarning on every call in torch 2.13; it still is the supported
+# eager-CPU INT8 path (PT2E needs torch.compile to be fast, see the README).
+warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated.*")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\.quantization")
+warnings.filterwarnings("ignore", message=".*TorchScript.*deprecated.*")
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+DYNAMIC_QUANTIZABLE = (nn.Linear,)
+ACT_OBSERVERS = {"minmax": MinMaxObserver, "kl": KLHistogramObserver, "histogram": HistogramObserver}
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_supported() -> bool:
+    """BF16 is offered as a fallback only where the CPU computes it natively (otherwise it is
+    emulated and slower than FP32)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and torch.backends.mkldnn.is_available()
+
+
+def _reduce_range() -> bool:
+    # Without VNNI, x86 int8 kernels can overflow 16-bit accumulators at full range.
+    return not ({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
+def as_tuple(inputs: Any) -> tuple[Any, ...]:
+    return tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
+
+
+def batch_size_of(inputs: Any) -> int:
+    return int(as_tuple(inputs)[0].shape[0])
+
+
+def slice_batch(inputs: Any, n: int) -> Any:
+    if isinstance(inputs, list | tuple):
+        return type(inputs)(x[:n] for x in inputs)
+    return inputs[:n]
+
+
+class BF16Module(nn.Module):
+    """Runs a float module in bfloat16: FP32 in, FP32 out."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(torch.bfloat16)).to(torch.float32)
+
+
+class PyTorchAdaptor(Adaptor):
+    name = "pytorch"
+
+    def __init__(self, backend: str = "x86", threads: int | None = None) -> None:
+        self.backend = backend
+        self.threads = threads
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        if self.backend not in torch.backends.quantized.supported_engines:
+            from lpot_research.errors import ConfigError
+
+            raise ConfigError(f"framework.backend={self.backend!r} is not available; valid choices: "
+                              f"{[e for e in torch.backends.quantized.supported_engines if e != 'none']}")
+        torch.backends.quantized.engine = self.backend
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+
+    def prepare(self, model: Any, example_inputs: Any) -> Any:
+        self._setup()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"framework=pytorch needs a torch.nn.Module, got {type(model).__name__}")
+        return model.eval()
+
+    def capabilities(self, model: nn.Module, approach: str, example_inputs: Any) -> list[OpCapability]:
+        from torch.fx import symbolic_trace
+
+        try:
+            graph = symbolic_trace(model).graph
+        except Exception as e:  # noqa: BLE001 - surfaced with the reason
+            raise TypeError(f"the model cannot be traced by torch.fx ({type(e).__name__}: {e}); FX graph mode "
+                            "quantization needs a symbolically traceable model") from e
+        modules = dict(model.named_modules())
+        fallback = ("bf16", "fp32") if bf16_supported() else ("fp32",)
+        weight = {"dtype": ("int8",), "scheme": ("sym", "asym"), "granularity": ("per_channel", "per_tensor"),
+                  "algorithm": ("minmax",)}
+        act = {"dtype": ("uint8",), "scheme": ("asym", "sym"), "granularity": ("per_tensor",),
+               "algorithm": ("minmax", "kl", "histogram")}
+        # Asymmetric per-channel weights are 3-4x slower in FX and histogram ~ kl: opt-in only.
+        defaults = {"weight": {"scheme": ("sym",)}, "activation": {"algorithm": ("minmax", "kl")}}
+        caps, seen = [], set()
+        for node in graph.nodes:
+            if node.op != "call_module" or node.target in seen:
+                continue
+            mod = modules.get(node.target)
+            if not isinstance(mod, QUANTIZABLE):
+                continue
+            seen.add(node.target)
+            if approach == "post_training_dynamic_quant":
+                dyn = isinstance(mod, DYNAMIC_QUANTIZABLE)
+                caps.append(OpCapability(node.target, type(mod).__name__, weight if dyn else None, None, fallback,
+                                         quantizable=dyn, defaults=defaults))
+            else:
+                caps.append(OpCapability(node.target, type(mod).__name__, weight, act, fallback, defaults=defaults))
+        return caps
+
+    # ------------------------------------------------------------------ quantization
+    @staticmethod
+    @functools.cache
+    def qconfig(choice: OpChoice) -> QConfig:
+        w = choice.weight
+        assert w is not None
+        per_channel = w.granularity == "per_channel"
+        if per_channel:
+            qscheme = torch.per_channel_symmetric if w.scheme == "sym" else torch.per_channel_affine
+            wobs = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=qscheme)
+        else:
+            qscheme = torch.per_tensor_symmetric if w.scheme == "sym" else torch.per_tensor_affine
+            wobs = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=qscheme)
+        a = choice.activation
+        if a is None:  # dynamic: activations quantized per batch at run time
+            aobs = PlaceholderObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True)
+        else:
+            aqs = torch.per_tensor_symmetric if a.scheme == "sym" else torch.per_tensor_affine
+            aobs = ACT_OBSERVERS[a.algorithm].with_args(dtype=torch.quint8, qscheme=aqs, reduce_range=_reduce_range())
+        return QConfig(activation=aobs, weight=wobs)
+
+    def quantize(self, model: nn.Module, config: TuneConfig, calib_dataloader: Iterable[Any],
+                 example_inputs: Any) -> nn.Module:
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        self._setup()
+        m = copy.deepcopy(model).eval()
+        qmap = QConfigMapping()  # global None: only the tuned ops are quantized
+        for name, choice in config.ops:
+            qmap.set_module_name(name, self.qconfig(choice) if choice.quantized else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepared = prepare_fx(m, qmap, as_tuple(example_inputs))
+            if config.approach == "post_training_static_quant":
+                self._calibrate(prepared, calib_dataloader, config.sampling_size)
+            converted = convert_fx(prepared)
+        for name, choice in config.ops:
+            if choice.dtype == "bf16":
+                converted.set_submodule(name, BF16Module(converted.get_submodule(name)))
+        return converted
+
+    @torch.inference_mode()
+    def _calibrate(self, prepared: nn.Module, loader: Iterable[Any], sampling_size: int) -> None:
+        seen = 0
+        for inputs, _ in count_batches(loader, "calibration"):
+            take = min(batch_size_of(inputs), sampling_size - seen)
+            prepared(*as_tuple(slice_batch(inputs, take)))
+            seen += take
+            if seen >= sampling_size:
+                break
+        if seen < sampling_size:
+            log.debug("calibration: the dataloader gave %d samples, fewer than sampling_size=%d", seen,
+                      sampling_size)
+
+    # ------------------------------------------------------------------ running and measuring
+    @torch.inference_mode()
+    def predict(self, model: nn.Module, inputs: Any) -> Any:
+        return model(*as_tuple(inputs))
+
+    @torch.inference_mode()
+    def latency_ms(self, model: nn.Module, inputs: Any, warmup: int, iterations: int) -> float:
+        args = as_tuple(inputs)
+        for _ in range(warmup):
+            model(*args)
+        times = []
+        for _ in range(max(1, iterations)):
+            t0 = time.perf_counter()
+            model(*args)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+    def size_bytes(self, model: nn.Module) -> int:
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        return buf.tell()
+
+    def footprint_bytes(self, model: nn.Module, inputs: Any) -> int:
+        return peak_rss_increase(lambda: self.predict(copy.deepcopy(model), inputs))
+
+    @torch.inference_mode()
+    def inspect(self, model: nn.Module, inputs: Any, op_names: list[str]) -> dict[str, np.ndarray]:
+        modules = dict(model.named_modules())
+        missing = [n for n in op_names if n not in modules]
+        if missing:
+            raise KeyError(f"no module named {missing[0]!r} in the model; valid names: {list(op_names)}")
+        outputs: dict[str, np.ndarray] = {}
+        hooks = []
+        for name in op_names:
+            def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+                t = out.dequantize() if getattr(out, "is_quantized", False) else out
+                outputs[name] = t.detach().float().cpu().numpy()
+            hooks.append(modules[name].register_forward_hook(hook))
+        try:
+            model(*as_tuple(inputs))
+        finally:
+            for h in hooks:
+                h.remove()
+        return outputs
+
+    def save(self, model: nn.Module, path: Path, example_inputs: Any) -> Path:
+        """TorchScript: loads with plain `torch.jit.load`, no Python class of this package needed."""
+        out = Path(path).with_suffix(".pt")
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.trace(model, as_tuple(example_inputs), check_trace=False)
+            torch.jit.save(scripted, str(out))
+        return out
+
+    def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
+        """The first `n` input samples of a dataloader of (inputs, labels), as one batch."""
+        parts: list[Any] = []
+        seen = 0
+        for inputs, _ in count_batches(loader, what):
+            take = min(batch_size_of(inputs), n - seen)
+            parts.append(slice_batch(inputs, take))
+            seen += take
+            if seen >= n:
+                break
+        if isinstance(parts[0], list | tuple):
+            return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+        return torch.cat(parts)
+

@@ -1,0 +1,167 @@
+"""The Python API: `lpot_research.tune(model, calib_dataloader, ...)`. The Hydra entry calls it too."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lpot_research.adaptors import FRAMEWORKS, make_adaptor
+from lpot_research.adaptors.base import Adaptor
+from lpot_research.criterion import AccuracyCriterion
+from lpot_research.errors import ConfigError
+from lpot_research.metrics import TopK
+from lpot_research.objectives import OBJECTIVES, Benchmark, Objective
+from lpot_research.space import stable_hash
+from lpot_research.strategies import BUILTIN as STRATEGIES
+from lpot_research.strategies import Strategy, make_strategy
+from lpot_research.tuner import ExitPolicy, QuantizationSettings, Tuner, TuneResult
+
+log = logging.getLogger("lpot_research")
+
+CONFIG_KEYS = ("quantization", "accuracy_criterion", "objective", "exit_policy", "random_seed", "benchmark",
+               "threads")
+
+
+def _mapping(x: Any) -> dict[str, Any]:
+    if x is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(x, DictConfig):
+            return OmegaConf.to_container(x, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a core dependency
+        pass
+    if isinstance(x, str | Path):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(x), resolve=True)  # type: ignore[return-value]
+    return dict(x)
+
+
+def _describe(obj: Any) -> dict[str, Any]:
+    """A stable description of a component (class + public constructor arguments) for run keys."""
+    state = {k: repr(v) for k, v in sorted(vars(obj).items()) if not k.startswith("_")}
+    return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", **state}
+
+
+def tune(
+    model: Any,
+    calib_dataloader: Iterable[Any],
+    eval_dataloader: Iterable[Any] | None = None,
+    metric: Any = None,
+    eval_func: Callable[[Any], float] | None = None,
+    config: Mapping[str, Any] | str | Path | None = None,
+    *,
+    framework: str | Adaptor = "pytorch",
+    strategy: str | Strategy = "basic",
+    accuracy_criterion: AccuracyCriterion | Mapping[str, Any] | None = None,
+    objective: str | Objective | None = None,
+    exit_policy: ExitPolicy | Mapping[str, Any] | None = None,
+    output_dir: str | Path | None = None,
+    example_inputs: Any = None,
+    model_name: str = "model",
+    bench_batch_size: int | None = None,
+) -> TuneResult:
+    """Tune `model` until a quantized version meets the accuracy criterion.
+
+    Accuracy comes from `eval_func(model) -> float`, or from `metric` over `eval_dataloader` (batches of
+    (inputs, labels); the metric defaults to top-1). `config` holds the same tuning keys as
+    conf/tune.yaml (quantization, accuracy_criterion, objective, exit_policy, random_seed, benchmark,
+    threads); explicit keyword arguments win over it. Re-running with the same `output_dir` resumes.
+    """
+    cfg = _mapping(config)
+    bad = [k for k in cfg if k not in CONFIG_KEYS]
+    if bad:
+        raise ConfigError(f"config key {bad[0]!r} is not known; valid keys: {list(CONFIG_KEYS)}")
+    seed = int(cfg.get("random_seed", 9527))
+    threads = cfg.get("threads")
+
+    if isinstance(framework, str):
+        adaptor = make_adaptor(framework, threads=threads)
+    elif isinstance(framework, Adaptor):
+        adaptor = framework
+    else:
+        raise ConfigError(f"framework={framework!r} must be a name ({', '.join(FRAMEWORKS)}) or an Adaptor")
+    if isinstance(strategy, str):
+        strat = make_strategy(strategy, seed=seed)
+    elif isinstance(strategy, Strategy):
+        strat = strategy
+    else:
+        raise ConfigError(f"strategy={strategy!r} must be a name ({', '.join(STRATEGIES)}) or a Strategy")
+
+    crit = accuracy_criterion if accuracy_criterion is not None else cfg.get("accuracy_criterion")
+    if not isinstance(crit, AccuracyCriterion):
+        crit_d = _mapping(crit)
+        crit_d.pop("_target_", None)
+        crit = AccuracyCriterion(**crit_d)
+
+    obj = objective if objective is not None else cfg.get("objective", "performance")
+    if isinstance(obj, Mapping):
+        obj = obj.get("name", "performance")
+    if isinstance(obj, str):
+        if obj not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {obj!r}; valid objectives: {', '.join(OBJECTIVES)}")
+        obj = OBJECTIVES[obj]()
+    if not isinstance(obj, Objective):
+        raise ConfigError(f"objective={obj!r} must be a name ({', '.join(OBJECTIVES)}) or an Objective")
+
+    ex = exit_policy if exit_policy is not None else cfg.get("exit_policy")
+    if not isinstance(ex, ExitPolicy):
+        ex_d = _mapping(ex)
+        ex_d.pop("_target_", None)
+        ex = ExitPolicy(**ex_d)
+
+    q = QuantizationSettings.from_mapping(cfg.get("quantization"))
+    bench_d = _mapping(cfg.get("benchmark"))
+    if bench_batch_size is not None and bench_d.get("batch_size") is None:
+        bench_d["batch_size"] = bench_batch_size
+    bench = Benchmark(**{k: v for k, v in bench_d.items() if v is not None})
+
+    if eval_func is None and eval_dataloader is None:
+        raise ConfigError("give either eval_func(model) -> float or an eval_dataloader (with a metric)")
+    if eval_func is not None:
+        if not callable(eval_func):
+            raise ConfigError(f"eval_func={eval_func!r} is not callable")
+
+        def evaluate(m: Any) -> float:
+            return eval_func(m)
+    else:
+        metric = metric if metric is not None else TopK(1)
+
+        def evaluate(m: Any) -> float:
+            return adaptor.evaluate(m, eval_dataloader, metric)
+
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+    first = adaptor.take_inputs(calib_dataloader, 1, "calibration")  # also fails clearly on an empty dataloader
+    if example_inputs is None:
+        example_inputs = first
+    prepared = adaptor.prepare(model, example_inputs)
+    bench_inputs = adaptor.take_inputs(eval_dataloader if eval_dataloader is not None else calib_dataloader,
+                                       bench.batch_size)
+
+    out = Path(output_dir) if output_dir is not None else Path("lpot_outputs") / time.strftime("%Y%m%d-%H%M%S")
+    names = {"strategy": strat.name, "framework": adaptor.name, "model": model_name}
+    run_key = stable_hash({
+        "names": names,
+        "adaptor": _describe(adaptor),
+        "strategy": _describe(strat),
+        "quantization": vars(q),
+        "criterion": vars(crit),
+        "objective": obj.name,
+        "seed": seed,
+    })
+    tuner = Tuner(
+        adaptor=adaptor, strategy=strat, model=prepared, calib_dataloader=calib_dataloader, evaluate=evaluate,
+        criterion=crit, objective=obj, exit_policy=ex, quantization=q, bench=bench, bench_inputs=bench_inputs,
+        example_inputs=example_inputs, output_dir=out, run_key=run_key, names=names,
+    )
+    return tuner.run()

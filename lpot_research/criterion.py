@@ -1,0 +1,56 @@
+"""Accuracy criterion: one rule, used everywhere (`passes` is the only comparison)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lpot_research.errors import ConfigError
+
+KINDS = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class AccuracyCriterion:
+    """relative: pass iff acc >= base - |base|*tol (higher is better) or acc <= base + |base|*tol;
+    absolute: pass iff acc >= base - tol (higher is better) or acc <= base + tol.
+
+    Inclusive on both kinds and both directions: meeting the threshold exactly passes.
+    """
+
+    kind: str = "relative"
+    tolerance: float = 0.01
+    higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"accuracy_criterion.kind={self.kind!r} is unknown; valid choices: {list(KINDS)}")
+        tol = float(self.tolerance)
+        if not math.isfinite(tol) or tol < 0:
+            raise ConfigError(f"accuracy_criterion.tolerance={self.tolerance!r} must be a finite number >= 0")
+        if self.kind == "relative" and tol >= 1:
+            raise ConfigError(
+                f"accuracy_criterion.tolerance={self.tolerance!r} is a fraction for kind=relative "
+                "(0.01 = 1%); use a value below 1 or kind=absolute"
+            )
+
+    def threshold(self, baseline: float) -> float:
+        margin = abs(baseline) * self.tolerance if self.kind == "relative" else self.tolerance
+        return baseline - margin if self.higher_is_better else baseline + margin
+
+    def passes(self, accuracy: float | None, baseline: float) -> bool:
+        if accuracy is None or not math.isfinite(accuracy):
+            return False
+        t = self.threshold(baseline)
+        # A tiny epsilon so that e.g. 0.99 vs 1.0*(1-0.01) is not lost to float rounding.
+        eps = 1e-12 * max(1.0, abs(t))
+        return accuracy >= t - eps if self.higher_is_better else accuracy <= t + eps
+
+    def better(self, a: float, b: float) -> bool:
+        """Is accuracy a strictly better than b in this metric's direction?"""
+        return a > b if self.higher_is_better else a < b
+
+    def describe(self) -> str:
+        tol = f"{self.tolerance:.2%}" if self.kind == "relative" else f"{self.tolerance:g}"
+        direction = "higher is better" if self.higher_is_better else "lower is better"
+        return f"{self.kind} {tol} ({direction})"

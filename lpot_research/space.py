@@ -1,0 +1,390 @@
+"""The tuning space: what each op may become, and whole-model tuning configurations.
+
+Data only. An adaptor reports per-op capabilities (`OpCapability`); the user narrows them with
+`model_wise` and `op_wise` constraints; `build_space` intersects the three into a `TuningSpace` whose
+points are `TuneConfig`s (one `OpChoice` per op plus the global dimensions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lpot_research.errors import ConfigError
+
+QUANT_DTYPES = ("int8", "uint8")
+FALLBACK_DTYPES = ("bf16", "fp32")  # order = fallback preference: bf16 keeps more speed than fp32
+TENSOR_KEYS = ("dtype", "scheme", "granularity", "algorithm")
+APPROACHES = ("post_training_static_quant", "post_training_dynamic_quant")
+
+
+@dataclass(frozen=True)
+class QSpec:
+    """How one tensor (weight or activation) of an op is quantized."""
+
+    dtype: str  # int8 | uint8
+    scheme: str  # sym | asym
+    granularity: str  # per_tensor | per_channel
+    algorithm: str  # minmax | kl | histogram | dynamic
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in TENSOR_KEYS}
+
+
+@dataclass(frozen=True)
+class OpChoice:
+    """The precision of one op: quantized (with weight/activation specs), bf16 or fp32."""
+
+    dtype: str  # "int8" for quantized, else "bf16" | "fp32"
+    weight: QSpec | None = None
+    activation: QSpec | None = None  # None for quantized ops = dynamic quantization
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype not in FALLBACK_DTYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"dtype": self.dtype}
+        if self.weight is not None:
+            d["weight"] = self.weight.to_dict()
+        if self.activation is not None:
+            d["activation"] = self.activation.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OpChoice:
+        w, a = d.get("weight"), d.get("activation")
+        return cls(d["dtype"], QSpec(**w) if w else None, QSpec(**a) if a else None)
+
+    def short(self) -> str:
+        if not self.quantized:
+            return self.dtype
+        parts = []
+        if self.weight:
+            w = self.weight
+            parts.append(f"w:{w.scheme}/{'pc' if w.granularity == 'per_channel' else 'pt'}/{w.algorithm}")
+        if self.activation:
+            a = self.activation
+            parts.append(f"a:{a.dtype}/{a.scheme}/{a.algorithm}")
+        else:
+            parts.append("a:dynamic")
+        return "int8(" + ",".join(parts) + ")"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """One point of the tuning space: a choice per op plus the global dimensions.
+
+    `note` is a human description of how a strategy got here; it is not part of identity.
+    """
+
+    approach: str
+    sampling_size: int
+    ops: tuple[tuple[str, OpChoice], ...]
+    note: str = field(default="", compare=False, hash=False)
+
+    def op(self, name: str) -> OpChoice:
+        for n, c in self.ops:
+            if n == name:
+                return c
+        raise KeyError(name)
+
+    def with_ops(self, changes: Mapping[str, OpChoice], note: str = "") -> TuneConfig:
+        ops = tuple((n, changes.get(n, c)) for n, c in self.ops)
+        return TuneConfig(self.approach, self.sampling_size, ops, note)
+
+    def with_note(self, note: str) -> TuneConfig:
+        return TuneConfig(self.approach, self.sampling_size, self.ops, note)
+
+    @property
+    def fallback_ops(self) -> dict[str, str]:
+        return {n: c.dtype for n, c in self.ops if not c.quantized}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "approach": self.approach,
+            "sampling_size": self.sampling_size,
+            "ops": {n: c.to_dict() for n, c in self.ops},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], note: str = "") -> TuneConfig:
+        ops = tuple((n, OpChoice.from_dict(c)) for n, c in d["ops"].items())
+        return cls(d["approach"], int(d["sampling_size"]), ops, note)
+
+    @property
+    def id(self) -> str:
+        return config_id(self.to_dict())
+
+    def diff(self, other: TuneConfig) -> str:
+        """What changed from `other` to self, in a few words."""
+        parts = []
+        if self.sampling_size != other.sampling_size:
+            parts.append(f"sampling_size {other.sampling_size}->{self.sampling_size}")
+        changed = [(n, c) for (n, c), (_, o) in zip(self.ops, other.ops) if c != o]
+        for n, c in changed[:3]:
+            parts.append(f"{n}->{c.short()}")
+        if len(changed) > 3:
+            parts.append(f"+{len(changed) - 3} ops")
+        return ", ".join(parts) or "same"
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def config_id(config_dict: Mapping[str, Any]) -> str:
+    """A stable hash of a full tuning configuration (same config -> same id, across processes)."""
+    return stable_hash(config_dict)
+
+
+@dataclass(frozen=True)
+class OpCapability:
+    """What the framework can do with one op. Each tuple is ordered, recommended value first.
+
+    `weight`/`activation` map a tensor key (dtype/scheme/granularity/algorithm) to the allowed values,
+    or are None when the op has no such tensor to quantize (e.g. dynamic activations).
+    `defaults` narrows a key to the values tried when the user does not constrain it (e.g. asymmetric
+    per-channel weights are supported but slow in FX, so they are opt-in).
+    """
+
+    name: str
+    type: str
+    weight: Mapping[str, tuple[str, ...]] | None
+    activation: Mapping[str, tuple[str, ...]] | None
+    fallback: tuple[str, ...] = FALLBACK_DTYPES
+    quantizable: bool = True
+    defaults: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+
+
+def _as_list(v: Any) -> list[Any] | None:
+    if v is None:
+        return None
+    if isinstance(v, str | int | float):
+        return [v]
+    return list(v)
+
+
+@dataclass(frozen=True)
+class TuningSpace:
+    """The intersection of capabilities and constraints: per-op options plus global dimensions."""
+
+    approach: str
+    sampling_sizes: tuple[int, ...]
+    options: tuple[tuple[str, tuple[OpChoice, ...]], ...]  # per op, in model order
+    op_types: Mapping[str, str]
+
+    @property
+    def op_names(self) -> list[str]:
+        return [n for n, _ in self.options]
+
+    def op_options(self, name: str) -> tuple[OpChoice, ...]:
+        for n, opts in self.options:
+            if n == name:
+                return opts
+        raise KeyError(name)
+
+    @property
+    def size(self) -> int:
+        n = len(self.sampling_sizes)
+        for _, opts in self.options:
+            n *= len(opts)
+        return n
+
+    def quantized_size(self) -> int:
+        """Size of the space restricted to quantized choices (what `exhaustive` walks)."""
+        n = len(self.sampling_sizes)
+        for _, opts in self.options:
+            n *= max(1, sum(o.quantized for o in opts))
+        return n
+
+    def contains(self, cfg: TuneConfig) -> bool:
+        if cfg.approach != self.approach or cfg.sampling_size not in self.sampling_sizes:
+            return False
+        if [n for n, _ in cfg.ops] != self.op_names:
+            return False
+        return all(c in opts for (_, c), (_, opts) in zip(cfg.ops, self.options))
+
+    def model_wise_configs(self) -> list[TuneConfig]:
+        """Stage-1 configurations: every global combination of quantization settings, applied to
+        every op that supports it (others keep their first quantized option), deduplicated, in a
+        deterministic order (recommended values first)."""
+        combos: list[tuple[QSpec | None, QSpec | None]] = []
+        seen_w: list[QSpec | None] = []
+        seen_a: list[QSpec | None] = []
+        for _, opts in self.options:
+            for o in opts:
+                if o.quantized:
+                    if o.weight not in seen_w:
+                        seen_w.append(o.weight)
+                    if o.activation not in seen_a:
+                        seen_a.append(o.activation)
+        combos = list(itertools.product(seen_w or [None], seen_a or [None]))
+        configs: list[TuneConfig] = []
+        seen: set[str] = set()
+        for ss in self.sampling_sizes:
+            for w, a in combos:
+                ops = []
+                for name, opts in self.options:
+                    q = [o for o in opts if o.quantized]
+                    if not q:
+                        ops.append((name, opts[0]))
+                        continue
+                    pick = next((o for o in q if o.weight == w and o.activation == a), None)
+                    if pick is None:  # op lacks weights or this combination: best partial match
+                        pick = next((o for o in q if o.activation == a), None) or next(
+                            (o for o in q if o.weight == w), q[0]
+                        )
+                    ops.append((name, pick))
+                note = "model-wise " + ", ".join(
+                    s for s in (
+                        f"w:{w.scheme}/{w.granularity}/{w.algorithm}" if w else "",
+                        f"a:{a.scheme}/{a.algorithm}" if a else "a:dynamic",
+                        f"n={ss}" if len(self.sampling_sizes) > 1 else "",
+                    ) if s
+                )
+                cfg = TuneConfig(self.approach, ss, tuple(ops), note)
+                if cfg.id not in seen:
+                    seen.add(cfg.id)
+                    configs.append(cfg)
+        return configs
+
+
+def _tensor_values(
+    op: OpCapability, tensor: str, key: str, *constraints: Mapping[str, Any] | None
+) -> list[str]:
+    """Allowed values of one tensor key for one op: capability ∩ constraints (or the op's
+    recommended defaults when nobody constrains the key). Raises on values outside the capability."""
+    cap = getattr(op, tensor)
+    if cap is None:
+        return []
+    allowed = list(cap[key])
+    explicit = False
+    for c in constraints:
+        vals = _as_list((c or {}).get(tensor, {}).get(key)) if c else None
+        if vals is None:
+            continue
+        explicit = True
+        vals = [str(v) for v in vals if str(v) not in FALLBACK_DTYPES]
+        if key == "dtype" and not vals:
+            allowed = []
+            continue
+        bad = [v for v in vals if v not in cap[key]]
+        if bad:
+            raise ConfigError(
+                f"{tensor}.{key}={bad[0]!r} is not supported for op {op.name!r} ({op.type}); "
+                f"valid choices: {list(cap[key])}"
+            )
+        allowed = [v for v in allowed if v in vals]
+    if not explicit and key in op.defaults.get(tensor, {}):
+        allowed = [v for v in allowed if v in op.defaults[tensor][key]]
+    return allowed
+
+
+def _fallbacks(op: OpCapability, *constraints: Mapping[str, Any] | None) -> list[str]:
+    allowed = list(op.fallback)
+    for c in constraints:
+        if not c:
+            continue
+        for tensor in ("weight", "activation"):
+            vals = _as_list((c.get(tensor) or {}).get("dtype"))
+            if vals is None:
+                continue
+            vals = [str(v) for v in vals]
+            bad = [v for v in vals if v not in (*QUANT_DTYPES, *FALLBACK_DTYPES)]
+            if bad:
+                raise ConfigError(
+                    f"{tensor}.dtype={bad[0]!r} is not a known dtype for op {op.name!r}; "
+                    f"valid choices: {[*QUANT_DTYPES, *FALLBACK_DTYPES]}"
+                )
+            for v in vals:
+                if v in FALLBACK_DTYPES and v not in op.fallback:
+                    raise ConfigError(
+                        f"{tensor}.dtype={v!r} is not supported for op {op.name!r} on this "
+                        f"machine/framework; valid choices: {[*QUANT_DTYPES, *op.fallback]}"
+                    )
+            allowed = [v for v in allowed if v in vals]
+    return allowed
+
+
+def _check_keys(where: str, c: Mapping[str, Any] | None) -> None:
+    if not c:
+        return
+    for tensor, spec in c.items():
+        if tensor not in ("weight", "activation"):
+            raise ConfigError(f"{where}: unknown key {tensor!r}; valid keys: ['weight', 'activation']")
+        for key in spec or {}:
+            if key not in TENSOR_KEYS:
+                raise ConfigError(f"{where}.{tensor}: unknown key {key!r}; valid keys: {list(TENSOR_KEYS)}")
+
+
+def match_op_wise(op_names: Iterable[str], op_wise: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    """Map each op to its op_wise constraint. Keys are exact op names or regular expressions
+    (full match); an exact name wins over a pattern. A key matching no op is an error."""
+    names = list(op_names)
+    result: dict[str, Mapping[str, Any]] = {}
+    for key, spec in (op_wise or {}).items():
+        _check_keys(f"op_wise[{key!r}]", spec)
+        if key in names:
+            result[key] = spec
+            continue
+        try:
+            pat = re.compile(key)
+        except re.error as e:
+            raise ConfigError(f"op_wise key {key!r} is neither an op name nor a valid regex ({e}); "
+                              f"valid op names: {names}") from None
+        hits = [n for n in names if pat.fullmatch(n)]
+        if not hits:
+            raise ConfigError(f"op_wise key {key!r} matches no op; valid op names: {names}")
+        for n in hits:
+            result.setdefault(n, spec)
+    return result
+
+
+def build_space(
+    capabilities: list[OpCapability],
+    approach: str,
+    sampling_size: int | list[int],
+    model_wise: Mapping[str, Any] | None = None,
+    op_wise: Mapping[str, Any] | None = None,
+) -> TuningSpace:
+    """Capabilities ∩ model_wise ∩ op_wise. Every bad value raises a ConfigError naming it."""
+    if approach not in APPROACHES:
+        raise ConfigError(f"quantization.approach={approach!r} is unknown; valid choices: {list(APPROACHES)}")
+    sizes = _as_list(sampling_size) or []
+    if not sizes or any(not isinstance(s, int) or isinstance(s, bool) or s <= 0 for s in sizes):
+        raise ConfigError(
+            f"quantization.calibration.sampling_size={sampling_size!r} must be a positive int or a list of them"
+        )
+    if not capabilities:
+        raise ConfigError("the model has no op that this framework can quantize")
+    _check_keys("model_wise", model_wise)
+    per_op = match_op_wise([c.name for c in capabilities], op_wise)
+    options = []
+    for op in capabilities:
+        ow = per_op.get(op.name)
+        cons = (model_wise, ow)
+        choices: list[OpChoice] = []
+        if op.quantizable:
+            w_vals = {k: _tensor_values(op, "weight", k, *cons) for k in TENSOR_KEYS}
+            a_vals = {k: _tensor_values(op, "activation", k, *cons) for k in TENSOR_KEYS}
+            ws = [QSpec(*v) for v in itertools.product(*(w_vals[k] for k in TENSOR_KEYS))] if op.weight else [None]
+            acts = (
+                [QSpec(*v) for v in itertools.product(*(a_vals[k] for k in TENSOR_KEYS))] if op.activation else [None]
+            )
+            choices = [OpChoice("int8", w, a) for a in acts for w in ws]
+        choices += [OpChoice(d) for d in _fallbacks(op, *cons)]
+        if not choices:
+            raise ConfigError(
+                f"op {op.name!r} ({op.type}) has no option left after model_wise/op_wise constraints "
+                f"(capability: weight={dict(op.weight or {})}, activation={dict(op.activation or {})}, "
+                f"fallback={list(op.fallback)})"
+            )
+        options.append((op.name, tuple(choices)))
+    return TuningSpace(approach, tuple(dict.fromkeys(sizes)), tuple(options), {c.name: c.type for c in capabilities})

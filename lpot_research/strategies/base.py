@@ -1,0 +1,87 @@
+"""The strategy protocol.
+
+A strategy is a generator: it yields the next `TuneConfig` to try and receives that config's
+`Result` back (`result = yield config`). It keeps no state but what it derives from the results it
+is sent, owns its RNG (seeded), and returns when it has nothing left to propose. The tuner answers
+configs that were already evaluated from its records without spending a trial, and enforces the exit
+policy, so a strategy never needs to track trials, time or duplicates itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lpot_research.criterion import AccuracyCriterion
+from lpot_research.space import TuneConfig, TuningSpace
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a strategy learns about one configuration."""
+
+    config: TuneConfig
+    ok: bool  # False when quantization or evaluation failed
+    accuracy: float | None
+    objective: float | None
+    passed: bool
+    trial: int
+
+
+@dataclass
+class StrategyContext:
+    space: TuningSpace
+    criterion: AccuracyCriterion
+    baseline_accuracy: float
+    # Per-op output error of a quantized config vs FP32 ({op: mse}); used by the mse strategy.
+    op_errors: Callable[[TuneConfig], dict[str, float]] | None = None
+
+
+Proposals = Generator[TuneConfig, Result, None]
+
+
+def rank_key(r: Result, higher_is_better: bool = True) -> tuple[Any, ...]:
+    """Sort key, best first: passing before failing-the-criterion before errored; among passing the
+    lower objective wins (then higher accuracy); otherwise the better accuracy wins."""
+    acc = r.accuracy if r.accuracy is not None else float("-inf") if higher_is_better else float("inf")
+    signed = -acc if higher_is_better else acc
+    obj = r.objective if r.objective is not None else float("inf")
+    if not r.ok:
+        return (2, 0.0, 0.0, r.trial)
+    if r.passed:
+        return (0, obj, signed, r.trial)
+    return (1, signed, obj, r.trial)
+
+
+def select_best(results: Iterable[Result], higher_is_better: bool = True) -> Result | None:
+    ok = [r for r in results if r.ok]
+    return min(ok, key=lambda r: rank_key(r, higher_is_better)) if ok else None
+
+
+class Strategy:
+    """Base class. Subclasses implement `proposals`; users subclass it in their own modules and
+    point a config's `_target_` at the subclass."""
+
+    name = "base"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:  # user subclasses are named after their class
+            cls.name = cls.__name__
+
+    def __init__(self, seed: int = 9527, **options: Any) -> None:
+        self.seed = int(seed)
+        self.options = options
+
+    def rng(self) -> np.random.Generator:
+        """A fresh generator per run: the same seed gives the same sequence, in any process."""
+        return np.random.default_rng(self.seed)
+
+    def proposals(self, ctx: StrategyContext) -> Proposals:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed})"

@@ -1,0 +1,408 @@
+"""The tuning loop: FP32 baseline once, then strategy proposals until the exit policy says stop.
+
+Every finished trial is appended to history.jsonl before the next one starts; a resumed run replays
+the strategy against those records, so no finished trial is evaluated twice and the same seed gives
+the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lpot_research.adaptors.base import Adaptor
+from lpot_research.criterion import AccuracyCriterion
+from lpot_research.errors import ConfigError, DataError, LpotError
+from lpot_research.history import History, TrialRecord
+from lpot_research.objectives import Benchmark, Objective
+from lpot_research.space import TuneConfig, TuningSpace, build_space
+from lpot_research.strategies.base import Result, Strategy, StrategyContext, select_best
+
+log = logging.getLogger("lpot_research")
+
+MAX_CONSECUTIVE_REPEATS = 10_000  # a strategy re-proposing only evaluated configs this long is stuck
+
+
+@dataclass(frozen=True)
+class ExitPolicy:
+    """timeout: seconds of wall clock (0 = stop at the first config that meets the criterion);
+    max_trials: evaluated configurations (repeats answered from history do not count)."""
+
+    timeout: float = 0
+    max_trials: int = 100
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.timeout, int | float) and math.isfinite(self.timeout) and self.timeout >= 0):
+            raise ConfigError(f"exit_policy.timeout={self.timeout!r} must be seconds >= 0 (0 = first passing config)")
+        if not isinstance(self.max_trials, int) or isinstance(self.max_trials, bool) or self.max_trials < 1:
+            raise ConfigError(f"exit_policy.max_trials={self.max_trials!r} must be an int >= 1")
+
+
+@dataclass
+class QuantizationSettings:
+    approach: str = "post_training_static_quant"
+    sampling_size: int | list[int] = 100
+    model_wise: dict[str, Any] = field(default_factory=dict)
+    op_wise: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, q: dict[str, Any] | None) -> QuantizationSettings:
+        q = dict(q or {})
+        valid = ("approach", "calibration", "model_wise", "op_wise")
+        for k in q:
+            if k not in valid:
+                raise ConfigError(f"quantization.{k} is not a known key; valid keys: {list(valid)}")
+        calib = dict(q.get("calibration") or {})
+        for k in calib:
+            if k != "sampling_size":
+                raise ConfigError(f"quantization.calibration.{k} is not a known key; valid keys: ['sampling_size']")
+        return cls(
+            approach=q.get("approach", cls.approach),
+            sampling_size=calib.get("sampling_size", 100),
+            model_wise=q.get("model_wise") or {},
+            op_wise=q.get("op_wise") or {},
+        )
+
+
+@dataclass
+class TuneResult:
+    summary: dict[str, Any]
+    best_config: TuneConfig | None
+    model: Any  # the best quantized model (or the FP32 model when no trial succeeded)
+    output_dir: Path
+    space: TuningSpace
+
+    @property
+    def met_criterion(self) -> bool:
+        return bool(self.summary["met_criterion"])
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+class Tuner:
+    def __init__(
+        self,
+        *,
+        adaptor: Adaptor,
+        strategy: Strategy,
+        model: Any,
+        calib_dataloader: Iterable[Any],
+        evaluate: Callable[[Any], float],
+        criterion: AccuracyCriterion,
+        objective: Objective,
+        exit_policy: ExitPolicy,
+        quantization: QuantizationSettings,
+        bench: Benchmark,
+        bench_inputs: Any,
+        example_inputs: Any,
+        output_dir: Path,
+        run_key: str,
+        names: dict[str, str],
+    ) -> None:
+        self.adaptor = adaptor
+        self.strategy = strategy
+        self.model = model
+        self.calib = calib_dataloader
+        self.evaluate = evaluate
+        self.criterion = criterion
+        self.objective = objective
+        self.exit = exit_policy
+        self.q = quantization
+        self.bench = bench
+        self.bench_inputs = bench_inputs
+        self.example_inputs = example_inputs
+        self.out = Path(output_dir)
+        self.names = names
+        self.history = History(self.out, run_key)
+        self._best_model: tuple[str, Any] | None = None  # (config_id, model) of the best so far
+        self._best: TrialRecord | None = None
+
+    # ---------------------------------------------------------------- measurement
+    def _measure(self, model: Any) -> dict[str, float]:
+        m = {
+            "latency_ms": self.adaptor.latency_ms(model, self.bench_inputs, self.bench.warmup, self.bench.iterations),
+            "size_bytes": float(self.adaptor.size_bytes(model)),
+        }
+        if self.objective.key not in m:
+            m[self.objective.key] = self.objective.measure(self.adaptor, model, self.bench_inputs, self.bench)
+        return m
+
+    def _accuracy(self, model: Any, what: str) -> float:
+        acc = self.evaluate(model)
+        try:
+            acc = float(acc)
+        except (TypeError, ValueError):
+            raise DataError(f"the evaluation of the {what} returned {acc!r}, not a number") from None
+        if not math.isfinite(acc):
+            raise DataError(f"the evaluation of the {what} returned {acc}; the metric must give a finite number")
+        return acc
+
+    def _baseline(self) -> dict[str, Any]:
+        if self.history.baseline is not None:
+            b = self.history.baseline
+            log.info("resumed: FP32 baseline from history: accuracy %.4f, latency %.3f ms", b["accuracy"],
+                     b["latency_ms"])
+            return b
+        t0 = time.perf_counter()
+        acc = self._accuracy(self.model, "FP32 model")
+        b = {"accuracy": acc, **self._measure(self.model), "duration_s": time.perf_counter() - t0}
+        self.history.set_baseline(b)
+        log.info("FP32 baseline: accuracy %.4f | latency %.3f ms (batch %d) | size %.2f MB | %.1fs",
+                 acc, b["latency_ms"], self.bench.batch_size, b["size_bytes"] / 1e6, b["duration_s"])
+        return b
+
+    def _trial(self, cfg: TuneConfig, n: int, elapsed0: float, t_start: float) -> tuple[TrialRecord, Any]:
+        t0 = time.perf_counter()
+        qmodel, acc, metrics, err = None, None, {}, None
+        try:
+            qmodel = self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
+            acc = self._accuracy(qmodel, f"trial {n} model")
+            metrics = self._measure(qmodel)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # one configuration failing must not end the run
+            err = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            log.warning("trial %d failed (%s): %s", n, cfg.note or cfg.id, err)
+            log.debug("trial %d traceback:\n%s", n, traceback.format_exc())
+            qmodel = None
+        rec = TrialRecord(
+            trial=n,
+            config_id=cfg.id,
+            config=cfg.to_dict(),
+            status="ok" if err is None else "failed",
+            accuracy=acc,
+            objective=metrics.get(self.objective.key),
+            passed=err is None and self.criterion.passes(acc, self.baseline["accuracy"]),
+            metrics=metrics,
+            note=cfg.note,
+            error=err,
+            duration_s=time.perf_counter() - t0,
+            elapsed_s=elapsed0 + time.perf_counter() - t_start,
+        )
+        return rec, qmodel
+
+    # ---------------------------------------------------------------- results
+    def _result(self, rec: TrialRecord) -> Result:
+        return Result(TuneConfig.from_dict(rec.config, rec.note), rec.ok, rec.accuracy, rec.objective, rec.passed,
+                      rec.trial)
+
+    def _best_record(self) -> TrialRecord | None:
+        by_trial = {r.trial: r for r in self.history.trials}
+        best = select_best((self._result(r) for r in self.history.trials), self.criterion.higher_is_better)
+        return by_trial[best.trial] if best else None
+
+    def _ratio(self, rec: TrialRecord | None, key: str) -> float | None:
+        if rec is None or key not in rec.metrics or not self.baseline.get(key):
+            return None
+        return rec.metrics[key] / self.baseline[key]
+
+    def _progress(self, rec: TrialRecord) -> None:
+        base = self.baseline["accuracy"]
+        best = self._best
+        if rec.ok:
+            delta = (rec.accuracy - base) / abs(base) if base else float("nan")
+            body = (f"acc {rec.accuracy:.4f} ({delta:+.2%}) {'PASS' if rec.passed else 'fail'} | "
+                    f"{self.objective.format(rec.objective)} | latency {_fmt_ratio(self._ratio(rec, 'latency_ms'))} fp32")
+        else:
+            body = f"FAILED: {rec.error}"
+        best_s = (f"best #{best.trial} acc {best.accuracy:.4f} {self.objective.format(best.objective)}"
+                  f"{'' if best.passed else ' (not passing)'}") if best else "best -"
+        log.info("[%d/%d] %s | %s | %s | %.1fs", rec.trial, self.exit.max_trials, rec.note or rec.config_id, body,
+                 best_s, rec.duration_s)
+
+    def _pareto(self) -> list[TrialRecord]:
+        ok = [r for r in self.history.trials if r.ok and r.objective is not None]
+        hib = self.criterion.higher_is_better
+
+        def dominates(a: TrialRecord, b: TrialRecord) -> bool:
+            acc_ge = a.accuracy >= b.accuracy if hib else a.accuracy <= b.accuracy
+            acc_gt = a.accuracy > b.accuracy if hib else a.accuracy < b.accuracy
+            return acc_ge and a.objective <= b.objective and (acc_gt or a.objective < b.objective)
+
+        front = [r for r in ok if not any(dominates(o, r) for o in ok)]
+        uniq: dict[tuple[float, float], TrialRecord] = {}
+        for r in front:
+            uniq.setdefault((r.accuracy, r.objective), r)
+        return sorted(uniq.values(), key=lambda r: r.objective)
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> TuneResult:
+        t_start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = bool(self.history.trials) or self.history.baseline is not None
+        if resumed:
+            log.info("resuming %s: %d finished trial(s) on record", self.out, len(self.history.trials))
+        self.history.ensure_header()
+        caps = self.adaptor.capabilities(self.model, self.q.approach, self.example_inputs)
+        space = build_space(caps, self.q.approach, self.q.sampling_size, self.q.model_wise, self.q.op_wise)
+        log.info("tuning space: %d op(s), %d configuration(s) (%s); strategy %s, objective %s, criterion %s",
+                 len(space.op_names), space.size, self.q.approach, self.strategy.name, self.objective.name,
+                 self.criterion.describe())
+        log.debug("ops and options: %s", {n: [o.short() for o in opts] for n, opts in space.options})
+        self.baseline = self._baseline()
+        elapsed0 = self.history.trials[-1].elapsed_s if self.history.trials else self.baseline.get("duration_s", 0.0)
+        t_start = time.perf_counter()
+
+        records = self.history.by_id()
+        n_trials = len(self.history.trials)
+        self._best = self._best_record()
+        ctx = StrategyContext(space, self.criterion, self.baseline["accuracy"])
+        gen = self.strategy.proposals(ctx)
+        stop_reason = "strategy finished: its space is exhausted"
+        repeats = 0
+        try:
+            cfg = next(gen)
+            while True:
+                if not space.contains(cfg):
+                    raise LpotError(f"strategy {self.strategy.name!r} proposed a configuration outside the tuning "
+                                    f"space ({cfg.note or cfg.id}); this is a bug in the strategy")
+                rec = records.get(cfg.id)
+                if rec is not None:
+                    repeats += 1
+                    log.debug("config %s (%s) answered from history (trial %d)", cfg.id, cfg.note, rec.trial)
+                    if repeats > MAX_CONSECUTIVE_REPEATS:
+                        stop_reason = f"strategy stalled: {repeats} consecutive already-evaluated proposals"
+                        log.warning(stop_reason)
+                        break
+                else:
+                    repeats = 0
+                    elapsed = elapsed0 + time.perf_counter() - t_start
+                    if n_trials >= self.exit.max_trials:
+                        stop_reason = f"max_trials ({self.exit.max_trials}) reached"
+                        break
+                    if self.exit.timeout > 0 and elapsed >= self.exit.timeout:
+                        stop_reason = f"timeout ({self.exit.timeout:g} s) reached"
+                        break
+                    n_trials += 1
+                    rec, qmodel = self._trial(cfg, n_trials, elapsed0, t_start)
+                    self.history.add(rec)
+                    records[rec.config_id] = rec
+                    self._best = self._best_record()
+                    if qmodel is not None and self._best is rec:
+                        self._best_model = (rec.config_id, qmodel)
+                    self._progress(rec)
+                if self.exit.timeout == 0 and rec.passed:
+                    stop_reason = "met the criterion (timeout=0: stop at the first passing config)"
+                    break
+                cfg = gen.send(self._result(rec))
+        except StopIteration:
+            pass
+        finally:
+            gen.close()
+        return self._finish(space, stop_reason, elapsed0 + time.perf_counter() - t_start)
+
+    def _finish(self, space: TuningSpace, stop_reason: str, elapsed: float) -> TuneResult:
+        best = self._best_record()
+        met = bool(best and best.passed)
+        model: Any = self.model
+        best_cfg = TuneConfig.from_dict(best.config, best.note) if best else None
+        model_path = None
+        if best is not None:
+            if self._best_model and self._best_model[0] == best.config_id:
+                model = self._best_model[1]
+            else:  # best came from an earlier process (resume): rebuild it deterministically
+                model = self.adaptor.quantize(self.model, best_cfg, self.calib, self.example_inputs)
+            model_path = self.adaptor.save(model, self.out / "best_model", self.example_inputs)
+            _write_yaml(self.out / "best_config.yaml", {"config_id": best.config_id, "trial": best.trial,
+                                                         "accuracy": best.accuracy, **best.config})
+        summary = self._summary(space, best, met, stop_reason, elapsed, model_path)
+        with open(self.out / "summary.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        self._report(summary, best)
+        return TuneResult(summary, best_cfg, model, self.out, space)
+
+    def _summary(self, space: TuningSpace, best: TrialRecord | None, met: bool, stop_reason: str, elapsed: float,
+                 model_path: Path | None) -> dict[str, Any]:
+        b = self.baseline
+        baseline = {k: b[k] for k in ("accuracy", "latency_ms", "size_bytes", self.objective.key) if k in b}
+        lat_ratio = self._ratio(best, "latency_ms")
+        best_d: dict[str, Any] | None = None
+        if best is not None:
+            fb = TuneConfig.from_dict(best.config).fallback_ops
+            best_d = {
+                "trial": best.trial,
+                "config_id": best.config_id,
+                "accuracy": best.accuracy,
+                **{k: best.metrics.get(k) for k in ("latency_ms", "size_bytes")},
+                "objective": best.objective,
+                "latency_ratio": lat_ratio,
+                "size_ratio": self._ratio(best, "size_bytes"),
+                "fallback_ops": list(fb),
+                "fallback_dtypes": fb,
+                "passed": best.passed,
+                "model_path": str(model_path) if model_path else None,
+            }
+        return {
+            **self.names,
+            "objective": self.objective.name,
+            "criterion": {"kind": self.criterion.kind, "tolerance": self.criterion.tolerance,
+                          "higher_is_better": self.criterion.higher_is_better,
+                          "threshold": self.criterion.threshold(b["accuracy"])},
+            "baseline": baseline,
+            "best": best_d,
+            "trials": len(self.history.trials),
+            "failed_trials": sum(not r.ok for r in self.history.trials),
+            "met_criterion": met,
+            "faster_than_fp32": bool(lat_ratio is not None and lat_ratio < 1.0),
+            "stop_reason": stop_reason,
+            "elapsed_s": round(elapsed, 3),
+            "space_size": space.size,
+            "pareto_front": [
+                {"trial": r.trial, "accuracy": r.accuracy, "objective": r.objective, "note": r.note}
+                for r in self._pareto()
+            ],
+        }
+
+    def _report(self, s: dict[str, Any], best: TrialRecord | None) -> None:
+        rows = [("FP32", "baseline", self.baseline["accuracy"], self.baseline.get("latency_ms"), 1.0,
+                 self.baseline.get("size_bytes"), "")]
+        shown = {best.trial} if best else set()
+        if best:
+            rows.append((f"#{best.trial}", "best", best.accuracy, best.metrics.get("latency_ms"),
+                         self._ratio(best, "latency_ms"), best.metrics.get("size_bytes"), best.note))
+        for p in self._pareto():
+            if p.trial not in shown:
+                shown.add(p.trial)
+                rows.append((f"#{p.trial}", "pareto", p.accuracy, p.metrics.get("latency_ms"),
+                             self._ratio(p, "latency_ms"), p.metrics.get("size_bytes"), p.note))
+        lines = [f"{'trial':>6} {'role':<8} {'accuracy':>9} {'latency ms':>11} {'vs fp32':>8} {'size MB':>8}  config"]
+        for t, role, acc, lat, ratio, size, note in rows:
+            lines.append(f"{t:>6} {role:<8} {acc:>9.4f} {lat if lat is not None else float('nan'):>11.3f} "
+                         f"{_fmt_ratio(ratio):>8} {(size or 0) / 1e6:>8.3f}  {note}")
+        log.info("tuning finished: %s; %d trial(s) (%d failed) in %.1f s\n%s", s["stop_reason"], s["trials"],
+                 s["failed_trials"], s["elapsed_s"], "\n".join(lines))
+        if best is None:
+            log.warning("no trial produced a working quantized model; the FP32 model is the result")
+            return
+        if s["met_criterion"]:
+            log.info("best: trial %d meets the criterion: accuracy %.4f vs FP32 %.4f (threshold %.4f)",
+                     best.trial, best.accuracy, self.baseline["accuracy"], s["criterion"]["threshold"])
+        else:
+            log.warning("NO configuration met the criterion (threshold %.4f); best effort: trial %d with accuracy "
+                        "%.4f. See the Pareto front in summary.json", s["criterion"]["threshold"], best.trial,
+                        best.accuracy)
+        ratio = s["best"]["latency_ratio"]
+        if ratio is not None:
+            if ratio < 1.0:
+                log.info("INT8/FP32 latency ratio: %.2fx (%.1fx faster than FP32)", ratio, 1 / ratio)
+            else:
+                log.warning("the tuned model is SLOWER than FP32: latency ratio %.2fx (%.3f ms vs %.3f ms); "
+                            "it is not an optimized model", ratio, best.metrics["latency_ms"],
+                            self.baseline["latency_ms"])
+        if s["best"]["fallback_ops"]:
+            log.info("fallback ops: %s", s["best"]["fallback_dtypes"])
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+    from omegaconf import OmegaConf
+
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))

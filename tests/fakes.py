@@ -1,0 +1,107 @@
+"""A fake framework with a known accuracy landscape, for testing strategy and tuner logic fast.
+
+The "model" is just the TuneConfig. Accuracy = 1.0 minus a per-op penalty for each INT8 op (larger for
+minmax than for kl calibration, scaled per op), minus a small bf16 penalty; latency is a sum of per-op
+costs (int8 < bf16 < fp32). Everything is deterministic, so strategy behaviour can be predicted exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from lpot_research.adaptors.base import Adaptor, count_batches
+from lpot_research.metrics import TopK
+from lpot_research.models import ModelBundle
+from lpot_research.space import OpCapability, TuneConfig
+
+COST = {"int8": 1.0, "bf16": 2.0, "fp32": 4.0}
+
+
+class FakeModel:
+    def __init__(self, config: TuneConfig | None) -> None:
+        self.config = config
+
+
+class FakeAdaptor(Adaptor):
+    name = "fake"
+
+    def __init__(self, ops: int = 4, penalties: list[float] | None = None, bf16_penalty: float = 0.001,
+                 kl_factor: float = 0.5, sleep: float = 0.0, fail_ops: Iterable[str] = (), threads: Any = None,
+                 sym_penalty: float = 0.0) -> None:
+        self.ops = [f"op{i}" for i in range(ops)]
+        self.penalties = list(penalties) if penalties is not None else [0.01 * (i + 1) for i in range(ops)]
+        self.bf16_penalty, self.kl_factor, self.sleep = bf16_penalty, kl_factor, sleep
+        self.sym_penalty = sym_penalty
+        self.fail_ops = set(fail_ops)
+        self.quantize_calls: list[str] = []
+
+    def capabilities(self, model: Any, approach: str, example_inputs: Any) -> list[OpCapability]:
+        w = {"dtype": ("int8",), "scheme": ("sym", "asym"), "granularity": ("per_channel", "per_tensor"),
+             "algorithm": ("minmax",)}
+        a = {"dtype": ("uint8",), "scheme": ("asym", "sym"), "granularity": ("per_tensor",),
+             "algorithm": ("minmax", "kl")}
+        defaults = {"weight": {"scheme": ("sym",), "granularity": ("per_channel",)}}
+        return [OpCapability(n, "FakeOp", w, a, ("bf16", "fp32"), defaults=defaults) for n in self.ops]
+
+    def accuracy(self, cfg: TuneConfig | None) -> float:
+        if cfg is None:
+            return 1.0
+        acc = 1.0
+        for (_, c), p in zip(cfg.ops, self.penalties):
+            if c.quantized:
+                f = self.kl_factor if c.activation and c.activation.algorithm == "kl" else 1.0
+                acc -= p * f + (self.sym_penalty if c.activation and c.activation.scheme == "sym" else 0.0)
+            elif c.dtype == "bf16":
+                acc -= self.bf16_penalty
+        return round(acc, 10)
+
+    def quantize(self, model: Any, config: TuneConfig, calib_dataloader: Any, example_inputs: Any) -> FakeModel:
+        self.quantize_calls.append(config.id)
+        if self.sleep:
+            time.sleep(self.sleep)
+        bad = [n for n, c in config.ops if n in self.fail_ops and c.quantized]
+        if bad:
+            raise RuntimeError(f"fake quantization failure at {bad[0]}")
+        return FakeModel(config)
+
+    def take_inputs(self, loader: Any, n: int, what: str = "benchmark") -> Any:
+        return [x for x, _ in count_batches(loader, what)][:n]
+
+    def predict(self, model: Any, inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def evaluate(self, model: FakeModel, dataloader: Any, metric: Any) -> float:
+        return self.accuracy(model.config)
+
+    def latency_ms(self, model: FakeModel, inputs: Any, warmup: int, iterations: int) -> float:
+        if model.config is None:
+            return COST["fp32"] * len(self.ops)
+        return sum(COST[c.dtype] for _, c in model.config.ops)
+
+    def size_bytes(self, model: FakeModel) -> int:
+        return int(100 * self.latency_ms(model, None, 0, 0))
+
+    def footprint_bytes(self, model: FakeModel, inputs: Any) -> int:
+        return self.size_bytes(model) * 2
+
+    def inspect(self, model: FakeModel, inputs: Any, op_names: list[str]) -> dict[str, Any]:
+        return {}
+
+    def save(self, model: FakeModel, path: Path, example_inputs: Any) -> Path:
+        out = Path(path).with_suffix(".txt")
+        out.write_text(model.config.id if model.config else "fp32")
+        return out
+
+
+class FakeBundle:
+    """Model spec for the fake framework (used through Hydra in subprocess tests)."""
+
+    def __init__(self, name: str = "fake_model") -> None:
+        self.name = name
+
+    def load(self) -> ModelBundle:
+        loader = [([0], [0])]
+        return ModelBundle(self.name, FakeModel(None), loader, loader, TopK(1), [0], 1)

@@ -1,0 +1,175 @@
+import json
+import math
+
+import pytest
+
+from lpot_research import tune
+from lpot_research.errors import ConfigError, DataError
+from lpot_research.metrics import TopK
+from lpot_research.strategies import Strategy
+from lpot_research.strategies.basic import BasicStrategy
+from tests.fakes import FakeAdaptor, FakeModel
+from tests.helpers import LOADER, history_notes, run_fake
+
+
+class Scripted(Strategy):
+    """Proposes model-wise configs by index, repeats included, and records what it is sent."""
+
+    name = "scripted"
+
+    def __init__(self, order, seed=0):
+        super().__init__(seed)
+        self.order = order
+        self.received = []
+
+    def proposals(self, ctx):
+        mw = ctx.space.model_wise_configs()
+        for i in self.order:
+            self.received.append((yield mw[i].with_note(f"mw{i}")))
+
+
+def trial_lines(res):
+    return [json.loads(x) for x in (res.output_dir / "history.jsonl").read_text().splitlines()
+            if json.loads(x).get("kind") == "trial"]
+
+
+def test_repeats_are_answered_from_history_without_a_trial(tmp_path):
+    s = Scripted([0, 0, 1, 0, 1, 2])
+    res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.1] * 3), s, config={"exit_policy": {"timeout": 60}})
+    assert res.summary["trials"] == 3
+    assert [r["note"] for r in trial_lines(res)] == ["mw0", "mw1", "mw2"]
+    # the repeat got the recorded result back
+    assert s.received[1].trial == s.received[0].trial == 1 and s.received[1].accuracy == s.received[0].accuracy
+    assert res.summary["stop_reason"].startswith("strategy finished")
+
+
+def test_max_trials_counts_evaluated_configs_only(tmp_path):
+    s = Scripted([0, 0, 0, 1, 1, 2, 3])
+    res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.1] * 3), s,
+                   config={"exit_policy": {"timeout": 60, "max_trials": 2}})
+    assert res.summary["trials"] == 2 and "max_trials" in res.summary["stop_reason"]
+
+
+def test_timeout_is_honoured(tmp_path):
+    res = run_fake(tmp_path, FakeAdaptor(ops=4, penalties=[0.1] * 4, sleep=0.2), BasicStrategy(),
+                   config={"exit_policy": {"timeout": 0.5, "max_trials": 100}})
+    assert "timeout" in res.summary["stop_reason"]
+    assert 1 <= res.summary["trials"] <= 4
+
+
+def test_nothing_passes_gives_best_effort_and_pareto_front(tmp_path):
+    # fp32 fallback is not allowed and bf16 costs accuracy, so nothing reaches 1% of the FP32 baseline
+    res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.2] * 3, bf16_penalty=0.2), BasicStrategy(),
+                   config={"exit_policy": {"timeout": 60},
+                           "quantization": {"model_wise": {"activation": {"dtype": ["uint8", "bf16"]}}}})
+    s = res.summary
+    assert not s["met_criterion"] and s["best"] is not None
+    trials = trial_lines(res)
+    assert s["best"]["accuracy"] == max(t["accuracy"] for t in trials if t["status"] == "ok")
+    front = s["pareto_front"]
+    assert front and all(p["accuracy"] is not None for p in front)
+    # no point of the front is dominated by any trial
+    for p in front:
+        assert not any(t["accuracy"] > p["accuracy"] and t["objective"] <= p["objective"] for t in trials)
+    assert (res.output_dir / "best_model.txt").exists() and (res.output_dir / "summary.json").exists()
+
+
+def test_summary_fields(tmp_path):
+    res = run_fake(tmp_path, FakeAdaptor(ops=3))
+    s = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("strategy", "framework", "model", "baseline", "best", "trials", "met_criterion", "stop_reason",
+                "elapsed_s"):
+        assert key in s
+    assert set(s["baseline"]) >= {"accuracy", "latency_ms", "size_bytes"}
+    assert set(s["best"]) >= {"trial", "accuracy", "latency_ms", "size_bytes", "fallback_ops"}
+    assert s["framework"] == "fake" and s["strategy"] == "basic"
+    assert s["best"]["latency_ratio"] == pytest.approx(s["best"]["latency_ms"] / s["baseline"]["latency_ms"])
+    assert (tmp_path / "best_config.yaml").read_text().count("config_id") == 1
+    assert res.summary == s
+
+
+def test_failed_trial_is_recorded_and_tuning_goes_on(tmp_path):
+    res = run_fake(tmp_path, FakeAdaptor(ops=3, fail_ops=["op1"]))
+    trials = trial_lines(res)
+    failed = [t for t in trials if t["status"] == "failed"]
+    assert failed and all("fake quantization failure at op1" in t["error"] for t in failed)
+    assert res.summary["met_criterion"]
+
+
+def test_nan_metric_on_a_trial_fails_that_trial(tmp_path):
+    adaptor = FakeAdaptor(ops=2, penalties=[0.001, 0.001])
+
+    def eval_func(model):
+        return float("nan") if model.config is not None and model.config.note.endswith("a:asym/minmax") else 1.0
+
+    res = tune(FakeModel(None), LOADER, eval_func=eval_func, framework=adaptor, output_dir=tmp_path,
+               example_inputs=[0])
+    trials = trial_lines(res)
+    assert trials[0]["status"] == "failed" and "nan" in trials[0]["error"].lower()
+    assert res.summary["met_criterion"] and res.summary["best"]["trial"] == 2
+
+
+def test_nan_baseline_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="FP32 model returned nan"):
+        tune(FakeModel(None), LOADER, eval_func=lambda m: math.nan, framework=FakeAdaptor(), output_dir=tmp_path,
+             example_inputs=[0])
+
+
+def test_unknown_names_list_the_valid_choices(tmp_path):
+    with pytest.raises(ConfigError, match="unknown strategy 'nope'; valid strategies: basic"):
+        run_fake(tmp_path, strategy="nope")
+    with pytest.raises(ConfigError, match="unknown framework 'caffe'.*pytorch"):
+        tune(FakeModel(None), LOADER, LOADER, framework="caffe", output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="unknown objective 'speed'.*performance, modelsize, footprint"):
+        run_fake(tmp_path, objective="speed")
+    with pytest.raises(ConfigError, match="'quantisation'"):
+        run_fake(tmp_path, config={"quantisation": {}})
+
+
+def test_objective_selects_the_best_among_passing(tmp_path):
+    # with modelsize, the smallest passing config wins; the fake's size follows its latency
+    res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.001] * 3), BasicStrategy(), objective="modelsize",
+                   config={"exit_policy": {"timeout": 60}})
+    assert res.summary["objective"] == "modelsize"
+    assert res.summary["best"]["objective"] == res.summary["best"]["size_bytes"]
+
+
+def test_resume_continues_without_reevaluating(tmp_path):
+    landscape = dict(ops=4, penalties=[0.02, 0.02, 0.03, 0.04])
+    full = run_fake(tmp_path / "full", FakeAdaptor(**landscape), BasicStrategy(seed=3))
+    first = FakeAdaptor(**landscape)
+    part = run_fake(tmp_path / "run", first, BasicStrategy(seed=3), config={"exit_policy": {"max_trials": 5}})
+    assert part.summary["trials"] == 5 and "max_trials" in part.summary["stop_reason"]
+    done_before = {t["config_id"] for t in trial_lines(part)}
+    second = FakeAdaptor(**landscape)
+    resumed = run_fake(tmp_path / "run", second, BasicStrategy(seed=3))
+    # the resumed process evaluated only new configs (the best may be rebuilt once, at the end, to save it)
+    evaluated_again = [c for c in second.quantize_calls[:-1] if c in done_before]
+    assert not evaluated_again
+    trials = trial_lines(resumed)
+    assert [t["trial"] for t in trials] == list(range(1, len(trials) + 1))
+    assert len({t["config_id"] for t in trials}) == len(trials)
+    assert history_notes(resumed) == history_notes(full)
+    assert resumed.summary["best"]["config_id"] == full.summary["best"]["config_id"]
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    run_fake(tmp_path, FakeAdaptor(ops=3), BasicStrategy(seed=1))
+    with pytest.raises(ConfigError, match="different run"):
+        run_fake(tmp_path, FakeAdaptor(ops=3), BasicStrategy(seed=2))
+
+
+def test_torn_last_history_line_is_dropped(tmp_path):
+    run_fake(tmp_path, FakeAdaptor(ops=3), BasicStrategy(), config={"exit_policy": {"max_trials": 2}})
+    path = tmp_path / "history.jsonl"
+    with open(path, "a") as f:
+        f.write('{"kind": "trial", "trial": 3, "conf')  # a write cut by SIGKILL
+    res = run_fake(tmp_path, FakeAdaptor(ops=3), BasicStrategy(), config={"exit_policy": {"max_trials": 4}})
+    assert [t["trial"] for t in trial_lines(res)] == [1, 2, 3, 4]
+
+
+def test_empty_dataloader_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="calibration dataloader yielded no batch"):
+        tune(FakeModel(None), [], LOADER, framework=FakeAdaptor(), output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="eval_func"):
+        tune(FakeModel(None), LOADER, framework=FakeAdaptor(), output_dir=tmp_path)
