@@ -126,7 +126,7 @@ class TuneConfig:
         parts = []
         if self.sampling_size != other.sampling_size:
             parts.append(f"sampling_size {other.sampling_size}->{self.sampling_size}")
-        changed = [(n, c) for (n, c), (_, o) in zip(self.ops, other.ops) if c != o]
+        changed = [(n, c) for (n, c), (_, o) in zip(self.ops, other.ops, strict=True) if c != o]
         for n, c in changed[:3]:
             parts.append(f"{n}->{c.short()}")
         if len(changed) > 3:
@@ -209,7 +209,7 @@ class TuningSpace:
             return False
         if [n for n, _ in cfg.ops] != self.op_names:
             return False
-        return all(c in opts for (_, c), (_, opts) in zip(cfg.ops, self.options))
+        return all(c in opts for (_, c), (_, opts) in zip(cfg.ops, self.options, strict=True))
 
     def model_wise_configs(self) -> list[TuneConfig]:
         """Stage-1 configurations: every global combination of quantization settings, applied to

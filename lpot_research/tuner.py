@@ -211,7 +211,8 @@ class Tuner:
         if rec.ok:
             delta = (rec.accuracy - base) / abs(base) if base else float("nan")
             body = (f"acc {rec.accuracy:.4f} ({delta:+.2%}) {'PASS' if rec.passed else 'fail'} | "
-                    f"{self.objective.format(rec.objective)} | latency {_fmt_ratio(self._ratio(rec, 'latency_ms'))} fp32")
+                    f"{self.objective.format(rec.objective)} | "
+                    f"latency {_fmt_ratio(self._ratio(rec, 'latency_ms'))} fp32")
         else:
             body = f"FAILED: {rec.error}"
         best_s = (f"best #{best.trial} acc {best.accuracy:.4f} {self.objective.format(best.objective)}"

@@ -50,7 +50,7 @@ class FakeAdaptor(Adaptor):
         if cfg is None:
             return 1.0
         acc = 1.0
-        for (_, c), p in zip(cfg.ops, self.penalties):
+        for (_, c), p in zip(cfg.ops, self.penalties, strict=True):
             if c.quantized:
                 f = self.kl_factor if c.activation and c.activation.algorithm == "kl" else 1.0
                 acc -= p * f + (self.sym_penalty if c.activation and c.activation.scheme == "sym" else 0.0)

@@ -5,7 +5,6 @@ import pytest
 
 from lpot_research import tune
 from lpot_research.errors import ConfigError, DataError
-from lpot_research.metrics import TopK
 from lpot_research.strategies import Strategy
 from lpot_research.strategies.basic import BasicStrategy
 from tests.fakes import FakeAdaptor, FakeModel

@@ -66,7 +66,10 @@ class Adaptor(ABC):
 
     @abstractmethod
     def inspect(self, model: Any, inputs: Any, op_names: list[str]) -> dict[str, Any]:
-        """Per-op outputs (as float numpy arrays) of `model` on `inputs`, for the given op names."""
+        """Per-op outputs (as float numpy arrays) of `model` on `inputs`, for the given op names.
+
+        `model` is one returned by `quantize`; the comparable FP32 reference is the model quantized
+        with every op in fp32 (the same graph rewrites, e.g. fusions, with no quantization)."""
 
     @abstractmethod
     def save(self, model: Any, path: Path, example_inputs: Any) -> Path:

@@ -254,6 +254,8 @@ class PyTorchAdaptor(Adaptor):
     def save(self, model: nn.Module, path: Path, example_inputs: Any) -> Path:
         """TorchScript: loads with plain `torch.jit.load`, no Python class of this package needed."""
         out = Path(path).with_suffix(".pt")
+        for p in model.parameters():  # an inference artifact: outputs should not carry autograd
+            p.requires_grad_(False)
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             scripted = torch.jit.trace(model, as_tuple(example_inputs), check_trace=False)

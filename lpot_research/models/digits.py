@@ -60,7 +60,8 @@ class DigitsCNN:
     def __init__(self, name: str = "digits_cnn", width: int = 16, image_size: int = 32, epochs: int = 8,
                  lr: float = 3e-3, seed: int = 0, train_size: int = 1257, eval_batch_size: int = 128,
                  calib_batch_size: int = 32, bench_batch_size: int = 32, metric: Any = None) -> None:
-        self.name, self.width, self.image_size, self.epochs, self.lr, self.seed = name, width, image_size, epochs, lr, seed
+        self.name, self.width, self.image_size = name, width, image_size
+        self.epochs, self.lr, self.seed = epochs, lr, seed
         self.train_size, self.eval_batch_size, self.calib_batch_size = train_size, eval_batch_size, calib_batch_size
         self.bench_batch_size = bench_batch_size
         self.metric = metric if metric is not None else TopK(1)

@@ -32,6 +32,12 @@ from lpot_research.space import stable_hash
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 1
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
+# WordNet's lexicographer files for nouns, by file number (the lex_filenum field of data.noun)
+NOUN_LEXNAMES = {3: "Tops", 4: "act", 5: "animal", 6: "artifact", 7: "attribute", 8: "body", 9: "cognition",
+                 10: "communication", 11: "event", 12: "feeling", 13: "food", 14: "group", 15: "location",
+                 16: "motive", 17: "object", 18: "person", 19: "phenomenon", 20: "plant", 21: "possession",
+                 22: "process", 23: "quantity", 24: "relation", 25: "shape", 26: "state", 27: "substance",
+                 28: "time"}
 
 
 def model_dir() -> Path:
@@ -199,7 +205,7 @@ def wordnet_glosses(path: Path = WORDNET_NOUNS) -> tuple[list[str], np.ndarray, 
             texts.append(gloss.strip().split(";")[0].strip().strip('"'))
     classes = sorted(set(lex))
     index = {c: i for i, c in enumerate(classes)}
-    return texts, np.array([index[c] for c in lex]), [f"noun.{c}" for c in classes]
+    return texts, np.array([index[c] for c in lex]), [f"noun.{NOUN_LEXNAMES.get(c, c)}" for c in classes]
 
 
 class MiniLMWordNet:

@@ -1,0 +1,147 @@
+"""The Hydra entry: config composition, one-line errors, a real default run, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FAKE = [f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "framework=fake", "model=fake"]
+
+
+def tune(*args, timeout=600, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "tune.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout, **kw)
+
+
+def groups():
+    return {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir()}
+
+
+@pytest.fixture
+def hydra_conf():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def test_every_config_composes_and_instantiates(hydra_conf):
+    from lpot_research.cli import register_resolvers
+
+    register_resolvers()
+    for group, choices in groups().items():
+        for choice in choices:
+            cfg = compose("tune", overrides=[f"{group}={choice}"])
+            obj = instantiate(cfg[group])  # cheap: constructors only store arguments
+            assert obj is not None, (group, choice)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["strategy=nope"], "unknown strategy 'nope'; valid strategies: basic"),
+    (["framework=caffe"], "unknown framework 'caffe'; valid frameworks: pytorch"),
+    (["-m", "strategy=basic,nope"], "unknown strategy 'nope'"),
+    (["model=resnet9000"], "valid models: digits_cnn, minilm_wordnet"),
+])
+def test_unknown_choice_is_one_clear_line(args, needle):
+    r = tune(*args, timeout=60)
+    assert r.returncode != 0
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_bad_value_exits_nonzero_naming_it(tmp_path):
+    r = tune(*FAKE, f"hydra.run.dir={tmp_path}", "quantization.model_wise.activation.algorithm=entropy", timeout=120)
+    assert r.returncode != 0
+    assert "'entropy'" in r.stderr and "valid choices" in r.stderr
+
+
+def test_default_job_runs_end_to_end(tmp_path):
+    r = tune(f"hydra.run.dir={tmp_path}", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert (s["strategy"], s["framework"], s["model"]) == ("basic", "pytorch", "digits_cnn")
+    assert s["met_criterion"] and s["trials"] >= 1
+    assert s["best"]["accuracy"] >= s["criterion"]["threshold"]
+    assert s["best"]["latency_ratio"] is not None
+    log = r.stderr + r.stdout
+    assert "FP32 baseline: accuracy" in log and "INT8/FP32 latency ratio" in log or "SLOWER" in log
+    for f in ("history.jsonl", "best_model.pt", "best_config.yaml", "config_resolved.yaml", ".hydra/config.yaml"):
+        assert (tmp_path / f).exists(), f
+    v = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_saved_model.py"), str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert v.returncode == 0 and "MATCH" in v.stdout, v.stdout + v.stderr
+
+
+def test_debug_log_level_gives_detail(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "tune.py"), *FAKE, f"hydra.run.dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "LOGLEVEL": "DEBUG"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ops and options" in r.stderr + r.stdout
+
+
+def _trials(run_dir):
+    p = Path(run_dir) / "history.jsonl"
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("kind") == "trial":
+            out.append(rec)
+    return out
+
+
+def test_killed_run_resumes_without_repeating_a_trial(tmp_path):
+    args = [*FAKE, "framework.sleep=0.25", "exit_policy.timeout=600", "random_seed=7"]
+    ref = tune(*args, f"hydra.run.dir={tmp_path / 'ref'}", timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ref_trials = _trials(tmp_path / "ref")
+    assert len(ref_trials) >= 8
+
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, str(ROOT / "tune.py"), *args, f"hydra.run.dir={run}"], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(_trials(run)) < 4 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = len(_trials(run))
+    assert 4 <= killed_at < len(ref_trials), "the kill must land mid-run"
+
+    res = tune(*args, f"resume={run}", timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{killed_at} finished trial(s) on record" in res.stderr + res.stdout
+    trials = _trials(run)
+    ids = [t["config_id"] for t in trials]
+    assert len(ids) == len(set(ids)), "a trial was evaluated twice"
+    assert [t["trial"] for t in trials] == list(range(1, len(trials) + 1))
+    assert ids == [t["config_id"] for t in ref_trials]
+    s, s_ref = (json.loads((d / "summary.json").read_text()) for d in (run, tmp_path / "ref"))
+    assert s["best"]["config_id"] == s_ref["best"]["config_id"] and s["met_criterion"] == s_ref["met_criterion"]
+
+
+def test_custom_strategy_from_the_readme(tmp_path):
+    r = tune(*FAKE, "strategy._target_=examples.custom_strategy.GreedyFallback", f"hydra.run.dir={tmp_path}",
+             timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["strategy"] == "GreedyFallback" and s["met_criterion"]
+    notes = [t["note"] for t in _trials(tmp_path)]
+    assert any(n.startswith("greedy: op5 -> fp32") for n in notes)

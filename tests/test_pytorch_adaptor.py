@@ -1,0 +1,198 @@
+"""The real PyTorch adaptor on the real digits_cnn model (torch.ao FX, x86 backend)."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'lpot-research[pytorch]')")
+from torch import nn  # noqa: E402
+
+from lpot_research.adaptors.pytorch import BF16Module, PyTorchAdaptor, bf16_supported  # noqa: E402
+from lpot_research.adaptors.torch_observers import kl_threshold  # noqa: E402
+from lpot_research.metrics import TopK  # noqa: E402
+from lpot_research.space import OpChoice, build_space  # noqa: E402
+
+STATIC, DYNAMIC = "post_training_static_quant", "post_training_dynamic_quant"
+OPS = ["features.0.0", "features.1.0", "features.2.0", "features.3.0", "features.4.0", "fc"]
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from lpot_research.models.digits import DigitsCNN
+
+    return DigitsCNN().load()
+
+
+@pytest.fixture(scope="module")
+def adaptor():
+    return PyTorchAdaptor(threads=1)
+
+
+def space(adaptor, bundle, approach=STATIC, **kw):
+    caps = adaptor.capabilities(bundle.model, approach, bundle.example_inputs)
+    return build_space(caps, approach, kw.pop("sampling_size", 64), **kw)
+
+
+def test_capabilities_list_the_conv_and_linear_ops_in_order(adaptor, bundle):
+    caps = adaptor.capabilities(bundle.model, STATIC, bundle.example_inputs)
+    assert [c.name for c in caps] == OPS
+    assert [c.type for c in caps] == ["Conv2d"] * 5 + ["Linear"]
+    dyn = adaptor.capabilities(bundle.model, DYNAMIC, bundle.example_inputs)
+    assert [c.quantizable for c in dyn] == [False] * 5 + [True]
+    assert dyn[-1].activation is None
+
+
+def test_static_int8_quantizes_every_op_and_keeps_accuracy(adaptor, bundle):
+    cfg = space(adaptor, bundle).model_wise_configs()[0]
+    q = adaptor.quantize(bundle.model, cfg, bundle.calib_dataloader, bundle.example_inputs)
+    assert type(q.get_submodule("features.1.0")).__module__.startswith("torch.ao.nn.intrinsic.quantized")
+    assert type(q.fc) is torch.ao.nn.quantized.Linear
+    assert isinstance(bundle.model.fc, nn.Linear) and type(bundle.model.fc) is nn.Linear  # input untouched
+    fp32 = adaptor.evaluate(bundle.model, bundle.eval_dataloader, TopK(1))
+    int8 = adaptor.evaluate(q, bundle.eval_dataloader, TopK(1))
+    assert fp32 > 0.95 and abs(int8 - fp32) < 0.02
+    assert adaptor.size_bytes(q) < 0.5 * adaptor.size_bytes(bundle.model)
+
+
+def test_fallback_to_fp32_and_bf16(adaptor, bundle):
+    s = space(adaptor, bundle)
+    base = s.model_wise_configs()[0]
+    changes = {"fc": OpChoice("fp32")}
+    if bf16_supported():
+        changes["features.0.0"] = OpChoice("bf16")
+    q = adaptor.quantize(bundle.model, base.with_ops(changes), bundle.calib_dataloader, bundle.example_inputs)
+    assert type(q.fc) is nn.Linear and q.fc.weight.dtype == torch.float32
+    if bf16_supported():
+        m = q.get_submodule("features.0.0")
+        assert isinstance(m, BF16Module)
+        assert all(p.dtype == torch.bfloat16 for p in m.parameters())
+    assert type(q.get_submodule("features.2.0")).__module__.startswith("torch.ao.nn.intrinsic.quantized")
+    x = adaptor.take_inputs(bundle.eval_dataloader, 16)
+    np.testing.assert_allclose(adaptor.predict(q, x).numpy(), adaptor.predict(bundle.model, x).numpy(), atol=0.5)
+
+
+@pytest.mark.parametrize("scheme", ["sym", "asym"])
+@pytest.mark.parametrize("gran", ["per_channel", "per_tensor"])
+def test_weight_scheme_and_granularity_reach_the_kernel(adaptor, bundle, scheme, gran):
+    # packed int8 weights are stored affine; symmetric shows as all-zero zero points
+    s = space(adaptor, bundle, model_wise={"weight": {"scheme": scheme, "granularity": gran}})
+    q = adaptor.quantize(bundle.model, s.model_wise_configs()[0], bundle.calib_dataloader, bundle.example_inputs)
+    for name in ("features.1.0", "fc"):
+        w = q.get_submodule(name).weight()
+        if gran == "per_channel":
+            assert w.qscheme() == torch.per_channel_affine
+            zp = w.q_per_channel_zero_points()
+            assert len(zp) == w.shape[0]
+        else:
+            assert w.qscheme() == torch.per_tensor_affine
+            zp = torch.tensor([w.q_zero_point()])
+        assert bool((zp == 0).all()) is (scheme == "sym")
+
+
+def test_dynamic_quantization(adaptor, bundle):
+    s = space(adaptor, bundle, approach=DYNAMIC)
+    cfg = s.model_wise_configs()[0]
+    assert cfg.op("fc").quantized and cfg.op("fc").activation is None
+    q = adaptor.quantize(bundle.model, cfg, bundle.calib_dataloader, bundle.example_inputs)
+    assert type(q.fc) is torch.ao.nn.quantized.dynamic.Linear
+    assert type(q.get_submodule("features.1.0")) is not nn.Conv2d or True
+    assert adaptor.evaluate(q, bundle.eval_dataloader, TopK(1)) > 0.95
+
+
+class CountingLoader:
+    def __init__(self, inner):
+        self.inner, self.samples = inner, 0
+
+    def __iter__(self):
+        for x, y in self.inner:
+            self.samples += len(x)
+            yield x, y
+
+
+def test_calibration_uses_sampling_size_samples(adaptor, bundle):
+    s = space(adaptor, bundle, sampling_size=40)
+    observed = []
+    cfg = s.model_wise_configs()[0]
+    assert cfg.sampling_size == 40
+    orig = adaptor._calibrate
+
+    def spy(prepared, loader, n):
+        counter = CountingLoader(loader)
+        handle = prepared.register_forward_pre_hook(lambda m, args: observed.append(args[0].shape[0]))
+        orig(prepared, counter, n)
+        handle.remove()
+
+    adaptor._calibrate = spy
+    try:
+        adaptor.quantize(bundle.model, cfg, bundle.calib_dataloader, bundle.example_inputs)
+    finally:
+        del adaptor._calibrate
+    assert sum(observed) == 40 and observed == [32, 8]
+
+
+def test_kl_clips_outliers_that_minmax_keeps(adaptor, bundle):
+    rng = np.random.default_rng(0)
+    hist, _ = np.histogram(np.concatenate([np.abs(rng.standard_normal(200_000)), [60.0]]), bins=2048)
+    start, end = kl_threshold(hist, 256, zero_bin=0)
+    assert start == 0 and end < 2048 // 2  # the range shrinks far below the lone outlier
+    s_mm = space(adaptor, bundle, model_wise={"activation": {"algorithm": "minmax"}})
+    s_kl = space(adaptor, bundle, model_wise={"activation": {"algorithm": "kl"}})
+    q_mm = adaptor.quantize(bundle.model, s_mm.model_wise_configs()[0], bundle.calib_dataloader, bundle.example_inputs)
+    q_kl = adaptor.quantize(bundle.model, s_kl.model_wise_configs()[0], bundle.calib_dataloader, bundle.example_inputs)
+    scale_mm = q_mm.get_submodule("features.4.0").scale
+    scale_kl = q_kl.get_submodule("features.4.0").scale
+    assert scale_kl < scale_mm
+
+
+def test_inspect_gives_per_op_outputs(adaptor, bundle):
+    cfg = space(adaptor, bundle).model_wise_configs()[0]
+    q = adaptor.quantize(bundle.model, cfg, bundle.calib_dataloader, bundle.example_inputs)
+    # the FP32 reference is the same graph with every op in FP32 (conv+bn+relu fused alike)
+    f = adaptor.quantize(bundle.model, cfg.with_ops({n: OpChoice("fp32") for n in OPS}), bundle.calib_dataloader,
+                         bundle.example_inputs)
+    x = adaptor.take_inputs(bundle.eval_dataloader, 8)
+    ref = adaptor.inspect(f, x, ["features.0.0", "fc"])
+    got = adaptor.inspect(q, x, ["features.0.0", "fc"])
+    assert ref["features.0.0"].shape == got["features.0.0"].shape == (8, 16, 32, 32) and got["fc"].shape == (8, 10)
+    np.testing.assert_allclose(adaptor.predict(f, x).numpy(), adaptor.predict(bundle.model, x).numpy(), atol=1e-4)
+    for name in ("features.0.0", "fc"):
+        mse = float(np.mean((ref[name] - got[name]) ** 2))
+        assert 0 < mse < 0.01 * float(np.mean(ref[name] ** 2))
+    with pytest.raises(KeyError, match="no module named 'nope'"):
+        adaptor.inspect(q, x, ["nope"])
+
+
+def test_saved_model_loads_in_plain_pytorch_and_matches(adaptor, bundle, tmp_path):
+    cfg = space(adaptor, bundle).model_wise_configs()[0].with_ops({"fc": OpChoice("fp32")})
+    q = adaptor.quantize(bundle.model, cfg, bundle.calib_dataloader, bundle.example_inputs)
+    path = adaptor.save(q, tmp_path / "best_model", bundle.example_inputs)
+    x = adaptor.take_inputs(bundle.eval_dataloader, 64)
+    torch.save(x, tmp_path / "x.pt")
+    np.save(tmp_path / "expected.npy", adaptor.predict(q, x).numpy())
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["lpot_research"] = None  # any import of this package would now fail
+        import numpy as np, torch
+        m = torch.jit.load({str(path)!r})
+        out = m(torch.load({str(tmp_path / 'x.pt')!r})).numpy()
+        np.testing.assert_allclose(out, np.load({str(tmp_path / 'expected.npy')!r}), rtol=0, atol=1e-5)
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_footprint_and_latency_are_measured(adaptor, bundle):
+    x = adaptor.take_inputs(bundle.eval_dataloader, 32)
+    assert adaptor.latency_ms(bundle.model, x, 1, 3) > 0
+    assert adaptor.footprint_bytes(bundle.model, x) > 0
+
+
+def test_unknown_backend_is_named(bundle):
+    from lpot_research.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'tpu'.*valid choices"):
+        PyTorchAdaptor(backend="tpu").prepare(bundle.model, bundle.example_inputs)
