@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip install -q -c constraints.txt
 ARGS ?=
 
-.PHONY: tune test lint clean
+.PHONY: tune test test-fast lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ tune: $(VENV)/.installed-pytorch
 
 test: $(VENV)/.installed-all
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# skips the slow end-to-end runs (the hard model takes ~5 min)
+test-fast: $(VENV)/.installed-all
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-all
 	$(VENV)/bin/ruff check lpot_research tests scripts tune.py
