@@ -87,22 +87,13 @@ class History:
                 f.truncate(min(good, len(data)))
 
     def _append(self, line: str) -> None:
-        new = not self.path.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # a new run: its first line names it
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            line = json.dumps({"kind": "run", "run_key": self.run_key}) + "\n" + line
         with open(self.path, "a", encoding="utf-8") as f:
-            if new:
-                f.write(json.dumps({"kind": "run", "run_key": self.run_key}) + "\n")
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-    def ensure_header(self) -> None:
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w", encoding="utf-8") as f:
-                f.write(json.dumps({"kind": "run", "run_key": self.run_key}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
 
     def set_baseline(self, baseline: dict[str, Any]) -> None:
         self.baseline = baseline

@@ -205,7 +205,7 @@ class Tuner:
             return None
         return rec.metrics[key] / self.baseline[key]
 
-    def _progress(self, rec: TrialRecord) -> None:
+    def _progress(self, rec: TrialRecord, what: str) -> None:
         base = self.baseline["accuracy"]
         best = self._best
         if rec.ok:
@@ -217,8 +217,7 @@ class Tuner:
             body = f"FAILED: {rec.error}"
         best_s = (f"best #{best.trial} acc {best.accuracy:.4f} {self.objective.format(best.objective)}"
                   f"{'' if best.passed else ' (not passing)'}") if best else "best -"
-        log.info("[%d/%d] %s | %s | %s | %.1fs", rec.trial, self.exit.max_trials, rec.note or rec.config_id, body,
-                 best_s, rec.duration_s)
+        log.info("[%d/%d] %s | %s | %s | %.1fs", rec.trial, self.exit.max_trials, what, body, best_s, rec.duration_s)
 
     def _pareto(self) -> list[TrialRecord]:
         ok = [r for r in self.history.trials if r.ok and r.objective is not None]
@@ -237,12 +236,10 @@ class Tuner:
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> TuneResult:
-        t_start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = bool(self.history.trials) or self.history.baseline is not None
         if resumed:
             log.info("resuming %s: %d finished trial(s) on record", self.out, len(self.history.trials))
-        self.history.ensure_header()
         caps = self.adaptor.capabilities(self.model, self.q.approach, self.example_inputs)
         space = build_space(caps, self.q.approach, self.q.sampling_size, self.q.model_wise, self.q.op_wise)
         log.info("tuning space: %d op(s), %d configuration(s) (%s); strategy %s, objective %s, criterion %s",
@@ -260,6 +257,7 @@ class Tuner:
         gen = self.strategy.proposals(ctx)
         stop_reason = "strategy finished: its space is exhausted"
         repeats = 0
+        previous: TuneConfig | None = None
         try:
             cfg = next(gen)
             while True:
@@ -290,7 +288,8 @@ class Tuner:
                     self._best = self._best_record()
                     if qmodel is not None and self._best is rec:
                         self._best_model = (rec.config_id, qmodel)
-                    self._progress(rec)
+                    self._progress(rec, cfg.note or (f"changed: {cfg.diff(previous)}" if previous else cfg.id))
+                    previous = cfg
                 if self.exit.timeout == 0 and rec.passed:
                     stop_reason = "met the criterion (timeout=0: stop at the first passing config)"
                     break

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lpot_research._lazy import load_object
 from lpot_research.errors import ConfigError
 
 FRAMEWORKS = {
@@ -22,5 +23,4 @@ def make_adaptor(name: str, **kwargs: Any) -> Any:
     except ImportError as e:
         raise ConfigError(f"framework {name!r} needs {module!r}, which is not installed "
                           f"(pip install 'lpot-research[{extra}]')") from e
-    mod, _, attr = target.partition(":")
-    return getattr(importlib.import_module(mod), attr)(**{k: v for k, v in kwargs.items() if v is not None})
+    return load_object(target)(**{k: v for k, v in kwargs.items() if v is not None})
