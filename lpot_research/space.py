@@ -204,6 +204,39 @@ class TuningSpace:
             n *= max(1, sum(o.quantized for o in opts))
         return n
 
+    # -- index encoding: dimension 0 is the sampling size, then one dimension per op ---------------
+    @property
+    def radices(self) -> list[int]:
+        return [len(self.sampling_sizes)] + [len(opts) for _, opts in self.options]
+
+    def config_at(self, index: Iterable[int], note: str = "") -> TuneConfig:
+        """The configuration at a per-dimension index (see `radices`)."""
+        idx = list(index)
+        ops = tuple((n, opts[i]) for (n, opts), i in zip(self.options, idx[1:], strict=True))
+        return TuneConfig(self.approach, self.sampling_sizes[idx[0]], ops, note)
+
+    def index_of(self, cfg: TuneConfig) -> list[int]:
+        return [self.sampling_sizes.index(cfg.sampling_size)] + [
+            opts.index(c) for (_, c), (_, opts) in zip(cfg.ops, self.options, strict=True)
+        ]
+
+    def config_at_flat(self, flat: int, note: str = "") -> TuneConfig:
+        """The configuration at a flat index in [0, size): mixed-radix digits, last op fastest."""
+        digits = []
+        for r in reversed(self.radices):
+            flat, d = divmod(flat, r)
+            digits.append(d)
+        return self.config_at(reversed(digits), note)
+
+    def one_hot(self, cfg: TuneConfig) -> list[float]:
+        """A 0/1 encoding of a configuration (one block per dimension), for model-based strategies."""
+        out: list[float] = []
+        for r, i in zip(self.radices, self.index_of(cfg), strict=True):
+            block = [0.0] * r
+            block[i] = 1.0
+            out += block
+        return out
+
     def contains(self, cfg: TuneConfig) -> bool:
         if cfg.approach != self.approach or cfg.sampling_size not in self.sampling_sizes:
             return False

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lpot_research.adaptors.base import Adaptor
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.errors import ConfigError, DataError, LpotError
 from lpot_research.history import History, TrialRecord
 from lpot_research.objectives import Benchmark, Objective
-from lpot_research.space import TuneConfig, TuningSpace, build_space
+from lpot_research.space import OpChoice, TuneConfig, TuningSpace, build_space
 from lpot_research.strategies.base import Result, Strategy, StrategyContext, select_best
 
 log = logging.getLogger("lpot_research")
@@ -125,6 +127,7 @@ class Tuner:
         self.history = History(self.out, run_key)
         self._best_model: tuple[str, Any] | None = None  # (config_id, model) of the best so far
         self._best: TrialRecord | None = None
+        self._op_error_cache: dict[str, dict[str, float]] = {}
 
     # ---------------------------------------------------------------- measurement
     def _measure(self, model: Any) -> dict[str, float]:
@@ -190,6 +193,29 @@ class Tuner:
         )
         return rec, qmodel
 
+    def _op_errors(self, cfg: TuneConfig) -> dict[str, float]:
+        """Normalized MSE (mse / mean square of the reference) of each quantized op's output in `cfg`
+        against the same op in an all-FP32 build of the same graph, on a fixed calibration batch."""
+        if cfg.id in self._op_error_cache:
+            return self._op_error_cache[cfg.id]
+        t0 = time.perf_counter()
+        names = [n for n, c in cfg.ops if c.quantized]
+        inputs = self.adaptor.take_inputs(self.calib, min(cfg.sampling_size, 32), "calibration")
+        reference = self.adaptor.quantize(self.model, cfg.with_ops({n: OpChoice("fp32") for n, _ in cfg.ops}),
+                                          self.calib, self.example_inputs)
+        quantized = self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
+        ref = self.adaptor.inspect(reference, inputs, names)
+        got = self.adaptor.inspect(quantized, inputs, names)
+        errors = {}
+        for n in names:
+            a, b = np.asarray(ref[n], dtype=np.float64), np.asarray(got[n], dtype=np.float64)
+            errors[n] = float(np.mean((a - b) ** 2) / (np.mean(a**2) + 1e-12))
+        self._op_error_cache[cfg.id] = errors
+        top = sorted(errors.items(), key=lambda kv: -kv[1])[:5]
+        log.info("per-op output error vs FP32 (%.1f s), largest: %s", time.perf_counter() - t0,
+                 ", ".join(f"{n} {e:.2e}" for n, e in top))
+        return errors
+
     # ---------------------------------------------------------------- results
     def _result(self, rec: TrialRecord) -> Result:
         return Result(TuneConfig.from_dict(rec.config, rec.note), rec.ok, rec.accuracy, rec.objective, rec.passed,
@@ -253,7 +279,9 @@ class Tuner:
         records = self.history.by_id()
         n_trials = len(self.history.trials)
         self._best = self._best_record()
-        ctx = StrategyContext(space, self.criterion, self.baseline["accuracy"])
+        ctx = StrategyContext(space, self.criterion, self.baseline["accuracy"],
+                              baseline_objective=self.baseline.get(self.objective.key),
+                              max_trials=self.exit.max_trials, op_errors=self._op_errors)
         gen = self.strategy.proposals(ctx)
         stop_reason = "strategy finished: its space is exhausted"
         repeats = 0

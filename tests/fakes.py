@@ -88,7 +88,14 @@ class FakeAdaptor(Adaptor):
         return self.size_bytes(model) * 2
 
     def inspect(self, model: FakeModel, inputs: Any, op_names: list[str]) -> dict[str, Any]:
-        return {}
+        """Per-op outputs whose error vs FP32 grows with the op's accuracy penalty when it is INT8."""
+        import numpy as np
+
+        out = {}
+        for n in op_names:
+            c = model.config.op(n)
+            out[n] = np.ones(4) + (self.penalties[self.ops.index(n)] if c.quantized else 0.0)
+        return out
 
     def save(self, model: FakeModel, path: Path, example_inputs: Any) -> Path:
         out = Path(path).with_suffix(".txt")

@@ -145,3 +145,18 @@ def test_custom_strategy_from_the_readme(tmp_path):
     assert s["strategy"] == "GreedyFallback" and s["met_criterion"]
     notes = [t["note"] for t in _trials(tmp_path)]
     assert any(n.startswith("greedy: op5 -> fp32") for n in notes)
+
+
+def test_sweep_of_all_strategies_and_compare(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = tune("-m", "strategy=basic,mse,exhaustive,random,bayesian,tpe", *FAKE, "exit_policy.timeout=30",
+             "exit_policy.max_trials=8", f"hydra.sweep.dir={sweep}", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), str(sweep)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert c.returncode == 0, c.stderr
+    rows = [line for line in c.stdout.splitlines() if line.split()[:1] and line.split()[0] in
+            ("basic", "mse", "exhaustive", "random", "bayesian", "tpe")]
+    assert sorted(x.split()[0] for x in rows) == sorted(["basic", "mse", "exhaustive", "random", "bayesian", "tpe"])
+    png = sweep / "compare.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -11,6 +11,11 @@ from lpot_research.strategies.base import Result, Strategy, StrategyContext, ran
 
 BUILTIN = {
     "basic": "lpot_research.strategies.basic:BasicStrategy",
+    "mse": "lpot_research.strategies.mse:MSEStrategy",
+    "exhaustive": "lpot_research.strategies.exhaustive:ExhaustiveStrategy",
+    "random": "lpot_research.strategies.random:RandomStrategy",
+    "bayesian": "lpot_research.strategies.bayesian:BayesianStrategy",
+    "tpe": "lpot_research.strategies.tpe:TPEStrategy",
 }
 
 __all__ = ["BUILTIN", "Result", "Strategy", "StrategyContext", "make_strategy", "rank_key", "select_best"]

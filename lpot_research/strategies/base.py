@@ -36,8 +36,23 @@ class StrategyContext:
     space: TuningSpace
     criterion: AccuracyCriterion
     baseline_accuracy: float
-    # Per-op output error of a quantized config vs FP32 ({op: mse}); used by the mse strategy.
+    baseline_objective: float | None = None  # the FP32 model's objective value (e.g. latency)
+    max_trials: int | None = None  # for information (the tuner enforces it)
+    # Per-op output error of a quantized config vs FP32 ({op: normalized mse}); used by mse.
     op_errors: Callable[[TuneConfig], dict[str, float]] | None = None
+
+    def score(self, r: Result) -> float | None:
+        """One number to maximize, for model-based strategies: a passing config scores minus its
+        objective relative to FP32 (so faster is higher); a failing one scores below every passing
+        one, lower the further it misses the accuracy threshold. None for errored trials."""
+        if not r.ok or r.accuracy is None:
+            return None
+        if r.passed:
+            obj = r.objective if r.objective is not None else 1.0
+            return -(obj / self.baseline_objective if self.baseline_objective else obj)
+        thr = self.criterion.threshold(self.baseline_accuracy)
+        miss = (thr - r.accuracy) if self.criterion.higher_is_better else (r.accuracy - thr)
+        return -10.0 - 100.0 * max(miss, 0.0) / max(abs(self.baseline_accuracy), 1e-12)
 
 
 Proposals = Generator[TuneConfig, Result, None]

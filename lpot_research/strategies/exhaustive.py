@@ -1,0 +1,33 @@
+"""exhaustive: every quantized configuration of the space, in a deterministic order.
+
+As in the seed, only quantized choices are walked (an op that has none keeps its only option); the
+sampling size is the slowest-changing dimension and the last op the fastest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+from lpot_research.strategies.base import Proposals, Strategy, StrategyContext
+
+log = logging.getLogger("lpot_research")
+
+
+class ExhaustiveStrategy(Strategy):
+    name = "exhaustive"
+
+    def proposals(self, ctx: StrategyContext) -> Proposals:
+        space = ctx.space
+        per_op = [[o for o in opts if o.quantized] or list(opts[:1]) for _, opts in space.options]
+        size = space.quantized_size()
+        log.info("exhaustive: %d quantized configuration(s) to walk", size)
+        if ctx.max_trials is not None and size > ctx.max_trials:
+            log.warning("exhaustive: the space (%d configs) exceeds max_trials (%d); only the first %d will be tried",
+                        size, ctx.max_trials, ctx.max_trials)
+        names = space.op_names
+        for k, (ss, *choices) in enumerate(itertools.product(space.sampling_sizes, *per_op), 1):
+            cfg = space.config_at([space.sampling_sizes.index(ss)] + [
+                space.op_options(n).index(c) for n, c in zip(names, choices, strict=True)
+            ], f"exhaustive {k}/{size}")
+            yield cfg

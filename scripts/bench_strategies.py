@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Trials-to-goal and wall time per strategy, side by side in one run, on one model.
+
+    python scripts/bench_strategies.py                       # the hard model, torch's MinMax calibration
+    python scripts/bench_strategies.py --strategies basic,mse --max-trials 30 --timeout 0
+
+The model and its data are built once; each strategy then tunes it from scratch in its own output dir
+(under --out) with the same criterion, budget and seed. With --timeout 0 (the default, the seed's
+meaning) each run stops at its first passing configuration, so the table compares how fast each
+strategy reaches the goal; with --timeout > 0 it keeps searching for a better objective until the
+budget is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lpot_research  # noqa: E402
+from lpot_research.strategies import BUILTIN  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minilm_wordnet", help="a config name of conf/model/")
+    ap.add_argument("--strategies", default=",".join(BUILTIN), help="comma-separated strategy names")
+    ap.add_argument("--max-trials", type=int, default=30)
+    ap.add_argument("--timeout", type=float, default=0, help="seconds per strategy; 0 = stop at first pass")
+    ap.add_argument("--algorithm", default="minmax",
+                    help="activation calibration(s) allowed, comma-separated ('' = framework defaults)")
+    ap.add_argument("--seed", type=int, default=9527)
+    ap.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary dir)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    bad = [s for s in names if s not in BUILTIN]
+    if bad:
+        print(f"error: unknown strategy {bad[0]!r}; valid strategies: {', '.join(BUILTIN)}", file=sys.stderr)
+        return 2
+    model_yaml = ROOT / "conf" / "model" / f"{args.model}.yaml"
+    if not model_yaml.exists():
+        valid = ", ".join(sorted(p.stem for p in model_yaml.parent.glob("*.yaml")))
+        print(f"error: unknown model {args.model!r}; valid models: {valid}", file=sys.stderr)
+        return 2
+
+    bundle = instantiate(OmegaConf.load(model_yaml)).load()
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench_strategies_"))
+    quant = {}
+    if args.algorithm:
+        quant = {"model_wise": {"activation": {"algorithm": args.algorithm.split(",")}}}
+    config = {"quantization": quant, "exit_policy": {"timeout": args.timeout, "max_trials": args.max_trials},
+              "random_seed": args.seed, "threads": 1}
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        res = lpot_research.tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, bundle.metric,
+                                 config=config, strategy=name, output_dir=out / name,
+                                 example_inputs=bundle.example_inputs, model_name=bundle.name,
+                                 bench_batch_size=bundle.bench_batch_size)
+        wall = time.perf_counter() - t0
+        lines = [json.loads(x) for x in (out / name / "history.jsonl").read_text().splitlines()]
+        base = next(x for x in lines if x.get("kind") == "baseline")
+        trials = [x for x in lines if x.get("kind") == "trial"]
+        first = next((t for t in trials if t["passed"]), None)
+        best = res.summary["best"] or {}
+        rows.append({
+            "strategy": name,
+            "to_goal": first["trial"] if first else None,
+            "s_to_goal": first["elapsed_s"] - base["duration_s"] if first else None,
+            "best_acc": best.get("accuracy"),
+            "ratio": best.get("latency_ratio"),
+            "trials": res.summary["trials"],
+            "wall": wall,
+            "fp32": res.summary["baseline"]["accuracy"],
+            "threshold": res.summary["criterion"]["threshold"],
+        })
+
+    print(f"\nmodel {bundle.name}: FP32 accuracy {rows[0]['fp32']:.4f}, criterion >= {rows[0]['threshold']:.4f}; "
+          f"activation calibration {args.algorithm or 'default'}; max_trials {args.max_trials}, "
+          f"timeout {args.timeout:g}; runs in {out}")
+    head = f"{'strategy':<11} {'trials to goal':>14} {'s to goal':>9} {'best acc':>9} {'lat vs fp32':>11} " \
+           f"{'trials':>6} {'wall s':>7}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        to_goal = str(r["to_goal"]) if r["to_goal"] is not None else f">{r['trials']}"
+        s_goal = f"{r['s_to_goal']:.0f}" if r["s_to_goal"] is not None else "-"
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+        acc = f"{r['best_acc']:.4f}" if r["best_acc"] is not None else "-"
+        print(f"{r['strategy']:<11} {to_goal:>14} {s_goal:>9} {acc:>9} {ratio:>11} {r['trials']:>6} {r['wall']:>7.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The contract every strategy passes, as a reusable test-case class (subclass it, set `strategy`).
+
+Runs the real tuner on the fake framework (known accuracy landscape), so each check takes well under a
+second. A user's own strategy can reuse it: `class TestMine(StrategyContract): strategy = Mine`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.fakes import FakeAdaptor
+from tests.helpers import run_fake
+
+ROOT = Path(__file__).resolve().parents[1]
+# bf16 costs accuracy and fp32 is not allowed: nothing passes, so strategies keep searching
+NO_PASS = {"quantization": {"model_wise": {"activation": {"dtype": ["uint8", "bf16"]}}}}
+LONG = {"exit_policy": {"timeout": 3600, "max_trials": 12}}
+
+
+def trials(res) -> list[dict[str, Any]]:
+    lines = [json.loads(x) for x in (res.output_dir / "history.jsonl").read_text().splitlines()]
+    return [t for t in lines if t.get("kind") == "trial"]
+
+
+def merge(*cfgs: dict) -> dict:
+    out: dict = {}
+    for c in cfgs:
+        for k, v in c.items():
+            out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) else v
+    return out
+
+
+class StrategyContract:
+    strategy: Any = None  # the Strategy subclass under test
+    options: dict = {}
+
+    def make(self, seed: int = 9527):
+        return self.strategy(seed=seed, **self.options)
+
+    def landscape(self, **kw) -> FakeAdaptor:
+        return FakeAdaptor(**{"ops": 5, "penalties": [0.01, 0.03, 0.02, 0.05, 0.04], "bf16_penalty": 0.02, **kw})
+
+    def test_same_seed_same_sequence(self, tmp_path):
+        a = run_fake(tmp_path / "a", self.landscape(), self.make(11), merge(NO_PASS, LONG))
+        b = run_fake(tmp_path / "b", self.landscape(), self.make(11), merge(NO_PASS, LONG))
+        ids = [t["config_id"] for t in trials(a)]
+        assert len(ids) >= 5 and ids == [t["config_id"] for t in trials(b)]
+
+    def test_same_sequence_in_another_process(self, tmp_path):
+        here = run_fake(tmp_path / "here", self.landscape(), self.make(5), merge(NO_PASS, LONG))
+        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+                f"from {type(self).__module__} import {type(self).__name__} as T\n"
+                "from tests.strategy_contract import NO_PASS, LONG, merge, trials\n"
+                "from tests.helpers import run_fake\n"
+                f"t = T(); r = run_fake({str(tmp_path / 'there')!r}, t.landscape(), t.make(5), merge(NO_PASS, LONG))\n"
+                "print(' '.join(x['config_id'] for x in trials(r)))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == [t["config_id"] for t in trials(here)]
+
+    def test_evaluated_configs_never_cost_a_trial(self, tmp_path):
+        res = run_fake(tmp_path, self.landscape(), self.make(), merge(NO_PASS, LONG))
+        ids = [t["config_id"] for t in trials(res)]
+        assert len(ids) == len(set(ids)) == res.summary["trials"]
+
+    def test_max_trials_is_respected(self, tmp_path):
+        res = run_fake(tmp_path, self.landscape(), self.make(), merge(NO_PASS, {"exit_policy": {"timeout": 3600,
+                                                                                             "max_trials": 3}}))
+        assert res.summary["trials"] == 3 and "max_trials" in res.summary["stop_reason"]
+
+    def test_timeout_is_respected(self, tmp_path):
+        res = run_fake(tmp_path, self.landscape(sleep=0.1), self.make(),
+                       merge(NO_PASS, {"exit_policy": {"timeout": 0.45, "max_trials": 1000}}))
+        assert "timeout" in res.summary["stop_reason"] and 1 <= res.summary["trials"] <= 6
+
+    def test_ends_when_its_space_is_exhausted(self, tmp_path):
+        # 3 configurations: op1 is int8 (one spec) / bf16 / fp32, op0 is pinned to fp32
+        small = {"quantization": {"model_wise": {"weight": {"granularity": "per_channel"},
+                                                 "activation": {"scheme": "asym", "algorithm": "minmax"}},
+                                  "op_wise": {"op0": {"activation": {"dtype": ["fp32"]}}}},
+                 "accuracy_criterion": {"kind": "absolute", "tolerance": 0.0},
+                 "exit_policy": {"timeout": 3600, "max_trials": 50}}
+        res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1], bf16_penalty=0.05), self.make(), small)
+        assert res.space.size == 3
+        assert res.summary["stop_reason"].startswith("strategy finished") and res.summary["trials"] <= 3
+        assert res.summary["elapsed_s"] < 30
+
+    def test_resume_gives_the_uninterrupted_result(self, tmp_path):
+        cfg = merge(NO_PASS, LONG)
+        full = run_fake(tmp_path / "full", self.landscape(), self.make(3), cfg)
+        run_fake(tmp_path / "run", self.landscape(), self.make(3), merge(cfg, {"exit_policy": {"max_trials": 5}}))
+        resumed = run_fake(tmp_path / "run", self.landscape(), self.make(3), cfg)
+        assert [t["config_id"] for t in trials(resumed)] == [t["config_id"] for t in trials(full)]
+        assert resumed.summary["best"]["config_id"] == full.summary["best"]["config_id"]

@@ -1,0 +1,108 @@
+"""Every built-in strategy passes the shared contract; plus what is particular to each."""
+
+import json
+
+import pytest
+
+from lpot_research.strategies.basic import BasicStrategy
+from lpot_research.strategies.bayesian import BayesianStrategy
+from lpot_research.strategies.exhaustive import ExhaustiveStrategy
+from lpot_research.strategies.mse import MSEStrategy
+from lpot_research.strategies.random import RandomStrategy
+from lpot_research.strategies.tpe import TPEStrategy
+from tests.fakes import FakeAdaptor
+from tests.helpers import history_notes, run_fake
+from tests.strategy_contract import LONG, NO_PASS, StrategyContract, merge, trials
+
+
+class TestBasic(StrategyContract):
+    strategy = BasicStrategy
+
+
+class TestMSE(StrategyContract):
+    strategy = MSEStrategy
+
+
+class TestExhaustive(StrategyContract):
+    strategy = ExhaustiveStrategy
+
+
+class TestRandom(StrategyContract):
+    strategy = RandomStrategy
+
+
+class TestBayesian(StrategyContract):
+    strategy = BayesianStrategy
+    options = {"pool": 256}
+
+
+class TestTPE(StrategyContract):
+    strategy = TPEStrategy
+
+
+def test_mse_orders_fallback_by_output_error_without_stage2_trials(tmp_path):
+    res = run_fake(tmp_path, FakeAdaptor(ops=4, penalties=[0.04, 0.01, 0.03, 0.02], bf16_penalty=0.0),
+                   MSEStrategy())
+    notes = history_notes(res)
+    assert not any(n.startswith("stage 2") for n in notes)
+    stage3 = [n for n in notes if n.startswith("stage 3")]
+    # the largest error (op0) falls back first, then op2
+    assert stage3[0].startswith("stage 3: +op0") and stage3[1].startswith("stage 3: +op2")
+    assert res.summary["met_criterion"]
+    basic = run_fake(tmp_path / "basic", FakeAdaptor(ops=4, penalties=[0.04, 0.01, 0.03, 0.02], bf16_penalty=0.0),
+                     BasicStrategy())
+    assert res.summary["trials"] < basic.summary["trials"]  # no per-op trials: fewer in all
+
+
+def test_exhaustive_walks_quantized_configs_in_order(tmp_path, caplog):
+    caplog.set_level("INFO")
+    res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1]), ExhaustiveStrategy(),
+                   merge(LONG, {"exit_policy": {"max_trials": 100}}))
+    t = trials(res)
+    assert res.summary["stop_reason"].startswith("strategy finished")
+    assert len(t) == res.space.quantized_size() == 16  # (2 act schemes x 2 algorithms)^2 ops
+    assert all(all(op["dtype"] == "int8" for op in x["config"]["ops"].values()) for x in t)
+    assert "16 quantized configuration(s)" in caplog.text
+
+
+def test_exhaustive_warns_when_space_exceeds_max_trials(tmp_path, caplog):
+    run_fake(tmp_path, FakeAdaptor(ops=4, penalties=[0.1] * 4), ExhaustiveStrategy(),
+             merge(LONG, {"exit_policy": {"max_trials": 5}}))
+    assert "exceeds max_trials (5)" in caplog.text
+
+
+def test_random_differs_by_seed_and_covers_fallbacks(tmp_path):
+    a = run_fake(tmp_path / "a", FakeAdaptor(ops=5), RandomStrategy(seed=1), merge(NO_PASS, LONG))
+    b = run_fake(tmp_path / "b", FakeAdaptor(ops=5), RandomStrategy(seed=2), merge(NO_PASS, LONG))
+    assert [t["config_id"] for t in trials(a)] != [t["config_id"] for t in trials(b)]
+    dtypes = {op["dtype"] for t in trials(a) for op in t["config"]["ops"].values()}
+    assert dtypes == {"int8", "bf16"}
+
+
+@pytest.mark.parametrize("strategy", [BayesianStrategy, TPEStrategy])
+@pytest.mark.parametrize("n_configs", [2, 3])
+def test_model_based_strategies_end_promptly_on_tiny_spaces(tmp_path, strategy, n_configs):
+    dtypes = ["uint8", "fp32"] if n_configs == 2 else ["uint8", "bf16", "fp32"]
+    cfg = {"quantization": {"model_wise": {"weight": {"granularity": "per_channel"},
+                                           "activation": {"scheme": "asym", "algorithm": "minmax",
+                                                          "dtype": dtypes}},
+                            "op_wise": {"op0": {"activation": {"dtype": ["fp32"]}}}},
+           "accuracy_criterion": {"kind": "absolute", "tolerance": 0.0},
+           "exit_policy": {"timeout": 3600, "max_trials": 100}}
+    res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1], bf16_penalty=0.05), strategy(seed=0), cfg)
+    assert res.space.size == n_configs
+    assert res.summary["trials"] == n_configs and res.summary["stop_reason"].startswith("strategy finished")
+    assert res.summary["elapsed_s"] < 20
+
+
+def test_model_based_strategies_find_the_fast_passing_config(tmp_path):
+    # only op3 is sensitive: the best passing configs keep every other op in int8
+    landscape = dict(ops=5, penalties=[0.001, 0.001, 0.001, 0.05, 0.001], bf16_penalty=0.0)
+    cfg = merge({"exit_policy": {"timeout": 3600, "max_trials": 40}},
+                {"quantization": {"model_wise": {"activation": {"algorithm": "minmax"}}}})
+    for strategy in (BayesianStrategy(seed=0, pool=512), TPEStrategy(seed=0)):
+        res = run_fake(tmp_path / strategy.name, FakeAdaptor(**landscape), strategy, cfg)
+        s = res.summary
+        assert s["met_criterion"], strategy.name
+        assert s["best"]["latency_ms"] <= 7.0, (strategy.name, s["best"])  # optimum 6: op3 bf16, rest int8
+        json.dumps(s)
