@@ -15,7 +15,7 @@ class GreedyFallback(Strategy):
         results = []
         for cfg in ctx.space.model_wise_configs():
             results.append((yield cfg))
-        best = select_best(results, ctx.criterion.higher_is_better)
+        best = select_best(results, ctx.criterion.hib)
         if best is None or best.passed:
             return
         cfg = best.config

@@ -121,6 +121,10 @@ def tune(
         bench_d["batch_size"] = bench_batch_size
     bench = Benchmark(**{k: v for k, v in bench_d.items() if v is not None})
 
+    for what, loader in (("calib_dataloader", calib_dataloader), ("eval_dataloader", eval_dataloader)):
+        if loader is not None and iter(loader) is loader:
+            raise ConfigError(f"{what} is a one-shot iterator ({type(loader).__name__}); tuning reads the data "
+                              "many times: pass a re-iterable (a list, a torch DataLoader, ...)")
     if eval_func is None and eval_dataloader is None:
         raise ConfigError("give either eval_func(model) -> float or an eval_dataloader (with a metric)")
     if eval_func is not None:
@@ -134,6 +138,7 @@ def tune(
 
         def evaluate(m: Any) -> float:
             return adaptor.evaluate(m, eval_dataloader, metric)
+    crit = crit.for_metric(metric)
 
     try:
         import torch
@@ -156,6 +161,7 @@ def tune(
         "strategy": _describe(strat),
         "quantization": vars(q),
         "criterion": vars(crit),
+        "benchmark": vars(bench),
         "objective": obj.name,
         "seed": seed,
     })

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lpot_research.errors import ConfigError
 
@@ -20,7 +20,7 @@ class AccuracyCriterion:
 
     kind: str = "relative"
     tolerance: float = 0.01
-    higher_is_better: bool = True
+    higher_is_better: bool | None = None  # None: the metric's own direction (`for_metric`), else True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -34,9 +34,19 @@ class AccuracyCriterion:
                 "(0.01 = 1%); use a value below 1 or kind=absolute"
             )
 
+    def for_metric(self, metric: object) -> AccuracyCriterion:
+        """This criterion with its direction taken from the metric when it was left unset."""
+        if self.higher_is_better is not None:
+            return self
+        return replace(self, higher_is_better=bool(getattr(metric, "higher_is_better", True)))
+
+    @property
+    def hib(self) -> bool:
+        return self.higher_is_better is not False
+
     def threshold(self, baseline: float) -> float:
         margin = abs(baseline) * self.tolerance if self.kind == "relative" else self.tolerance
-        return baseline - margin if self.higher_is_better else baseline + margin
+        return baseline - margin if self.hib else baseline + margin
 
     def passes(self, accuracy: float | None, baseline: float) -> bool:
         if accuracy is None or not math.isfinite(accuracy):
@@ -44,13 +54,13 @@ class AccuracyCriterion:
         t = self.threshold(baseline)
         # A tiny epsilon so that e.g. 0.99 vs 1.0*(1-0.01) is not lost to float rounding.
         eps = 1e-12 * max(1.0, abs(t))
-        return accuracy >= t - eps if self.higher_is_better else accuracy <= t + eps
+        return accuracy >= t - eps if self.hib else accuracy <= t + eps
 
     def better(self, a: float, b: float) -> bool:
         """Is accuracy a strictly better than b in this metric's direction?"""
-        return a > b if self.higher_is_better else a < b
+        return a > b if self.hib else a < b
 
     def describe(self) -> str:
         tol = f"{self.tolerance:.2%}" if self.kind == "relative" else f"{self.tolerance:g}"
-        direction = "higher is better" if self.higher_is_better else "lower is better"
+        direction = "higher is better" if self.hib else "lower is better"
         return f"{self.kind} {tol} ({direction})"

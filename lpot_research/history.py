@@ -50,46 +50,47 @@ class History:
         self.run_key = run_key
         self.baseline: dict[str, Any] | None = None
         self.trials: list[TrialRecord] = []
+        self._has_header = False
         self._load()
 
     def _load(self) -> None:
         if not self.path.exists():
             return
-        good = 0
-        with open(self.path, "rb") as f:
-            data = f.read()
-        lines = data.split(b"\n")
-        for raw in lines:
+        data = self.path.read_bytes()
+        # Only newline-terminated lines were written completely; a kill mid-write leaves an
+        # unterminated tail, which is dropped (and cut from the file so new lines start clean).
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            log.warning("history: dropping a partially written last line of %s", self.path)
+            with open(self.path, "r+b") as f:
+                f.truncate(len(complete))
+        for number, raw in enumerate(complete.splitlines(), 1):
             if not raw.strip():
-                good += len(raw) + 1
                 continue
             try:
                 rec = json.loads(raw)
-            except json.JSONDecodeError:
-                log.warning("history: dropping a partially written last line in %s", self.path)
-                break
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{self.path} line {number} is corrupt ({e}); fix or remove that line") from None
             kind = rec.get("kind")
             if kind == "run":
+                self._has_header = True
                 if rec["run_key"] != self.run_key:
                     raise ConfigError(
                         f"cannot resume from {self.path.parent}: it holds a different run (run_key "
                         f"{rec['run_key']} != {self.run_key}); the framework, model, quantization, "
-                        "criterion, objective, strategy and seed must match"
+                        "criterion, objective, benchmark, strategy and seed must match"
                     )
             elif kind == "baseline":
                 self.baseline = rec
             elif kind == "trial":
                 rec.pop("kind")
                 self.trials.append(TrialRecord(**rec))
-            good += len(raw) + 1
-        if good < len(data):  # cut a torn tail so new lines start clean
-            with open(self.path, "r+b") as f:
-                f.truncate(min(good, len(data)))
 
     def _append(self, line: str) -> None:
-        if not self.path.exists():  # a new run: its first line names it
+        if not self._has_header:  # a new (or empty) history: its first line names the run
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"kind": "run", "run_key": self.run_key}) + "\n" + line
+            self._has_header = True
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()

@@ -300,7 +300,7 @@ def _tensor_values(
     allowed = list(cap[key])
     explicit = False
     for c in constraints:
-        vals = _as_list((c or {}).get(tensor, {}).get(key)) if c else None
+        vals = _as_list(((c or {}).get(tensor) or {}).get(key))
         if vals is None:
             continue
         explicit = True
@@ -318,6 +318,18 @@ def _tensor_values(
     if not explicit and key in op.defaults.get(tensor, {}):
         allowed = [v for v in allowed if v in op.defaults[tensor][key]]
     return allowed
+
+
+def _quantized_allowed(*constraints: Mapping[str, Any] | None) -> bool:
+    """False when some dtype constraint (of either tensor) lists no quantized dtype, e.g.
+    `activation: {dtype: [fp32]}`: the op must not be quantized, even where it has no such tensor
+    (dynamic quantization has no activation capability)."""
+    for c in constraints:
+        for tensor in ("weight", "activation"):
+            vals = _as_list(((c or {}).get(tensor) or {}).get("dtype"))
+            if vals is not None and not any(str(v) in QUANT_DTYPES for v in vals):
+                return False
+    return True
 
 
 def _fallbacks(op: OpCapability, *constraints: Mapping[str, Any] | None) -> list[str]:
@@ -404,7 +416,7 @@ def build_space(
         ow = per_op.get(op.name)
         cons = (model_wise, ow)
         choices: list[OpChoice] = []
-        if op.quantizable:
+        if op.quantizable and _quantized_allowed(*cons):
             w_vals = {k: _tensor_values(op, "weight", k, *cons) for k in TENSOR_KEYS}
             a_vals = {k: _tensor_values(op, "activation", k, *cons) for k in TENSOR_KEYS}
             ws = [QSpec(*v) for v in itertools.product(*(w_vals[k] for k in TENSOR_KEYS))] if op.weight else [None]

@@ -193,6 +193,24 @@ class Tuner:
         )
         return rec, qmodel
 
+    def _sampling_sizes(self) -> Any:
+        """The sampling sizes worth trying: one for dynamic quantization (it does not calibrate), and
+        none beyond what the calibration data holds (more would repeat the same model)."""
+        sizes = self.q.sampling_size if isinstance(self.q.sampling_size, list | tuple) else [self.q.sampling_size]
+        if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+            return self.q.sampling_size  # build_space reports the bad value
+        if self.q.approach == "post_training_dynamic_quant":
+            if len(sizes) > 1:
+                log.info("dynamic quantization does not calibrate: sampling_size %s reduced to %d", sizes, sizes[0])
+            return [sizes[0]]
+        available = self.adaptor.count_samples(self.calib, max(sizes))
+        if available < max(sizes):
+            clamped = list(dict.fromkeys(min(s, available) for s in sizes))
+            log.warning("the calibration dataloader holds %d sample(s): sampling_size %s becomes %s", available,
+                        sizes, clamped)
+            return clamped
+        return sizes
+
     def _op_errors(self, cfg: TuneConfig) -> dict[str, float]:
         """Normalized MSE (mse / mean square of the reference) of each quantized op's output in `cfg`
         against the same op in an all-FP32 build of the same graph, on a fixed calibration batch."""
@@ -200,12 +218,17 @@ class Tuner:
             return self._op_error_cache[cfg.id]
         t0 = time.perf_counter()
         names = [n for n, c in cfg.ops if c.quantized]
-        inputs = self.adaptor.take_inputs(self.calib, min(cfg.sampling_size, 32), "calibration")
-        reference = self.adaptor.quantize(self.model, cfg.with_ops({n: OpChoice("fp32") for n, _ in cfg.ops}),
-                                          self.calib, self.example_inputs)
-        quantized = self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
-        ref = self.adaptor.inspect(reference, inputs, names)
-        got = self.adaptor.inspect(quantized, inputs, names)
+        try:
+            inputs = self.adaptor.take_inputs(self.calib, min(cfg.sampling_size, 32), "calibration")
+            reference = self.adaptor.quantize(self.model, cfg.with_ops({n: OpChoice("fp32") for n, _ in cfg.ops}),
+                                              self.calib, self.example_inputs)
+            quantized = self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
+            ref = self.adaptor.inspect(reference, inputs, names)
+            got = self.adaptor.inspect(quantized, inputs, names)
+        except Exception as e:  # e.g. the config does not quantize: no ranking rather than no run
+            log.warning("per-op output inspection failed (%s: %s); falling back in model order", type(e).__name__, e)
+            self._op_error_cache[cfg.id] = {}
+            return {}
         errors = {}
         for n in names:
             a, b = np.asarray(ref[n], dtype=np.float64), np.asarray(got[n], dtype=np.float64)
@@ -223,7 +246,7 @@ class Tuner:
 
     def _best_record(self) -> TrialRecord | None:
         by_trial = {r.trial: r for r in self.history.trials}
-        best = select_best((self._result(r) for r in self.history.trials), self.criterion.higher_is_better)
+        best = select_best((self._result(r) for r in self.history.trials), self.criterion.hib)
         return by_trial[best.trial] if best else None
 
     def _ratio(self, rec: TrialRecord | None, key: str) -> float | None:
@@ -247,7 +270,7 @@ class Tuner:
 
     def _pareto(self) -> list[TrialRecord]:
         ok = [r for r in self.history.trials if r.ok and r.objective is not None]
-        hib = self.criterion.higher_is_better
+        hib = self.criterion.hib
 
         def dominates(a: TrialRecord, b: TrialRecord) -> bool:
             acc_ge = a.accuracy >= b.accuracy if hib else a.accuracy <= b.accuracy
@@ -267,7 +290,7 @@ class Tuner:
         if resumed:
             log.info("resuming %s: %d finished trial(s) on record", self.out, len(self.history.trials))
         caps = self.adaptor.capabilities(self.model, self.q.approach, self.example_inputs)
-        space = build_space(caps, self.q.approach, self.q.sampling_size, self.q.model_wise, self.q.op_wise)
+        space = build_space(caps, self.q.approach, self._sampling_sizes(), self.q.model_wise, self.q.op_wise)
         log.info("tuning space: %d op(s), %d configuration(s) (%s); strategy %s, objective %s, criterion %s",
                  len(space.op_names), space.size, self.q.approach, self.strategy.name, self.objective.name,
                  self.criterion.describe())
@@ -286,6 +309,14 @@ class Tuner:
         stop_reason = "strategy finished: its space is exhausted"
         repeats = 0
         previous: TuneConfig | None = None
+
+        def budget_spent() -> str | None:
+            if n_trials >= self.exit.max_trials:
+                return f"max_trials ({self.exit.max_trials}) reached"
+            if self.exit.timeout > 0 and elapsed0 + time.perf_counter() - t_start >= self.exit.timeout:
+                return f"timeout ({self.exit.timeout:g} s) reached"
+            return None
+
         try:
             cfg = next(gen)
             while True:
@@ -302,12 +333,9 @@ class Tuner:
                         break
                 else:
                     repeats = 0
-                    elapsed = elapsed0 + time.perf_counter() - t_start
-                    if n_trials >= self.exit.max_trials:
-                        stop_reason = f"max_trials ({self.exit.max_trials}) reached"
-                        break
-                    if self.exit.timeout > 0 and elapsed >= self.exit.timeout:
-                        stop_reason = f"timeout ({self.exit.timeout:g} s) reached"
+                    spent = budget_spent()  # also covers a resumed run whose budget is already used up
+                    if spent:
+                        stop_reason = spent
                         break
                     n_trials += 1
                     rec, qmodel = self._trial(cfg, n_trials, elapsed0, t_start)
@@ -321,9 +349,18 @@ class Tuner:
                 if self.exit.timeout == 0 and rec.passed:
                     stop_reason = "met the criterion (timeout=0: stop at the first passing config)"
                     break
+                spent = budget_spent()  # stop now rather than make the strategy work on a proposal never run
+                if spent:
+                    stop_reason = spent
+                    break
                 cfg = gen.send(self._result(rec))
         except StopIteration:
             pass
+        except Exception as e:  # a strategy bug must not cost the finished trials their summary
+            stop_reason = f"strategy error: {type(e).__name__}: {e}"
+            log.error("the %s strategy raised %s; finishing with the %d trial(s) done", self.strategy.name,
+                      stop_reason, n_trials)
+            log.debug("strategy traceback:\n%s", traceback.format_exc())
         finally:
             gen.close()
         return self._finish(space, stop_reason, elapsed0 + time.perf_counter() - t_start)
@@ -373,7 +410,7 @@ class Tuner:
             **self.names,
             "objective": self.objective.name,
             "criterion": {"kind": self.criterion.kind, "tolerance": self.criterion.tolerance,
-                          "higher_is_better": self.criterion.higher_is_better,
+                          "higher_is_better": self.criterion.hib,
                           "threshold": self.criterion.threshold(b["accuracy"])},
             "baseline": baseline,
             "best": best_d,

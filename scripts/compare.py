@@ -95,7 +95,7 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     for r in runs:
         acc, obj = curves(r)
         xs = list(range(1, len(acc) + 1))

@@ -110,5 +110,7 @@ class FakeBundle:
         self.name = name
 
     def load(self) -> ModelBundle:
-        loader = [([0], [0])]
-        return ModelBundle(self.name, FakeModel(None), loader, loader, TopK(1), [0], 1)
+        import numpy as np
+
+        loader = [(np.zeros(100), np.zeros(100))]
+        return ModelBundle(self.name, FakeModel(None), loader, loader, TopK(1), loader[0][0], 1)

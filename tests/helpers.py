@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from lpot_research import tune
 from lpot_research.metrics import TopK
 from tests.fakes import FakeAdaptor, FakeModel
 
-LOADER = [([0], [0])]
+LOADER = [(np.zeros(100), np.zeros(100))]  # one batch of 100 samples (the default sampling_size)
 
 
 def run_fake(tmp_path: Any, adaptor: FakeAdaptor | None = None, strategy: Any = "basic", config: dict | None = None,

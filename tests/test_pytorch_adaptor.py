@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip insta
 from torch import nn  # noqa: E402
 
 from lpot_research.adaptors.pytorch import BF16Module, PyTorchAdaptor, bf16_supported  # noqa: E402
-from lpot_research.adaptors.torch_observers import kl_threshold  # noqa: E402
+from lpot_research.adaptors.torch_observers import kl_divergence, kl_window  # noqa: E402
 from lpot_research.metrics import TopK  # noqa: E402
 from lpot_research.space import OpChoice, build_space  # noqa: E402
 
@@ -135,9 +135,18 @@ def test_calibration_uses_sampling_size_samples(adaptor, bundle):
 
 def test_kl_clips_outliers_that_minmax_keeps(adaptor, bundle):
     rng = np.random.default_rng(0)
-    hist, _ = np.histogram(np.concatenate([np.abs(rng.standard_normal(200_000)), [60.0]]), bins=2048)
-    start, end = kl_threshold(hist, 256, zero_bin=0)
-    assert start == 0 and end < 2048 // 2  # the range shrinks far below the lone outlier
+    bulk = rng.standard_normal(200_000)
+    # one-sided data with a lone outlier: the window starts at 0 and ends far below the outlier
+    hist, _ = np.histogram(np.concatenate([np.abs(bulk), [60.0]]), bins=2048)
+    start, end = kl_window(hist, 256, zero_bin=0)
+    assert start == 0 and 256 <= end < 2048 // 4
+    assert kl_divergence(hist, start, end, 256) < kl_divergence(hist, 0, 2048, 256)
+    # two-sided data: zero stays inside, both ends move towards it in proportion
+    x = np.concatenate([bulk, [60.0]])
+    hist, _ = np.histogram(x, bins=2048, range=(x.min(), x.max()))
+    z = int(round(-x.min() / ((x.max() - x.min()) / 2048)))
+    start, end = kl_window(hist, 256, zero_bin=z)
+    assert 0 < start < z < end < 2048 and end - start >= 256
     s_mm = space(adaptor, bundle, model_wise={"activation": {"algorithm": "minmax"}})
     s_kl = space(adaptor, bundle, model_wise={"activation": {"algorithm": "kl"}})
     q_mm = adaptor.quantize(bundle.model, s_mm.model_wise_configs()[0], bundle.calib_dataloader, bundle.example_inputs)

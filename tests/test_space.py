@@ -128,3 +128,15 @@ def test_config_changes_change_the_id():
     assert cfg.with_ops({"conv1": OpChoice("fp32")}).id != cfg.id
     q = QSpec("uint8", "asym", "per_tensor", "kl")
     assert OpChoice("int8", None, q) != OpChoice("int8", None, QSpec("uint8", "sym", "per_tensor", "kl"))
+
+
+def test_null_tensor_constraints_mean_unconstrained():
+    a = build_space(caps(), STATIC, 100, model_wise={"weight": None, "activation": None})
+    b = build_space(caps(), STATIC, 100)
+    assert a == b
+
+
+def test_fp32_only_dtype_removes_int8_even_without_an_activation_capability():
+    dyn = [OpCapability("fc", "Linear", W, None, ("fp32",))]  # dynamic: no activation to quantize
+    s = build_space(dyn, "post_training_dynamic_quant", 100, op_wise={"fc": {"activation": {"dtype": ["fp32"]}}})
+    assert s.op_options("fc") == (OpChoice("fp32"),)

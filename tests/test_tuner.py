@@ -172,3 +172,104 @@ def test_empty_dataloader_is_a_clear_error(tmp_path):
         tune(FakeModel(None), [], LOADER, framework=FakeAdaptor(), output_dir=tmp_path)
     with pytest.raises(ConfigError, match="eval_func"):
         tune(FakeModel(None), LOADER, framework=FakeAdaptor(), output_dir=tmp_path)
+
+
+class Raising(Strategy):
+    name = "raising"
+
+    def proposals(self, ctx):
+        yield ctx.space.model_wise_configs()[0].with_note("one")
+        raise RuntimeError("bug in a strategy")
+
+
+def test_a_strategy_error_still_ends_with_a_summary(tmp_path):
+    res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1]), Raising(),
+                   config={"exit_policy": {"timeout": 60}})
+    assert "strategy error: RuntimeError: bug in a strategy" in res.summary["stop_reason"]
+    assert res.summary["trials"] == 1 and (tmp_path / "summary.json").exists()
+
+
+def test_mse_survives_a_base_config_that_does_not_quantize(tmp_path):
+    res = run_fake(tmp_path, FakeAdaptor(ops=3, fail_ops=["op0"]), "mse")
+    assert res.summary["met_criterion"] and "op0" in res.summary["best"]["fallback_ops"]
+
+
+class Counting(Strategy):
+    name = "counting"
+
+    def __init__(self, seed=0):
+        super().__init__(seed)
+        self.asked = 0
+
+    def proposals(self, ctx):
+        for cfg in ctx.space.model_wise_configs():
+            self.asked += 1
+            yield cfg
+
+
+def test_no_proposal_is_requested_once_the_budget_is_spent(tmp_path):
+    s = Counting()
+    res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.1] * 3), s,
+                   config={"exit_policy": {"timeout": 60, "max_trials": 2}})
+    assert res.summary["trials"] == 2 and s.asked == 2
+
+
+def test_sampling_sizes_beyond_the_data_are_clamped(tmp_path, caplog):
+    res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1]), Counting(),
+                   config={"quantization": {"calibration": {"sampling_size": [50, 200, 500]}},
+                           "exit_policy": {"timeout": 60}})
+    assert res.space.sampling_sizes == (50, 100)
+    assert "holds 100 sample(s)" in caplog.text
+
+
+def test_dynamic_approach_has_one_sampling_size(tmp_path):
+    res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1]), Counting(),
+                   config={"quantization": {"approach": "post_training_dynamic_quant",
+                                            "calibration": {"sampling_size": [10, 20]}},
+                           "exit_policy": {"timeout": 60}})
+    assert res.space.sampling_sizes == (10,)
+
+
+def test_one_shot_iterators_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="one-shot iterator"):
+        tune(FakeModel(None), iter(LOADER), LOADER, framework=FakeAdaptor(), output_dir=tmp_path)
+
+
+class Loss:
+    """A lower-is-better metric: 1 - the fake accuracy."""
+
+    higher_is_better = False
+
+    def __init__(self, adaptor):
+        self.adaptor = adaptor
+
+    def reset(self):
+        pass
+
+
+def test_criterion_direction_follows_a_lower_is_better_metric(tmp_path):
+    adaptor = FakeAdaptor(ops=3)
+
+    class LossAdaptor(FakeAdaptor):
+        def evaluate(self, model, dataloader, metric):
+            return 1.0 - adaptor.accuracy(model.config)
+
+    res = tune(FakeModel(None), LOADER, LOADER, Loss(adaptor), framework=LossAdaptor(ops=3), output_dir=tmp_path,
+               config={"accuracy_criterion": {"kind": "absolute", "tolerance": 0.02}})
+    s = res.summary
+    assert s["criterion"]["higher_is_better"] is False
+    assert s["criterion"]["threshold"] == pytest.approx(0.02)
+    assert s["met_criterion"] and s["best"]["accuracy"] <= 0.02
+
+
+def test_score_ranks_every_passing_config_above_every_failing_one():
+    from lpot_research.criterion import AccuracyCriterion
+    from lpot_research.strategies.base import Result, StrategyContext
+
+    ctx = StrategyContext(space=None, criterion=AccuracyCriterion(), baseline_accuracy=0.9, baseline_objective=2.0)
+    slow_pass = ctx.score(Result(None, True, 0.9, 200.0, True, 1))  # 100x slower than FP32, but passing
+    near_miss = ctx.score(Result(None, True, 0.89, 0.1, False, 2))
+    far_miss = ctx.score(Result(None, True, 0.5, 0.1, False, 3))
+    fast_pass = ctx.score(Result(None, True, 0.9, 1.0, True, 4))
+    assert fast_pass > slow_pass > near_miss > far_miss
+    assert ctx.score(Result(None, False, None, None, False, 5)) is None

@@ -38,6 +38,15 @@ class Adaptor(ABC):
     def quantize(self, model: Any, config: TuneConfig, calib_dataloader: Iterable[Any], example_inputs: Any) -> Any:
         """A new quantized model for `config`; the input model is left untouched."""
 
+    def count_samples(self, loader: Iterable[Any], limit: int) -> int:
+        """How many samples the dataloader yields, counting no further than `limit`."""
+        n = 0
+        for inputs, _ in count_batches(loader, "calibration"):
+            n += len(inputs[0]) if isinstance(inputs, tuple | list) else len(inputs)
+            if n >= limit:
+                break
+        return n
+
     @abstractmethod
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
         """The first `n` input samples of a dataloader of (inputs, labels), as one batch."""

@@ -229,6 +229,7 @@ class PyTorchAdaptor(Adaptor):
         return buf.tell()
 
     def footprint_bytes(self, model: nn.Module, inputs: Any) -> int:
+        self.predict(model, inputs)  # warm-up: one-time kernel/allocator set-up is not the model's footprint
         return peak_rss_increase(lambda: self.predict(copy.deepcopy(model), inputs))
 
     @torch.inference_mode()

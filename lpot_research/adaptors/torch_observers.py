@@ -2,8 +2,8 @@
 
 torch ships MinMax and Histogram observers; the HistogramObserver picks its range by minimizing an
 L2 error estimate, not KL divergence. This observer keeps torch's histogram collection and replaces
-only the range search: among windows [min*f, max*f] of the observed histogram, it picks the one whose
-quantized distribution has the smallest KL divergence from the (clipped) observed distribution.
+only the range search: it picks the clipping window whose quantized distribution
+has the smallest KL divergence from the observed distribution clipped to that window.
 """
 
 from __future__ import annotations
@@ -12,47 +12,57 @@ import numpy as np
 import torch
 from torch.ao.quantization.observer import HistogramObserver
 
+CANDIDATES = 256  # window widths tried
 
-def kl_threshold(hist: np.ndarray, levels: int, zero_bin: int = 0, candidates: int = 256) -> tuple[int, int]:
-    """The [start, end) bin window of `hist` that minimizes KL(P || Q), where P is the histogram
-    clipped to the window (outliers folded into the edge bins) and Q is P's content quantized to
-    `levels` evenly spaced levels. The window shrinks both ends proportionally towards `zero_bin` (the
-    bin holding 0.0, or 0 when all values are positive), so zero stays representable."""
+
+def kl_divergence(hist: np.ndarray, start: int, end: int, levels: int) -> float:
+    """KL(P || Q) where P is `hist` clipped to bins [start, end) (the mass outside folded into the
+    edge bins) and Q is P's window quantized to `levels` evenly spaced levels, each level's mass spread
+    over the window's non-empty bins it covers."""
     hist = np.asarray(hist, dtype=np.float64)
-    nbins = len(hist)
-    if nbins <= levels or hist.sum() == 0:
-        return 0, nbins
-    best, best_kl = (0, nbins), np.inf
-    for width in np.unique(np.linspace(levels, nbins, candidates).astype(int)):
-        start = int(round(zero_bin * (1 - width / nbins)))
-        end = min(nbins, start + width)
-        sliced = hist[start:end]
-        p = sliced.copy()
-        p[0] += hist[:start].sum()
-        p[-1] += hist[end:].sum()
-        nonzero = (sliced != 0).astype(np.float64)
-        # split the window into `levels` nearly equal chunks (as np.array_split does)
-        base, extra = divmod(end - start, levels)
-        sizes = np.full(levels, base)
-        sizes[:extra] += 1
-        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        sums = np.add.reduceat(sliced, starts)
-        counts = np.add.reduceat(nonzero, starts)
-        level_value = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
-        q = np.repeat(level_value, sizes) * nonzero
-        ps, qs = p.sum(), q.sum()
-        if ps == 0 or qs == 0:
-            continue
-        p /= ps
-        q /= qs
-        mask = p > 0
-        qm = np.where(q[mask] > 0, q[mask], 1e-12)
-        kl = float(np.sum(p[mask] * np.log(p[mask] / qm)))
+    sliced = hist[start:end]
+    p = sliced.copy()
+    p[0] += hist[:start].sum()
+    p[-1] += hist[end:].sum()
+    nonzero = (sliced != 0).astype(np.float64)
+    base, extra = divmod(end - start, levels)  # `levels` nearly equal chunks, as np.array_split
+    sizes = np.full(levels, base)
+    sizes[:extra] += 1
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    sums = np.add.reduceat(sliced, starts)
+    counts = np.add.reduceat(nonzero, starts)
+    q = np.repeat(np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0), sizes) * nonzero
+    ps, qs = p.sum(), q.sum()
+    if ps == 0 or qs == 0:
+        return np.inf
+    p, q = p / ps, q / qs
+    mask = p > 0
+    return float(np.sum(p[mask] * np.log(p[mask] / np.where(q[mask] > 0, q[mask], 1e-12))))
+
+
+def kl_window(hist: np.ndarray, levels: int, zero_bin: int) -> tuple[int, int]:
+    """The [start, end) bin window of `hist` minimizing `kl_divergence`, at least `levels` bins wide.
+
+    Windows shrink both ends proportionally towards zero (bin `zero_bin`), as the classic entropy
+    calibration shrinks a |x| threshold, so zero stays representable and the ratio of the negative to
+    the positive range is kept. Measured alternatives were worse on the transformer model: searching
+    the two edges independently (or with finer bins) clips the dense negative spike of GELU outputs
+    and the rare large activations transformers depend on (minilm_wordnet: 0.663-0.676 vs 0.733).
+    The known cost: a distribution with a long tail on one side only gets its short side clipped by
+    the same proportion.
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    n = len(hist)
+    if n <= levels or hist.sum() == 0:
+        return 0, n
+    best, best_kl = (0, n), np.inf
+    for width in np.unique(np.linspace(levels, n, CANDIDATES).astype(int)):
+        start = int(round(zero_bin * (1 - width / n)))
+        end = min(n, start + int(width))
+        kl = kl_divergence(hist, start, end, levels)
         if kl < best_kl:
             best_kl, best = kl, (start, end)
     return best
-
-
 
 
 class KLHistogramObserver(HistogramObserver):
@@ -60,13 +70,13 @@ class KLHistogramObserver(HistogramObserver):
 
     def _non_linear_param_search(self) -> tuple[torch.Tensor, torch.Tensor]:
         hist = self.histogram.detach().cpu().numpy()
-        nbins = len(hist)
+        n = len(hist)
         lo, hi = float(self.min_val), float(self.max_val)
-        width = (hi - lo) / nbins
+        width = (hi - lo) / n
         if width <= 0:
             return self.min_val, self.max_val
-        zero_bin = int(np.clip(round(-lo / width), 0, nbins))  # the window shrinks towards zero
-        start, end = kl_threshold(hist, int(self.quant_max - self.quant_min + 1), zero_bin)
+        zero_bin = int(np.clip(round(-lo / width), 0, n))
+        start, end = kl_window(hist, int(self.quant_max - self.quant_min + 1), zero_bin)
         new_min = torch.tensor(lo + start * width, dtype=self.min_val.dtype)
         new_max = torch.tensor(lo + end * width, dtype=self.max_val.dtype)
         return new_min, new_max

@@ -42,17 +42,20 @@ class StrategyContext:
     op_errors: Callable[[TuneConfig], dict[str, float]] | None = None
 
     def score(self, r: Result) -> float | None:
-        """One number to maximize, for model-based strategies: a passing config scores minus its
-        objective relative to FP32 (so faster is higher); a failing one scores below every passing
-        one, lower the further it misses the accuracy threshold. None for errored trials."""
+        """One number to maximize, for model-based strategies. A passing config scores in [0, 10]:
+        10 minus its objective relative to FP32 (capped at 10x), so faster is higher; a failing one
+        scores below -1, lower the further it misses the accuracy threshold; so every passing config
+        outranks every failing one. None for errored trials."""
         if not r.ok or r.accuracy is None:
             return None
         if r.passed:
             obj = r.objective if r.objective is not None else 1.0
-            return -(obj / self.baseline_objective if self.baseline_objective else obj)
+            base = self.baseline_objective
+            ratio = obj / base if base and base > 0 else obj
+            return 10.0 - min(max(ratio, 0.0), 10.0)
         thr = self.criterion.threshold(self.baseline_accuracy)
-        miss = (thr - r.accuracy) if self.criterion.higher_is_better else (r.accuracy - thr)
-        return -10.0 - 100.0 * max(miss, 0.0) / max(abs(self.baseline_accuracy), 1e-12)
+        miss = (thr - r.accuracy) if self.criterion.hib else (r.accuracy - thr)
+        return -1.0 - 100.0 * max(miss, 0.0) / max(abs(self.baseline_accuracy), 1e-12)
 
 
 Proposals = Generator[TuneConfig, Result, None]

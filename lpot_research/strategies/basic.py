@@ -24,7 +24,7 @@ class BasicStrategy(Strategy):
         results: list[Result] = []
         for cfg in model_wise:
             results.append((yield cfg))
-        best = select_best(results, ctx.criterion.higher_is_better)
+        best = select_best(results, ctx.criterion.hib)
         if best is not None and best.passed:  # fallback cannot improve on a passing config
             return
         # If every model-wise config failed to quantize, fallback may still route around the op that
@@ -49,7 +49,7 @@ class BasicStrategy(Strategy):
     def rank_ops(self, ctx: StrategyContext, base: TuneConfig, dtype: str, ops: list[str]) -> Proposals:
         """Stage 2: fall back each op alone; return ops ordered by the accuracy that buys, best first
         (errored trials last, ties in bottom-up order)."""
-        hib = ctx.criterion.higher_is_better
+        hib = ctx.criterion.hib
         scored: list[tuple[float, int, str]] = []
         for i, name in enumerate(ops):
             r = yield base.with_ops({name: OpChoice(dtype)}, f"stage 2: {name} -> {dtype} alone")
