@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip insta
 from torch import nn  # noqa: E402
 
 from lpot_research.adaptors.pytorch import BF16Module, PyTorchAdaptor, bf16_supported  # noqa: E402
-from lpot_research.adaptors.torch_observers import kl_divergence, kl_window  # noqa: E402
+from lpot_research.calibration import kl_divergence, kl_window  # noqa: E402
 from lpot_research.metrics import TopK  # noqa: E402
 from lpot_research.space import OpChoice, build_space  # noqa: E402
 

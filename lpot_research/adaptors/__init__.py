@@ -11,6 +11,7 @@ from lpot_research.errors import ConfigError
 
 FRAMEWORKS = {
     "pytorch": ("lpot_research.adaptors.pytorch:PyTorchAdaptor", "torch", "pytorch"),
+    "onnxrt": ("lpot_research.adaptors.onnxrt:OnnxRuntimeAdaptor", "onnxruntime", "onnxrt"),
 }
 
 

@@ -1,0 +1,425 @@
+"""ONNX Runtime back end on onnxruntime.quantization.
+
+Ops are the Conv, MatMul and Gemm nodes of the graph, named by node name. Each op is INT8 or FP32
+(node exclusion); ONNX Runtime has no general BF16 CPU kernels, so there is no BF16 fallback.
+
+Static quantization calibrates once per (sampling size, calibration method) in a run and reuses those
+activation ranges for every trial (the anchor recalibrates every trial). A trial then only runs ORT's
+own quantizer (QDQQuantizer or ONNXQuantizer) on the cached ranges; per-op choices reach it through
+`nodes_to_exclude` and `TensorQuantOverrides` (weight axis = per-channel, symmetric flags), and an op's
+calibration method picks which cached range its tensors get.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import statistics
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from lpot_research.adaptors.base import Adaptor, count_batches
+from lpot_research.calibration import kl_window
+from lpot_research.errors import ConfigError
+from lpot_research.objectives import peak_rss_increase
+from lpot_research.space import OpCapability, OpChoice, TuneConfig
+
+log = logging.getLogger(__name__)
+
+STATIC_TYPES = ("Conv", "MatMul", "Gemm")
+DYNAMIC_TYPES = ("MatMul", "Gemm")
+FORMATS = ("QDQ", "QOperator")
+# calibration algorithm name -> (ORT method, calibrator options)
+CALIBRATION = {
+    "minmax": ("MinMax", {}),
+    # ORT's histograms, our vectorized KL search (see _entropy_ranges); ORT's default 128 bins = MinMax
+    "kl": ("Entropy", {"num_bins": 2048, "num_quantized_bins": 128}),
+    "percentile": ("Percentile", {"num_bins": 2048, "percentile": 99.999, "symmetric": False}),
+}
+MIN_OPSET = 13  # per-channel DequantizeLinear needs opset 13
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def as_tuple(inputs: Any) -> tuple[Any, ...]:
+    return tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization logs INFO lines on the root logger and prints progress to stdout."""
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+class OrtModel:
+    """An ONNX model plus its (lazily created) inference session."""
+
+    def __init__(self, proto: onnx.ModelProto, threads: int | None = None) -> None:
+        self.proto = proto
+        self.threads = threads
+        self.key = uuid.uuid4().hex  # identifies this model in the calibration cache
+        self._session: ort.InferenceSession | None = None
+        initializers = {i.name for i in proto.graph.initializer}
+        self.input_names = [i.name for i in proto.graph.input if i.name not in initializers]
+
+    def session(self) -> ort.InferenceSession:
+        if self._session is None:
+            self._session = make_session(self.proto.SerializeToString(), self.threads)
+        return self._session
+
+    def feed(self, inputs: Any) -> dict[str, np.ndarray]:
+        arrays = [to_numpy(x) for x in as_tuple(inputs)]
+        if len(arrays) != len(self.input_names):
+            raise ValueError(f"the model takes inputs {self.input_names}, got {len(arrays)} array(s)")
+        return dict(zip(self.input_names, arrays, strict=True))
+
+    def run(self, inputs: Any) -> Any:
+        outs = self.session().run(None, self.feed(inputs))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def make_session(model: bytes | str, threads: int | None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    # many sessions live in one process: busy-waiting threads would slow each other down
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def export_torch(model: Any, example_inputs: Any, opset: int = 17) -> onnx.ModelProto:
+    """torch -> ONNX with the TorchScript exporter, whose node names follow module paths
+    (e.g. /features/features.0/features.0.0/Conv) and a dynamic batch axis."""
+    import torch
+
+    args = tuple(as_tuple(example_inputs))
+    names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), args, buf, dynamo=False, opset_version=opset, input_names=names,
+                          output_names=["output"], dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+                          do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make a model quantizable per channel: opset >= 13, weights held in Constant nodes moved to
+    initializers (quantizers only treat initializers as weights), every node named."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    if opset < MIN_OPSET:
+        model = onnx.version_converter.convert_version(model, MIN_OPSET)
+    graph = model.graph
+    for node in list(graph.node):
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(node.attribute[0].t)
+            t.name = node.output[0]
+            graph.initializer.append(t)
+            graph.node.remove(node)
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    return onnx.shape_inference.infer_shapes(model)
+
+
+class _Reader:
+    """CalibrationDataReader over a dataloader, limited to `limit` samples. Every read has the same
+    batch size (the largest divisor of the sample count not above the loader's batch): ORT's
+    histogram calibrators stack the per-read outputs and need them all the same shape."""
+
+    def __init__(self, model: OrtModel, loader: Iterable[Any], limit: int) -> None:
+        self.it = self._batches(model, loader, limit)
+
+    @staticmethod
+    def _batches(model: OrtModel, loader: Iterable[Any], limit: int) -> Iterator[dict[str, np.ndarray]]:
+        parts: list[dict[str, np.ndarray]] = []
+        seen, batch = 0, 1
+        for inputs, _ in count_batches(loader, "calibration"):
+            feed = model.feed(inputs)
+            n = len(next(iter(feed.values())))
+            batch = max(batch, n)
+            take = min(n, limit - seen)
+            parts.append({k: v[:take] for k, v in feed.items()})
+            seen += take
+            if seen >= limit:
+                break
+        data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        chunk = max(d for d in range(1, min(batch, seen) + 1) if seen % d == 0)
+        for i in range(0, seen, chunk):
+            yield {k: v[i:i + chunk] for k, v in data.items()}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.it, None)
+
+
+class OnnxRuntimeAdaptor(Adaptor):
+    name = "onnxrt"
+
+    def __init__(self, quant_format: str = "QDQ", threads: int | None = None, cache_calibration: bool = True,
+                 opset: int = 17) -> None:
+        self.quant_format = quant_format
+        self.threads = threads
+        self.cache_calibration = cache_calibration
+        self.opset = opset
+        self._ranges: dict[tuple[str, int, str], Any] = {}  # (model id, sampling size, algorithm) -> ranges
+        self.calibrations = 0  # how many calibration passes ran (the benchmark reads it)
+
+    # ------------------------------------------------------------------ models
+    def prepare(self, model: Any, example_inputs: Any) -> OrtModel:
+        if self.quant_format not in FORMATS:
+            raise ConfigError(f"framework.quant_format={self.quant_format!r} is unknown; valid choices: {list(FORMATS)}")
+        if isinstance(model, OrtModel):
+            return model
+        if isinstance(model, str | Path):
+            proto = onnx.load(str(model))
+        elif isinstance(model, onnx.ModelProto):
+            proto = model
+        elif type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
+            proto = export_torch(model, example_inputs, self.opset)
+        else:
+            raise TypeError(f"framework=onnxrt takes an onnx.ModelProto, a .onnx path or a torch model, "
+                            f"got {type(model).__name__}")
+        return OrtModel(normalize(proto), self.threads)
+
+    def capabilities(self, model: OrtModel, approach: str, example_inputs: Any) -> list[OpCapability]:
+        inits = {i.name for i in model.proto.graph.initializer}
+        gran = ("per_channel", "per_tensor") if self.quant_format == "QDQ" else ("per_channel",)
+        weight = {"dtype": ("int8",), "scheme": ("sym", "asym"), "granularity": gran, "algorithm": ("minmax",)}
+        act = {"dtype": ("uint8",), "scheme": ("asym", "sym"), "granularity": ("per_tensor",),
+               "algorithm": ("minmax", "kl", "percentile")}
+        defaults = {"weight": {"scheme": ("sym",)}}
+        caps = []
+        for node in model.proto.graph.node:
+            has_weight = len(node.input) > 1 and node.input[1] in inits
+            if approach == "post_training_dynamic_quant":
+                if node.op_type in DYNAMIC_TYPES:
+                    dyn_w = {"dtype": ("int8",), "scheme": ("sym",), "granularity": ("per_tensor",),
+                             "algorithm": ("minmax",)}
+                    caps.append(OpCapability(node.name, node.op_type, dyn_w if has_weight else None, None, ("fp32",),
+                                             quantizable=has_weight))
+            elif node.op_type in STATIC_TYPES:
+                caps.append(OpCapability(node.name, node.op_type, weight if has_weight else None, act, ("fp32",),
+                                         defaults=defaults))
+        return caps
+
+    # ------------------------------------------------------------------ calibration (cached)
+    def _calibrated(self, model: OrtModel, calib: Iterable[Any], sampling_size: int, algorithm: str) -> Any:
+        from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+        key = (model.key, sampling_size, algorithm)
+        if self.cache_calibration and key in self._ranges:
+            return self._ranges[key]
+        method, options = CALIBRATION[algorithm]
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="lpot_calib_") as tmp, _quiet():
+            path = Path(tmp) / "model.onnx"
+            onnx.save(model.proto, str(path))
+            calibrator = create_calibrator(path, list(STATIC_TYPES), augmented_model_path=str(Path(tmp) / "aug.onnx"),
+                                           calibrate_method=getattr(CalibrationMethod, method),
+                                           extra_options=dict(options))
+            # our session: the thread count of this run and no spinning (the calibrator's own uses all cores)
+            calibrator.infer_session = make_session(str(calibrator.augmented_model_path), self.threads)
+            calibrator.collect_data(_Reader(model, calib, sampling_size))
+            ranges = _entropy_ranges(calibrator) if algorithm == "kl" else calibrator.compute_data()
+        self.calibrations += 1
+        log.debug("calibrated %s on %d samples in %.1f s", algorithm, sampling_size, time.perf_counter() - t0)
+        if self.cache_calibration:
+            self._ranges[key] = ranges
+        return ranges
+
+    # ------------------------------------------------------------------ quantization
+    def quantize(self, model: OrtModel, config: TuneConfig, calib_dataloader: Iterable[Any],
+                 example_inputs: Any) -> OrtModel:
+        quantized = [(n, c) for n, c in config.ops if c.quantized]
+        excluded = [n for n, c in config.ops if not c.quantized]
+        if not quantized:
+            return OrtModel(copy.deepcopy(model.proto), self.threads)
+        if config.approach == "post_training_dynamic_quant":
+            proto = self._dynamic(model, quantized, excluded)
+        else:
+            proto = self._static(model, config, quantized, excluded, calib_dataloader)
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(model.proto.metadata_props)  # e.g. a recognizer's character list
+        return OrtModel(proto, self.threads)
+
+    def _dynamic(self, model: OrtModel, quantized: list[tuple[str, OpChoice]], excluded: list[str]) -> onnx.ModelProto:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with tempfile.TemporaryDirectory(prefix="lpot_dyn_") as tmp, _quiet():
+            out = Path(tmp) / "q.onnx"
+            # no nodes_to_quantize: ORT rewrites a Gemm into MatMul + Add under new names before quantizing
+            quantize_dynamic(copy.deepcopy(model.proto), out, op_types_to_quantize=list(DYNAMIC_TYPES),
+                             nodes_to_exclude=excluded, weight_type=QuantType.QInt8, per_channel=False)
+            return onnx.load(str(out))
+
+    def _static(self, model: OrtModel, config: TuneConfig, quantized: list[tuple[str, OpChoice]],
+                excluded: list[str], calib: Iterable[Any]) -> onnx.ModelProto:
+        from onnxruntime.quantization import QDQQuantizer, QuantizationMode, QuantType
+        from onnxruntime.quantization.calibrate import TensorsData
+        from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+        algorithms = [c.activation.algorithm for _, c in quantized if c.activation]
+        primary = max(set(algorithms), key=lambda a: (algorithms.count(a), a)) if algorithms else "minmax"
+        ranges = {a: self._calibrated(model, calib, config.sampling_size, a) for a in {primary, *algorithms}}
+        merged = dict(copy.deepcopy(ranges[primary].data))
+        nodes = {n.name: n for n in model.proto.graph.node}
+        inits = {i.name: i for i in model.proto.graph.initializer}
+        overrides: dict[str, list[dict[str, Any]]] = {}
+        for name, choice in quantized:
+            node = nodes[name]
+            act = choice.activation
+            for t in [*node.input, *node.output]:
+                if not t or t in inits:
+                    continue
+                if act and act.algorithm != primary and t in ranges[act.algorithm].data:
+                    merged[t] = copy.deepcopy(ranges[act.algorithm].data[t])
+                if act and act.scheme == "sym":
+                    overrides.setdefault(t, [{}])[0]["symmetric"] = True
+            w = choice.weight
+            if w is not None and len(node.input) > 1 and node.input[1] in inits:
+                spec: dict[str, Any] = {"symmetric": w.scheme == "sym"}
+                if w.granularity == "per_channel":
+                    spec["axis"] = _channel_axis(node, inits[node.input[1]])
+                overrides[node.input[1]] = [spec]
+        for t, spec in overrides.items():  # ORT wants numpy floats in activation overrides
+            for k, v in list(spec[0].items()):
+                if isinstance(v, float):
+                    spec[0][k] = np.float32(v)
+        tensors = TensorsData(ranges[primary].calibration_method, merged)
+        extra = {"TensorQuantOverrides": overrides, "ActivationSymmetric": False, "WeightSymmetric": True}
+        names = [n for n, _ in quantized]
+        with warnings.catch_warnings(), _quiet():
+            warnings.simplefilter("ignore")
+            if self.quant_format == "QDQ":
+                q = QDQQuantizer(copy.deepcopy(model.proto), False, False, QuantType.QInt8, QuantType.QUInt8, tensors,
+                                 names, excluded, list(STATIC_TYPES), extra)
+            else:  # QOperator: per-channel is global (capabilities offer only per-channel weights)
+                per_channel = True
+                q = ONNXQuantizer(copy.deepcopy(model.proto), per_channel, False, QuantizationMode.QLinearOps, True,
+                                  QuantType.QInt8, QuantType.QUInt8, tensors, names, excluded, list(STATIC_TYPES),
+                                  extra)
+            q.quantize_model()
+            q.model.topological_sort()
+        return q.model.model
+
+    # ------------------------------------------------------------------ running and measuring
+    def predict(self, model: OrtModel, inputs: Any) -> Any:
+        return model.run(inputs)
+
+    def latency_ms(self, model: OrtModel, inputs: Any, warmup: int, iterations: int) -> float:
+        sess, feed = model.session(), model.feed(inputs)
+        for _ in range(warmup):
+            sess.run(None, feed)
+        times = []
+        for _ in range(max(1, iterations)):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+    def size_bytes(self, model: OrtModel) -> int:
+        return model.proto.ByteSize()
+
+    def footprint_bytes(self, model: OrtModel, inputs: Any) -> int:
+        blob = model.proto.SerializeToString()
+        feed = model.feed(inputs)
+        make_session(blob, self.threads).run(None, feed)  # warm-up: one-time library set-up
+        return peak_rss_increase(lambda: make_session(blob, self.threads).run(None, feed))
+
+    def inspect(self, model: OrtModel, inputs: Any, op_names: list[str]) -> dict[str, np.ndarray]:
+        """Each op's float output: the node's own output in FP32 and QDQ models; in QOperator models the
+        quantized output of the QLinear node, dequantized with its scale and zero point."""
+        nodes = {n.name: n for n in model.proto.graph.node}
+        inits = {i.name: i for i in model.proto.graph.initializer}
+        wanted: dict[str, str] = {}
+        for op in op_names:
+            node = nodes.get(op) or nodes.get(f"{op}_quant")
+            if node is None:
+                raise KeyError(f"no node named {op!r} in the model; valid names: {sorted(nodes)[:20]}")
+            wanted[op] = node.output[0]
+        probe = copy.deepcopy(model.proto)
+        existing = {o.name for o in probe.graph.output}
+        for t in wanted.values():
+            if t not in existing:
+                probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+        sess = make_session(probe.SerializeToString(), self.threads)
+        names = [o.name for o in sess.get_outputs()]
+        outs = dict(zip(names, sess.run(None, model.feed(inputs)), strict=True))
+        result = {}
+        for op, t in wanted.items():
+            v = outs[t]
+            if v.dtype in (np.uint8, np.int8):  # QOperator: dequantize with the node's output qparams
+                node = nodes.get(f"{op}_quant") or nodes[op]
+                k = 7 if node.op_type == "QGemm" else 6  # y_scale, y_zero_point follow the weight's qparams
+                scale = numpy_helper.to_array(inits[node.input[k]])
+                zp = numpy_helper.to_array(inits[node.input[k + 1]])
+                v = (v.astype(np.float32) - zp.astype(np.float32)) * scale
+            result[op] = v.astype(np.float32)
+        return result
+
+    def save(self, model: OrtModel, path: Path, example_inputs: Any) -> Path:
+        out = Path(path).with_suffix(".onnx")
+        onnx.save(model.proto, str(out))
+        return out
+
+    def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
+        parts: list[tuple[np.ndarray, ...]] = []
+        seen = 0
+        for inputs, _ in count_batches(loader, what):
+            arrays = tuple(to_numpy(x) for x in as_tuple(inputs))
+            take = min(len(arrays[0]), n - seen)
+            parts.append(tuple(a[:take] for a in arrays))
+            seen += take
+            if seen >= n:
+                break
+        joined = tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
+        return joined[0] if len(joined) == 1 else joined
+
+
+def _entropy_ranges(calibrator: Any) -> Any:
+    """Entropy calibration from ORT's collected histograms (symmetric about zero, as ORT builds them),
+    with the vectorized KL window search of lpot_research.calibration instead of ORT's per-candidate
+    Python loops; the window is then clipped to the observed [min, max] as ORT does."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    data = {}
+    for tensor, (hist, edges, lo, hi, _threshold) in calibrator.collector.histogram_dict.items():
+        start, end = kl_window(hist, calibrator.collector.num_quantized_bins, len(hist) // 2)
+        dtype = edges.dtype
+        data[tensor] = TensorData(lowest=np.array(max(edges[start], lo), dtype=dtype),
+                                  highest=np.array(min(edges[end], hi), dtype=dtype), hist=hist, hist_edges=edges)
+    return TensorsData(CalibrationMethod.Entropy, data)
+
+
+def _channel_axis(node: onnx.NodeProto, weight: onnx.TensorProto) -> int:
+    """The output-channel axis of a node's weight: 0 for Conv and Gemm with transB, else the last."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return len(weight.dims) - 1

@@ -1,0 +1,197 @@
+"""The real ONNX Runtime adaptor on the digits CNN exported from PyTorch."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (pip install 'lpot-research[onnxrt]')")
+pytest.importorskip("torch", reason="the digits model is built with PyTorch (pip install 'lpot-research[pytorch]')")
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+from lpot_research.adaptors.onnxrt import OnnxRuntimeAdaptor  # noqa: E402
+from lpot_research.metrics import TopK  # noqa: E402
+from lpot_research.space import OpChoice, build_space  # noqa: E402
+
+STATIC = "post_training_static_quant"
+CONV0 = "/features/features.0/features.0.0/Conv"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from lpot_research.models.digits import DigitsCNN
+
+    return DigitsCNN().load()
+
+
+@pytest.fixture(scope="module")
+def adaptor():
+    return OnnxRuntimeAdaptor(threads=1)
+
+
+@pytest.fixture(scope="module")
+def model(adaptor, bundle):
+    return adaptor.prepare(bundle.model, bundle.example_inputs)
+
+
+def space(adaptor, model, approach=STATIC, **kw):
+    return build_space(adaptor.capabilities(model, approach, None), approach, kw.pop("sampling_size", 64), **kw)
+
+
+def ops_of(m):
+    return [n.op_type for n in m.proto.graph.node]
+
+
+def weight_scale(m, node_name):
+    """The scale initializer of the DequantizeLinear feeding the node's weight input."""
+    nodes = {n.name: n for n in m.proto.graph.node}
+    producers = {o: n for n in m.proto.graph.node for o in n.output}
+    dq = producers[nodes[node_name].input[1]]
+    assert dq.op_type == "DequantizeLinear"
+    inits = {i.name: i for i in m.proto.graph.initializer}
+    return numpy_helper.to_array(inits[dq.input[1]])
+
+
+def test_export_names_ops_by_module_path(adaptor, model):
+    caps = adaptor.capabilities(model, STATIC, None)
+    assert [c.name for c in caps] == [f"/features/features.{i}/features.{i}.0/Conv" for i in range(5)] + ["/fc/Gemm"]
+    assert all(c.fallback == ("fp32",) for c in caps)
+
+
+def test_static_qdq_quantizes_and_keeps_accuracy(adaptor, bundle, model):
+    cfg = space(adaptor, model).model_wise_configs()[0]
+    q = adaptor.quantize(model, cfg, bundle.calib_dataloader, None)
+    assert ops_of(q).count("QuantizeLinear") >= 6 and "DequantizeLinear" in ops_of(q)
+    fp32 = adaptor.evaluate(model, bundle.eval_dataloader, TopK(1))
+    int8 = adaptor.evaluate(q, bundle.eval_dataloader, TopK(1))
+    assert fp32 > 0.95 and abs(int8 - fp32) < 0.02
+    assert adaptor.size_bytes(q) < 0.5 * adaptor.size_bytes(model)
+
+
+def test_excluded_node_stays_fp32(adaptor, bundle, model):
+    cfg = space(adaptor, model).model_wise_configs()[0].with_ops({CONV0: OpChoice("fp32")})
+    q = adaptor.quantize(model, cfg, bundle.calib_dataloader, None)
+    nodes = {n.name: n for n in q.proto.graph.node}
+    producers = {o: n.op_type for n in q.proto.graph.node for o in n.output}
+    inits = {i.name: i for i in q.proto.graph.initializer}
+    conv = nodes[CONV0]
+    assert conv.input[1] in inits and inits[conv.input[1]].data_type == onnx.TensorProto.FLOAT
+    assert producers.get(conv.input[0]) != "DequantizeLinear"
+    # the next conv is quantized
+    assert weight_scale(q, "/features/features.1/features.1.0/Conv").size > 0
+
+
+def test_per_channel_and_per_tensor_weights_per_op(adaptor, bundle, model):
+    s = space(adaptor, model)
+    base = s.model_wise_configs()[0]  # per-channel weights
+    per_tensor = next(o for o in s.op_options(CONV0) if o.quantized and o.weight.granularity == "per_tensor"
+                      and o.activation == base.op(CONV0).activation)
+    q = adaptor.quantize(model, base.with_ops({CONV0: per_tensor}), bundle.calib_dataloader, None)
+    assert weight_scale(q, CONV0).shape == ()
+    assert weight_scale(q, "/features/features.1/features.1.0/Conv").shape == (32,)
+
+
+def test_qoperator_format(bundle, model):
+    a = OnnxRuntimeAdaptor(quant_format="QOperator", threads=1)
+    m = a.prepare(bundle.model, bundle.example_inputs)
+    q = a.quantize(m, space(a, m).model_wise_configs()[0], bundle.calib_dataloader, None)
+    assert "QLinearConv" in ops_of(q)
+    assert a.evaluate(q, bundle.eval_dataloader, TopK(1)) > 0.95
+    out = a.inspect(q, a.take_inputs(bundle.eval_dataloader, 4), [CONV0])[CONV0]
+    assert out.dtype == np.float32 and out.shape == (4, 16, 32, 32)
+
+
+def test_dynamic_quantization(adaptor, bundle, model):
+    s = space(adaptor, model, approach="post_training_dynamic_quant")
+    assert s.op_names == ["/fc/Gemm"]
+    q = adaptor.quantize(model, s.model_wise_configs()[0], bundle.calib_dataloader, None)
+    assert any(t in ops_of(q) for t in ("DynamicQuantizeLinear", "MatMulInteger"))
+    assert adaptor.evaluate(q, bundle.eval_dataloader, TopK(1)) > 0.95
+
+
+def test_calibration_runs_once_per_sampling_size_and_method(bundle, model):
+    a = OnnxRuntimeAdaptor(threads=1)
+    s = space(a, model, model_wise={"activation": {"algorithm": ["minmax", "kl"]}})
+    mw = s.model_wise_configs()
+    for cfg in mw:
+        a.quantize(model, cfg, bundle.calib_dataloader, None)
+    assert len(mw) == 8 and a.calibrations == 2  # (64, minmax) and (64, kl)
+    off = OnnxRuntimeAdaptor(threads=1, cache_calibration=False)
+    for cfg in mw:
+        off.quantize(model, cfg, bundle.calib_dataloader, None)
+    assert off.calibrations == 8
+
+
+def test_cached_calibration_matches_quantize_static(adaptor, bundle, model, tmp_path):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from lpot_research.adaptors.onnxrt import _Reader
+
+    cfg = space(adaptor, model, model_wise={"activation": {"algorithm": "minmax"}}).model_wise_configs()[0]
+    ours = adaptor.quantize(model, cfg, bundle.calib_dataloader, None)
+    src = tmp_path / "fp32.onnx"
+    onnx.save(model.proto, str(src))
+    quantize_static(str(src), str(tmp_path / "ref.onnx"), _Reader(model, bundle.calib_dataloader, 64),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    ref = ort.InferenceSession(str(tmp_path / "ref.onnx"), providers=["CPUExecutionProvider"])
+    # same graph and the same quantization parameters up to float rounding (ORT's override path
+    # computes scales in another precision: ~1 ulp), hence outputs within one output step
+    assert [n.op_type for n in ours.proto.graph.node] == [n.op_type for n in onnx.load(str(tmp_path / "ref.onnx")).graph.node]
+    x = adaptor.take_inputs(bundle.eval_dataloader, 64)
+    a, b = adaptor.predict(ours, x), ref.run(None, {"input": x})[0]
+    np.testing.assert_allclose(a, b, atol=0.05)
+    assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_inspect_op_outputs(adaptor, bundle, model):
+    cfg = space(adaptor, model).model_wise_configs()[0]
+    q = adaptor.quantize(model, cfg, bundle.calib_dataloader, None)
+    x = adaptor.take_inputs(bundle.eval_dataloader, 8)
+    ref = adaptor.inspect(model, x, [CONV0, "/fc/Gemm"])
+    got = adaptor.inspect(q, x, [CONV0, "/fc/Gemm"])
+    for name in (CONV0, "/fc/Gemm"):
+        assert ref[name].shape == got[name].shape
+        mse = float(np.mean((ref[name] - got[name]) ** 2))
+        assert 0 < mse < 0.01 * float(np.mean(ref[name] ** 2))
+    with pytest.raises(KeyError, match="no node named 'nope'"):
+        adaptor.inspect(q, x, ["nope"])
+
+
+def test_saved_model_is_plain_onnx(adaptor, bundle, model, tmp_path):
+    cfg = space(adaptor, model).model_wise_configs()[0]
+    q = adaptor.quantize(model, cfg, bundle.calib_dataloader, None)
+    path = adaptor.save(q, tmp_path / "best_model", None)
+    x = adaptor.take_inputs(bundle.eval_dataloader, 32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", adaptor.predict(q, x))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["lpot_research"] = None
+        import numpy as np, onnxruntime as ort
+        s = ort.InferenceSession({str(path)!r}, providers=["CPUExecutionProvider"])
+        out = s.run(None, {{"input": np.load({str(tmp_path / 'x.npy')!r})}})[0]
+        np.testing.assert_array_equal(out, np.load({str(tmp_path / 'expected.npy')!r}))
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_entropy_ranges_are_narrower_than_minmax(bundle, model):
+    a = OnnxRuntimeAdaptor(threads=1)
+    mm = a._calibrated(model, bundle.calib_dataloader, 64, "minmax").data
+    kl = a._calibrated(model, bundle.calib_dataloader, 64, "kl").data
+    widths = [(float(kl[t].highest - kl[t].lowest), float(mm[t].highest - mm[t].lowest)) for t in mm]
+    assert all(k <= m + 1e-6 for k, m in widths) and any(k < 0.9 * m for k, m in widths)
+
+
+def test_bad_format_is_named(bundle):
+    from lpot_research.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'QLinear'.*QDQ"):
+        OnnxRuntimeAdaptor(quant_format="QLinear").prepare(bundle.model, bundle.example_inputs)
