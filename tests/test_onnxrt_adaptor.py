@@ -141,7 +141,8 @@ def test_cached_calibration_matches_quantize_static(adaptor, bundle, model, tmp_
     ref = ort.InferenceSession(str(tmp_path / "ref.onnx"), providers=["CPUExecutionProvider"])
     # same graph and the same quantization parameters up to float rounding (ORT's override path
     # computes scales in another precision: ~1 ulp), hence outputs within one output step
-    assert [n.op_type for n in ours.proto.graph.node] == [n.op_type for n in onnx.load(str(tmp_path / "ref.onnx")).graph.node]
+    ref_nodes = onnx.load(str(tmp_path / "ref.onnx")).graph.node
+    assert [n.op_type for n in ours.proto.graph.node] == [n.op_type for n in ref_nodes]
     x = adaptor.take_inputs(bundle.eval_dataloader, 64)
     a, b = adaptor.predict(ours, x), ref.run(None, {"input": x})[0]
     np.testing.assert_allclose(a, b, atol=0.05)

@@ -191,7 +191,8 @@ class OnnxRuntimeAdaptor(Adaptor):
     # ------------------------------------------------------------------ models
     def prepare(self, model: Any, example_inputs: Any) -> OrtModel:
         if self.quant_format not in FORMATS:
-            raise ConfigError(f"framework.quant_format={self.quant_format!r} is unknown; valid choices: {list(FORMATS)}")
+            raise ConfigError(f"framework.quant_format={self.quant_format!r} is unknown; "
+                              f"valid choices: {list(FORMATS)}")
         if isinstance(model, OrtModel):
             return model
         if isinstance(model, str | Path):
@@ -305,10 +306,6 @@ class OnnxRuntimeAdaptor(Adaptor):
                 if w.granularity == "per_channel":
                     spec["axis"] = _channel_axis(node, inits[node.input[1]])
                 overrides[node.input[1]] = [spec]
-        for t, spec in overrides.items():  # ORT wants numpy floats in activation overrides
-            for k, v in list(spec[0].items()):
-                if isinstance(v, float):
-                    spec[0][k] = np.float32(v)
         tensors = TensorsData(ranges[primary].calibration_method, merged)
         extra = {"TensorQuantOverrides": overrides, "ActivationSymmetric": False, "WeightSymmetric": True}
         names = [n for n, _ in quantized]
