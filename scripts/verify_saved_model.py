@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Load a run's saved best model with plain torch.jit.load and re-evaluate it on the run's own
-evaluation data; print both accuracies and exit non-zero if they differ.
+"""Load a run's saved best model with its framework alone (torch.jit.load for PyTorch, an
+onnxruntime InferenceSession for ONNX Runtime) and re-evaluate it on the run's own evaluation data;
+print both accuracies and exit non-zero if they differ.
 
     python scripts/verify_saved_model.py outputs/2026-11-22/10-00-00-123456
 """
@@ -11,10 +12,43 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+
+
+def torch_runner(run_dir: Path, threads: int) -> Any:
+    import torch
+
+    torch.set_num_threads(threads)
+    model = torch.jit.load(str(run_dir / "best_model.pt"))  # plain PyTorch: no package class needed
+
+    def run(inputs: Any) -> Any:
+        with torch.inference_mode():
+            return model(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+
+    return run
+
+
+def onnx_runner(run_dir: Path, threads: int) -> Any:
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(run_dir / "best_model.onnx"), sess_options=so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(inputs: Any) -> Any:
+        arrays = inputs if isinstance(inputs, tuple) else (inputs,)
+        feed = {n: np.asarray(a.numpy() if hasattr(a, "numpy") else a) for n, a in zip(names, arrays, strict=True)}
+        return sess.run(None, feed)[0]
+
+    return run
+
+
+RUNNERS = {"PyTorchAdaptor": torch_runner, "OnnxRuntimeAdaptor": onnx_runner}
 
 
 def main() -> int:
@@ -24,17 +58,16 @@ def main() -> int:
     args = ap.parse_args()
     summary = json.loads((args.run_dir / "summary.json").read_text())
     cfg = OmegaConf.load(args.run_dir / "config_resolved.yaml")
-    if cfg.framework._target_.rsplit(".", 1)[-1] != "PyTorchAdaptor":
-        print(f"only PyTorch runs are checked by this script, not {cfg.framework._target_}", file=sys.stderr)
+    adaptor = cfg.framework._target_.rsplit(".", 1)[-1]
+    if adaptor not in RUNNERS:
+        print(f"error: no loader for {adaptor}; valid: {', '.join(RUNNERS)}", file=sys.stderr)
         return 2
-    torch.set_num_threads(int(cfg.get("threads") or 1))
-    model = torch.jit.load(str(args.run_dir / "best_model.pt"))  # plain PyTorch: no package class needed
+    run = RUNNERS[adaptor](args.run_dir, int(cfg.get("threads") or 1))
     bundle = instantiate(cfg.model).load()  # the run's evaluation data and metric
     metric = bundle.metric
     metric.reset()
-    with torch.inference_mode():
-        for inputs, labels in bundle.eval_dataloader:
-            metric.update(model(*(inputs if isinstance(inputs, tuple) else (inputs,))), labels)
+    for inputs, labels in bundle.eval_dataloader:
+        metric.update(run(inputs), labels)
     got, reported = float(metric.result()), summary["best"]["accuracy"]
     ok = abs(got - reported) <= args.atol
     print(f"reported accuracy {reported:.6f}, saved model re-evaluated {got:.6f}: {'MATCH' if ok else 'MISMATCH'}")

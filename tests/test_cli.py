@@ -48,10 +48,10 @@ def test_every_config_composes_and_instantiates(hydra_conf):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["strategy=nope"], "unknown strategy 'nope'; valid strategies: basic"),
-    (["framework=caffe"], "unknown framework 'caffe'; valid frameworks: pytorch"),
+    (["strategy=nope"], "unknown strategy 'nope'; valid strategies: basic, bayesian, exhaustive, mse, random, tpe"),
+    (["framework=caffe"], f"unknown framework 'caffe'; valid frameworks: {', '.join(groups()['framework'])}"),
     (["-m", "strategy=basic,nope"], "unknown strategy 'nope'"),
-    (["model=resnet9000"], "valid models: digits_cnn, minilm_wordnet"),
+    (["model=resnet9000"], f"valid models: {', '.join(groups()['model'])}"),
 ])
 def test_unknown_choice_is_one_clear_line(args, needle):
     r = tune(*args, timeout=60)
@@ -160,3 +160,21 @@ def test_sweep_of_all_strategies_and_compare(tmp_path):
     assert sorted(x.split()[0] for x in rows) == sorted(["basic", "mse", "exhaustive", "random", "bayesian", "tpe"])
     png = sweep / "compare.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_all_strategies_run_with_onnxruntime(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = tune("-m", "strategy=basic,mse,exhaustive,random,bayesian,tpe", "framework=onnxrt",
+             "exit_policy.timeout=60", "exit_policy.max_trials=3", "accuracy_criterion.tolerance=0.001",
+             f"hydra.sweep.dir={sweep}", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sweep.rglob("summary.json")]
+    assert sorted(s["strategy"] for s in summaries) == sorted(["basic", "mse", "exhaustive", "random", "bayesian",
+                                                                 "tpe"])
+    assert all(s["framework"] == "onnxrt" and s["trials"] >= 1 and s["best"] for s in summaries)
+    run = next(p.parent for p in sweep.rglob("summary.json"))
+    assert (run / "best_model.onnx").exists()
+    v = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_saved_model.py"), str(run)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert v.returncode == 0 and "MATCH" in v.stdout, v.stdout + v.stderr
