@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +41,20 @@ def _mapping(x: Any) -> dict[str, Any]:
 
         return OmegaConf.to_container(OmegaConf.load(x), resolve=True)  # type: ignore[return-value]
     return dict(x)
+
+
+def _build(cls: Any, value: Any, what: str) -> Any:
+    """An instance of the dataclass `cls` from an instance, a mapping (a `_target_` key is ignored) or
+    None (the defaults); unknown keys are an error naming them and the valid ones."""
+    if isinstance(value, cls):
+        return value
+    d = _mapping(value)
+    d.pop("_target_", None)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    bad = [k for k in d if k not in valid]
+    if bad:
+        raise ConfigError(f"{what}.{bad[0]} is not a known key; valid keys: {valid}")
+    return cls(**d)
 
 
 def _describe(obj: Any) -> dict[str, Any]:
@@ -93,11 +108,8 @@ def tune(
     else:
         raise ConfigError(f"strategy={strategy!r} must be a name ({', '.join(STRATEGIES)}) or a Strategy")
 
-    crit = accuracy_criterion if accuracy_criterion is not None else cfg.get("accuracy_criterion")
-    if not isinstance(crit, AccuracyCriterion):
-        crit_d = _mapping(crit)
-        crit_d.pop("_target_", None)
-        crit = AccuracyCriterion(**crit_d)
+    crit = _build(AccuracyCriterion, accuracy_criterion if accuracy_criterion is not None
+                  else cfg.get("accuracy_criterion"), "accuracy_criterion")
 
     obj = objective if objective is not None else cfg.get("objective", "performance")
     if isinstance(obj, Mapping):
@@ -109,11 +121,7 @@ def tune(
     if not isinstance(obj, Objective):
         raise ConfigError(f"objective={obj!r} must be a name ({', '.join(OBJECTIVES)}) or an Objective")
 
-    ex = exit_policy if exit_policy is not None else cfg.get("exit_policy")
-    if not isinstance(ex, ExitPolicy):
-        ex_d = _mapping(ex)
-        ex_d.pop("_target_", None)
-        ex = ExitPolicy(**ex_d)
+    ex = _build(ExitPolicy, exit_policy if exit_policy is not None else cfg.get("exit_policy"), "exit_policy")
 
     q = QuantizationSettings.from_mapping(cfg.get("quantization"))
     bench_d = _mapping(cfg.get("benchmark"))

@@ -15,13 +15,8 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import load_bundle
 
 from lpot_research.adaptors.onnxrt import OnnxRuntimeAdaptor  # noqa: E402
 from lpot_research.space import build_space  # noqa: E402
@@ -33,12 +28,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=12, help="configurations to quantize and evaluate per adaptor")
     ap.add_argument("--sampling-size", type=int, default=64)
     args = ap.parse_args()
-    model_yaml = ROOT / "conf" / "model" / f"{args.model}.yaml"
-    if not model_yaml.exists():
-        valid = ", ".join(sorted(p.stem for p in model_yaml.parent.glob("*.yaml")))
-        print(f"error: unknown model {args.model!r}; valid models: {valid}", file=sys.stderr)
-        return 2
-    bundle = instantiate(OmegaConf.load(model_yaml)).load()
+    bundle = load_bundle(args.model)
     rows = []
     for cached in (True, False):
         adaptor = OnnxRuntimeAdaptor(threads=1, cache_calibration=cached)

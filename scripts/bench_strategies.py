@@ -21,11 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import load_bundle
 
 import lpot_research  # noqa: E402
 from lpot_research.strategies import BUILTIN  # noqa: E402
@@ -48,13 +44,7 @@ def main() -> int:
     if bad:
         print(f"error: unknown strategy {bad[0]!r}; valid strategies: {', '.join(BUILTIN)}", file=sys.stderr)
         return 2
-    model_yaml = ROOT / "conf" / "model" / f"{args.model}.yaml"
-    if not model_yaml.exists():
-        valid = ", ".join(sorted(p.stem for p in model_yaml.parent.glob("*.yaml")))
-        print(f"error: unknown model {args.model!r}; valid models: {valid}", file=sys.stderr)
-        return 2
-
-    bundle = instantiate(OmegaConf.load(model_yaml)).load()
+    bundle = load_bundle(args.model)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_strategies_"))
     quant = {}
     if args.algorithm:
