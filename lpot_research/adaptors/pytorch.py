@@ -117,7 +117,8 @@ class PyTorchAdaptor(Adaptor):
     def prepare(self, model: Any, example_inputs: Any) -> Any:
         self._setup()
         if not isinstance(model, nn.Module):
-            raise TypeError(f"framework=pytorch needs a torch.nn.Module, got {type(model).__name__}")
+            hint = "; an ONNX model needs framework=onnxrt" if "onnx" in type(model).__module__ else ""
+            raise TypeError(f"framework=pytorch needs a torch.nn.Module, got {type(model).__name__}{hint}")
         return model.eval()
 
     def capabilities(self, model: nn.Module, approach: str, example_inputs: Any) -> list[OpCapability]:
