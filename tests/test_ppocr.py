@@ -45,3 +45,16 @@ def test_fp32_reads_the_lines_and_naive_int8_does_not():
     q = a.quantize(m, s.model_wise_configs()[0], bundle.calib_dataloader, None)
     assert a.evaluate(q, bundle.eval_dataloader, bundle.metric) < 0.1
     assert {p.key for p in q.proto.metadata_props} >= {"character"}  # the dictionary travels with the model
+
+
+def test_onnx_model_with_the_pytorch_framework_is_one_clear_error(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "tune.py"), "model=ppocr_rec", f"hydra.run.dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=root, timeout=300)
+    assert r.returncode != 0
+    assert "error: framework=pytorch needs a torch.nn.Module, got ModelProto; an ONNX model needs framework=onnxrt" \
+        in r.stderr

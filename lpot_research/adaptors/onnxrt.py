@@ -202,8 +202,8 @@ class OnnxRuntimeAdaptor(Adaptor):
         elif type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
             proto = export_torch(model, example_inputs, self.opset)
         else:
-            raise TypeError(f"framework=onnxrt takes an onnx.ModelProto, a .onnx path or a torch model, "
-                            f"got {type(model).__name__}")
+            raise ConfigError(f"framework=onnxrt takes an onnx.ModelProto, a .onnx path or a torch model, "
+                              f"got {type(model).__name__}")
         return OrtModel(normalize(proto), self.threads)
 
     def capabilities(self, model: OrtModel, approach: str, example_inputs: Any) -> list[OpCapability]:

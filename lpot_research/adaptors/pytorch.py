@@ -32,6 +32,7 @@ from torch.ao.quantization.observer import (
 
 from lpot_research.adaptors.base import Adaptor, count_batches
 from lpot_research.adaptors.torch_observers import KLHistogramObserver
+from lpot_research.errors import ConfigError
 from lpot_research.objectives import peak_rss_increase
 from lpot_research.space import OpCapability, OpChoice, TuneConfig
 
@@ -72,7 +73,9 @@ def _reduce_range() -> bool:
 
 
 def as_tuple(inputs: Any) -> tuple[Any, ...]:
-    return tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
+    """Model arguments as a tuple of tensors (numpy arrays from a dataloader are converted)."""
+    items = tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
+    return tuple(x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in items)
 
 
 def batch_size_of(inputs: Any) -> int:
@@ -106,8 +109,6 @@ class PyTorchAdaptor(Adaptor):
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         if self.backend not in torch.backends.quantized.supported_engines:
-            from lpot_research.errors import ConfigError
-
             raise ConfigError(f"framework.backend={self.backend!r} is not available; valid choices: "
                               f"{[e for e in torch.backends.quantized.supported_engines if e != 'none']}")
         torch.backends.quantized.engine = self.backend
@@ -118,7 +119,7 @@ class PyTorchAdaptor(Adaptor):
         self._setup()
         if not isinstance(model, nn.Module):
             hint = "; an ONNX model needs framework=onnxrt" if "onnx" in type(model).__module__ else ""
-            raise TypeError(f"framework=pytorch needs a torch.nn.Module, got {type(model).__name__}{hint}")
+            raise ConfigError(f"framework=pytorch needs a torch.nn.Module, got {type(model).__name__}{hint}")
         return model.eval()
 
     def capabilities(self, model: nn.Module, approach: str, example_inputs: Any) -> list[OpCapability]:
@@ -270,11 +271,10 @@ class PyTorchAdaptor(Adaptor):
         seen = 0
         for inputs, _ in count_batches(loader, what):
             take = min(batch_size_of(inputs), n - seen)
-            parts.append(slice_batch(inputs, take))
+            parts.append(as_tuple(slice_batch(inputs, take)))
             seen += take
             if seen >= n:
                 break
-        if isinstance(parts[0], list | tuple):
-            return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
-        return torch.cat(parts)
+        joined = tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+        return joined[0] if len(joined) == 1 else joined
 
