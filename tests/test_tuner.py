@@ -273,3 +273,20 @@ def test_score_ranks_every_passing_config_above_every_failing_one():
     fast_pass = ctx.score(Result(None, True, 0.9, 1.0, True, 4))
     assert fast_pass > slow_pass > near_miss > far_miss
     assert ctx.score(Result(None, False, None, None, False, 5)) is None
+
+
+class SlowInt8(FakeAdaptor):
+    """INT8 kernels slower than FP32 (as for a tiny model): the run must say so, not call it optimized."""
+
+    def latency_ms(self, model, inputs, warmup, iterations):
+        if model.config is None:
+            return 4.0
+        return 4.0 + sum(c.quantized for _, c in model.config.ops)
+
+
+def test_a_slower_tuned_model_is_reported_plainly(tmp_path, caplog):
+    caplog.set_level("INFO")
+    res = run_fake(tmp_path, SlowInt8(ops=3, penalties=[0.001] * 3))
+    assert res.summary["met_criterion"] and res.summary["faster_than_fp32"] is False
+    assert res.summary["best"]["latency_ratio"] > 1
+    assert "SLOWER than FP32" in caplog.text and "faster than FP32" not in caplog.text
