@@ -21,6 +21,23 @@ def count_batches(loader: Iterable[Any], what: str) -> Iterator[Any]:
         raise DataError(f"the {what} dataloader yielded no batch; give it at least one (inputs, labels) batch")
 
 
+def batch_len(inputs: Any) -> int:
+    """Samples in one batch of inputs (a tensor/array, or a tuple/list of them for several inputs)."""
+    return len(inputs[0] if isinstance(inputs, tuple | list) else inputs)
+
+
+def limited_batches(loader: Iterable[Any], limit: int, what: str) -> Iterator[Any]:
+    """The input batches of a dataloader of (inputs, labels), the last one cut, so that `limit`
+    samples come out (fewer when the dataloader holds fewer)."""
+    seen = 0
+    for inputs, _ in count_batches(loader, what):
+        take = min(batch_len(inputs), limit - seen)
+        yield type(inputs)(x[:take] for x in inputs) if isinstance(inputs, tuple | list) else inputs[:take]
+        seen += take
+        if seen >= limit:
+            return
+
+
 class Adaptor(ABC):
     """Turns a framework model + a TuneConfig into a real quantized model, and measures it."""
 
@@ -40,12 +57,7 @@ class Adaptor(ABC):
 
     def count_samples(self, loader: Iterable[Any], limit: int) -> int:
         """How many samples the dataloader yields, counting no further than `limit`."""
-        n = 0
-        for inputs, _ in count_batches(loader, "calibration"):
-            n += len(inputs[0]) if isinstance(inputs, tuple | list) else len(inputs)
-            if n >= limit:
-                break
-        return n
+        return sum(batch_len(b) for b in limited_batches(loader, limit, "calibration"))
 
     @abstractmethod
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:

@@ -30,7 +30,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from lpot_research.adaptors.base import Adaptor, count_batches
+from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches
 from lpot_research.calibration import kl_window
 from lpot_research.errors import ConfigError
 from lpot_research.objectives import peak_rss_increase
@@ -156,17 +156,9 @@ class _Reader:
 
     @staticmethod
     def _batches(model: OrtModel, loader: Iterable[Any], limit: int) -> Iterator[dict[str, np.ndarray]]:
-        parts: list[dict[str, np.ndarray]] = []
-        seen, batch = 0, 1
-        for inputs, _ in count_batches(loader, "calibration"):
-            feed = model.feed(inputs)
-            n = len(next(iter(feed.values())))
-            batch = max(batch, n)
-            take = min(n, limit - seen)
-            parts.append({k: v[:take] for k, v in feed.items()})
-            seen += take
-            if seen >= limit:
-                break
+        batches = list(limited_batches(loader, limit, "calibration"))
+        seen, batch = sum(map(batch_len, batches)), max(map(batch_len, batches))
+        parts = [model.feed(b) for b in batches]
         data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         chunk = max(d for d in range(1, min(batch, seen) + 1) if seen % d == 0)
         for i in range(0, seen, chunk):
@@ -384,15 +376,7 @@ class OnnxRuntimeAdaptor(Adaptor):
         return out
 
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
-        parts: list[tuple[np.ndarray, ...]] = []
-        seen = 0
-        for inputs, _ in count_batches(loader, what):
-            arrays = tuple(to_numpy(x) for x in as_tuple(inputs))
-            take = min(len(arrays[0]), n - seen)
-            parts.append(tuple(a[:take] for a in arrays))
-            seen += take
-            if seen >= n:
-                break
+        parts = [tuple(to_numpy(x) for x in as_tuple(b)) for b in limited_batches(loader, n, what)]
         joined = tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
         return joined[0] if len(joined) == 1 else joined
 

@@ -30,7 +30,7 @@ from torch.ao.quantization.observer import (
     PlaceholderObserver,
 )
 
-from lpot_research.adaptors.base import Adaptor, count_batches
+from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches
 from lpot_research.adaptors.torch_observers import KLHistogramObserver
 from lpot_research.errors import ConfigError
 from lpot_research.objectives import peak_rss_increase
@@ -76,16 +76,6 @@ def as_tuple(inputs: Any) -> tuple[Any, ...]:
     """Model arguments as a tuple of tensors (numpy arrays from a dataloader are converted)."""
     items = tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
     return tuple(x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in items)
-
-
-def batch_size_of(inputs: Any) -> int:
-    return int(as_tuple(inputs)[0].shape[0])
-
-
-def slice_batch(inputs: Any, n: int) -> Any:
-    if isinstance(inputs, list | tuple):
-        return type(inputs)(x[:n] for x in inputs)
-    return inputs[:n]
 
 
 class BF16Module(nn.Module):
@@ -198,12 +188,9 @@ class PyTorchAdaptor(Adaptor):
     @torch.inference_mode()
     def _calibrate(self, prepared: nn.Module, loader: Iterable[Any], sampling_size: int) -> None:
         seen = 0
-        for inputs, _ in count_batches(loader, "calibration"):
-            take = min(batch_size_of(inputs), sampling_size - seen)
-            prepared(*as_tuple(slice_batch(inputs, take)))
-            seen += take
-            if seen >= sampling_size:
-                break
+        for inputs in limited_batches(loader, sampling_size, "calibration"):
+            prepared(*as_tuple(inputs))
+            seen += batch_len(inputs)
         if seen < sampling_size:
             log.debug("calibration: the dataloader gave %d samples, fewer than sampling_size=%d", seen,
                       sampling_size)
@@ -267,14 +254,7 @@ class PyTorchAdaptor(Adaptor):
 
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
         """The first `n` input samples of a dataloader of (inputs, labels), as one batch."""
-        parts: list[Any] = []
-        seen = 0
-        for inputs, _ in count_batches(loader, what):
-            take = min(batch_size_of(inputs), n - seen)
-            parts.append(as_tuple(slice_batch(inputs, take)))
-            seen += take
-            if seen >= n:
-                break
+        parts = [as_tuple(b) for b in limited_batches(loader, n, what)]
         joined = tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
         return joined[0] if len(joined) == 1 else joined
 
