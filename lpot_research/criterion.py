@@ -56,10 +56,6 @@ class AccuracyCriterion:
         eps = 1e-12 * max(1.0, abs(t))
         return accuracy >= t - eps if self.hib else accuracy <= t + eps
 
-    def better(self, a: float, b: float) -> bool:
-        """Is accuracy a strictly better than b in this metric's direction?"""
-        return a > b if self.hib else a < b
-
     def describe(self) -> str:
         tol = f"{self.tolerance:.2%}" if self.kind == "relative" else f"{self.tolerance:g}"
         direction = "higher is better" if self.hib else "lower is better"

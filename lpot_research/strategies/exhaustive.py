@@ -19,15 +19,11 @@ class ExhaustiveStrategy(Strategy):
 
     def proposals(self, ctx: StrategyContext) -> Proposals:
         space = ctx.space
-        per_op = [[o for o in opts if o.quantized] or list(opts[:1]) for _, opts in space.options]
+        per_op = [[i for i, o in enumerate(opts) if o.quantized] or [0] for _, opts in space.options]
         size = space.quantized_size()
         log.info("exhaustive: %d quantized configuration(s) to walk", size)
         if ctx.max_trials is not None and size > ctx.max_trials:
             log.warning("exhaustive: the space (%d configs) exceeds max_trials (%d); only the first %d will be tried",
                         size, ctx.max_trials, ctx.max_trials)
-        names = space.op_names
-        for k, (ss, *choices) in enumerate(itertools.product(space.sampling_sizes, *per_op), 1):
-            cfg = space.config_at([space.sampling_sizes.index(ss)] + [
-                space.op_options(n).index(c) for n, c in zip(names, choices, strict=True)
-            ], f"exhaustive {k}/{size}")
-            yield cfg
+        for k, index in enumerate(itertools.product(range(len(space.sampling_sizes)), *per_op), 1):
+            yield space.config_at(index, f"exhaustive {k}/{size}")
