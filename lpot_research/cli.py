@@ -65,8 +65,8 @@ def run_job(cfg: DictConfig) -> float:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        bundle = instantiate(cfg.model).load()
         adaptor = instantiate(cfg.framework)
+        bundle = instantiate(cfg.model).load(framework=adaptor.name)
         strategy = instantiate(cfg.strategy)
         criterion = instantiate(cfg.accuracy_criterion)
         objective = instantiate(cfg.objective)

@@ -11,9 +11,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def load_bundle(name: str) -> Any:
-    """Build a built-in model bundle from conf/model/<name>.yaml; exit with one line naming the
-    valid models when there is no such config."""
+def load_bundle(name: str, framework: str | None = None) -> Any:
+    """Build a built-in model bundle from conf/model/<name>.yaml (for `framework`, else the model's
+    default one); exit with one line naming the valid models when there is no such config."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -22,4 +22,5 @@ def load_bundle(name: str) -> Any:
         valid = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
         print(f"error: unknown model {name!r}; valid models: {valid}", file=sys.stderr)
         sys.exit(2)
-    return instantiate(OmegaConf.load(path)).load()
+    spec = instantiate(OmegaConf.load(path))
+    return spec.load() if framework is None else spec.load(framework=framework)

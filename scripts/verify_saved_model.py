@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Load a run's saved best model with its framework alone (torch.jit.load for PyTorch, an
-onnxruntime InferenceSession for ONNX Runtime) and re-evaluate it on the run's own evaluation data;
-print both accuracies and exit non-zero if they differ.
+"""Load a run's saved best model with its framework alone and re-evaluate it on the run's own evaluation data;
+print both accuracies and exit non-zero if they differ. Loaders: torch.jit.load (PyTorch), an onnxruntime
+InferenceSession (ONNX Runtime), the LiteRT interpreter (TensorFlow Lite).
 
     python scripts/verify_saved_model.py outputs/2026-11-22/10-00-00-123456
 """
@@ -48,7 +48,31 @@ def onnx_runner(run_dir: Path, threads: int) -> Any:
     return run
 
 
-RUNNERS = {"PyTorchAdaptor": torch_runner, "OnnxRuntimeAdaptor": onnx_runner}
+def tflite_runner(run_dir: Path, threads: int) -> Any:
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreters: dict[tuple[tuple[int, ...], ...], Any] = {}
+
+    def run(inputs: Any) -> Any:
+        arrays = [np.asarray(a) for a in (inputs if isinstance(inputs, tuple) else (inputs,))]
+        key = tuple(a.shape for a in arrays)
+        if key not in interpreters:  # one interpreter per batch shape (the last batch may be smaller)
+            it = Interpreter(model_path=str(run_dir / "best_model.tflite"), num_threads=threads)
+            for d, a in zip(it.get_input_details(), arrays, strict=True):
+                it.resize_tensor_input(d["index"], list(a.shape))
+            it.allocate_tensors()
+            interpreters[key] = it
+        it = interpreters[key]
+        for d, a in zip(it.get_input_details(), arrays, strict=True):
+            it.set_tensor(d["index"], a.astype(d["dtype"], copy=False))
+        it.invoke()
+        return it.get_tensor(it.get_output_details()[0]["index"])
+
+    return run
+
+
+RUNNERS = {"PyTorchAdaptor": torch_runner, "OnnxRuntimeAdaptor": onnx_runner, "TensorFlowAdaptor": tflite_runner}
 
 
 def main() -> int:
@@ -63,7 +87,7 @@ def main() -> int:
         print(f"error: no loader for {adaptor}; valid: {', '.join(RUNNERS)}", file=sys.stderr)
         return 2
     run = RUNNERS[adaptor](args.run_dir, int(cfg.get("threads") or 1))
-    bundle = instantiate(cfg.model).load()  # the run's evaluation data and metric
+    bundle = instantiate(cfg.model).load(framework=summary["framework"])  # the run's evaluation data and metric
     metric = bundle.metric
     metric.reset()
     for inputs, labels in bundle.eval_dataloader:

@@ -109,7 +109,7 @@ class FakeBundle:
     def __init__(self, name: str = "fake_model") -> None:
         self.name = name
 
-    def load(self) -> ModelBundle:
+    def load(self, framework: str = "fake") -> ModelBundle:
         import numpy as np
 
         loader = [(np.zeros(100), np.zeros(100))]

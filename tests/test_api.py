@@ -51,3 +51,4 @@ def test_op_wise_unknown_op_lists_valid_ops(bundle, tmp_path):
         lpot_research.tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader,
                            config={"quantization": {"op_wise": {"classifier": {"activation": {"dtype": "fp32"}}}}},
                            output_dir=tmp_path)
+

@@ -162,19 +162,25 @@ def test_sweep_of_all_strategies_and_compare(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
-def test_all_strategies_run_with_onnxruntime(tmp_path):
+SAVED = {"onnxrt": ("onnxruntime", "best_model.onnx"), "tensorflow": ("tensorflow", "best_model.tflite")}
+
+
+@pytest.mark.parametrize("framework", list(SAVED))
+def test_all_strategies_run_with_each_framework(tmp_path, framework):
+    module, saved = SAVED[framework]
+    if __import__("importlib").util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (pip install 'lpot-research[{framework}]')")
     sweep = tmp_path / "sweep"
-    r = tune("-m", "strategy=basic,mse,exhaustive,random,bayesian,tpe", "framework=onnxrt",
+    r = tune("-m", "strategy=basic,mse,exhaustive,random,bayesian,tpe", f"framework={framework}",
              "exit_policy.timeout=60", "exit_policy.max_trials=3", "accuracy_criterion.tolerance=0.001",
              f"hydra.sweep.dir={sweep}", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sweep.rglob("summary.json")]
     assert sorted(s["strategy"] for s in summaries) == sorted(["basic", "mse", "exhaustive", "random", "bayesian",
                                                                  "tpe"])
-    assert all(s["framework"] == "onnxrt" and s["trials"] >= 1 and s["best"] for s in summaries)
+    assert all(s["framework"] == framework and s["trials"] >= 1 and s["best"] for s in summaries)
     run = next(p.parent for p in sweep.rglob("summary.json"))
-    assert (run / "best_model.onnx").exists()
+    assert (run / saved).exists()
     v = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_saved_model.py"), str(run)],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert v.returncode == 0 and "MATCH" in v.stdout, v.stdout + v.stderr

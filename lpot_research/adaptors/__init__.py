@@ -4,6 +4,7 @@ installed costs nothing until it is asked for."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from lpot_research._lazy import load_object
@@ -12,16 +13,26 @@ from lpot_research.errors import ConfigError
 FRAMEWORKS = {
     "pytorch": ("lpot_research.adaptors.pytorch:PyTorchAdaptor", "torch", "pytorch"),
     "onnxrt": ("lpot_research.adaptors.onnxrt:OnnxRuntimeAdaptor", "onnxruntime", "onnxrt"),
+    "tensorflow": ("lpot_research.adaptors.tensorflow:TensorFlowAdaptor", "tensorflow", "tensorflow"),
 }
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (a module blocked by a None entry in
+    sys.modules counts as missing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def make_adaptor(name: str, **kwargs: Any) -> Any:
     if name not in FRAMEWORKS:
         raise ConfigError(f"unknown framework {name!r}; valid frameworks: {', '.join(FRAMEWORKS)}")
     target, module, extra = FRAMEWORKS[name]
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
+    # find_spec checks installation without importing (mxnet cannot be imported before the adaptor
+    # restores the numpy aliases it needs)
+    if not installed(module):
         raise ConfigError(f"framework {name!r} needs {module!r}, which is not installed "
-                          f"(pip install 'lpot-research[{extra}]')") from e
+                          f"(pip install 'lpot-research[{extra}]')")
     return load_object(target)(**{k: v for k, v in kwargs.items() if v is not None})

@@ -18,11 +18,14 @@ from torch import nn
 
 from lpot_research.data import ArrayLoader
 from lpot_research.metrics import TopK
-from lpot_research.models import ModelBundle, cache_dir
+from lpot_research.models import ModelBundle, cache_dir, check_framework
 from lpot_research.space import stable_hash
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 1  # bump when the architecture or training changes, to invalidate caches
+# PyTorch trains it; onnxrt exports the PyTorch model; TensorFlow and MXNet get Keras / Gluon
+# counterparts carrying the same weights, so every framework starts from the same FP32 model.
+FRAMEWORKS = ("pytorch", "onnxrt", "tensorflow", "mxnet")
 
 
 def conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -89,8 +92,8 @@ class DigitsCNN:
             torch.set_num_threads(threads)
         return net.eval()
 
-    def load(self) -> ModelBundle:
-        x, y = digits_arrays(self.image_size)
+    def trained(self) -> DigitsNet:
+        """The trained PyTorch net (trained on first use, then loaded from the cache)."""
         n = self.train_size
         key = stable_hash({"v": RECIPE_VERSION, "w": self.width, "s": self.image_size, "e": self.epochs,
                            "lr": self.lr, "seed": self.seed, "n": n, "torch": torch.__version__.split("+")[0]}, 12)
@@ -98,23 +101,43 @@ class DigitsCNN:
         net = DigitsNet(self.width)
         if path.exists():
             net.load_state_dict(torch.load(path, weights_only=True))
-            net.eval()
-        else:
-            t0 = time.perf_counter()
-            net = self._train(x[:n], y[:n])
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(net.state_dict(), tmp)
-            os.replace(tmp, path)
-            log.info("trained digits_cnn in %.1f s (cached at %s)", time.perf_counter() - t0, path)
+            return net.eval()
+        t0 = time.perf_counter()
+        x, y = digits_arrays(self.image_size)
+        net = self._train(x[:n], y[:n])
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(net.state_dict(), tmp)
+        os.replace(tmp, path)
+        log.info("trained digits_cnn in %.1f s (cached at %s)", time.perf_counter() - t0, path)
+        return net
+
+    def load(self, framework: str = "pytorch") -> ModelBundle:
+        check_framework(self.name, framework, FRAMEWORKS)
+        net = self.trained()
+        x, y = digits_arrays(self.image_size)
+        n = self.train_size
+        model: Any = net
+        if framework in ("tensorflow", "mxnet"):
+            state = {k: v.numpy() for k, v in net.state_dict().items()}
+            if framework == "tensorflow":
+                from lpot_research.models.digits_keras import to_keras
+
+                model = to_keras(state, self.width, self.image_size)
+                x = x.permute(0, 2, 3, 1)  # Keras is NHWC
+            else:
+                from lpot_research.models.digits_gluon import to_gluon
+
+                model = to_gluon(state, self.width, self.image_size)
+            x, y = x.numpy(), y.numpy()
         # Calibration comes from the training split, evaluation from the held-out rest.
-        calib_order = torch.from_numpy(np.random.default_rng(self.seed).permutation(n))
+        calib_order = np.random.default_rng(self.seed).permutation(n)
         return ModelBundle(
             name=self.name,
-            model=net,
+            model=model,
             calib_dataloader=ArrayLoader(x[:n][calib_order], y[:n][calib_order], self.calib_batch_size),
             eval_dataloader=ArrayLoader(x[n:], y[n:], self.eval_batch_size),
             metric=self.metric,
             example_inputs=x[: self.calib_batch_size],
             bench_batch_size=self.bench_batch_size,
-            info={"train_samples": n, "eval_samples": len(x) - n, "cache": str(path)},
+            info={"train_samples": n, "eval_samples": len(x) - n},
         )

@@ -26,7 +26,7 @@ from torch import nn
 from lpot_research.data import ArrayLoader
 from lpot_research.errors import DataError
 from lpot_research.metrics import TopK
-from lpot_research.models import ModelBundle, cache_dir
+from lpot_research.models import ModelBundle, cache_dir, check_framework
 from lpot_research.space import stable_hash
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,8 @@ class MiniLMWordNet:
             head.bias.copy_(torch.from_numpy(b))
         return head
 
-    def load(self) -> ModelBundle:
+    def load(self, framework: str = "pytorch") -> ModelBundle:
+        check_framework(self.name, framework, ("pytorch", "onnxrt"))
         texts, y, names = wordnet_glosses()
         order = np.random.default_rng(self.seed).permutation(len(texts))
         tr = order[: self.train_size]

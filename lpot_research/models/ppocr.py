@@ -17,7 +17,7 @@ import numpy as np
 from lpot_research.data import ArrayLoader
 from lpot_research.errors import DataError
 from lpot_research.metrics import to_numpy
-from lpot_research.models import ModelBundle
+from lpot_research.models import ModelBundle, check_framework
 
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # no I/l/1, O/o/0 look-alikes
 HEIGHT = 48
@@ -144,9 +144,10 @@ class PPOCRRec:
         self.eval_batch_size, self.calib_batch_size = eval_batch_size, calib_batch_size
         self.bench_batch_size, self.metric_kind = bench_batch_size, metric_kind
 
-    def load(self) -> ModelBundle:
+    def load(self, framework: str = "onnxrt") -> ModelBundle:
         import onnx
 
+        check_framework(self.name, framework, ("onnxrt",))
         path = model_path()
         proto = onnx.load(str(path))
         chars = characters(proto)

@@ -1,0 +1,197 @@
+"""The real TensorFlow Lite adaptor on the Keras counterpart of digits_cnn."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow", reason="TensorFlow is not installed (pip install 'lpot-research[tensorflow]')")
+pytest.importorskip("ai_edge_litert", reason="LiteRT is not installed (pip install 'lpot-research[tensorflow]')")
+pytest.importorskip("torch", reason="digits_cnn is trained with PyTorch (pip install 'lpot-research[pytorch]')")
+
+from lpot_research.adaptors.tensorflow import TensorFlowAdaptor, TFLiteModel  # noqa: E402
+from lpot_research.errors import ConfigError  # noqa: E402
+from lpot_research.metrics import TopK  # noqa: E402
+from lpot_research.space import OpChoice, TuneConfig, build_space  # noqa: E402
+
+STATIC = "post_training_static_quant"
+OPS = [f"features.{i}.conv" for i in range(5)] + ["fc"]
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from lpot_research.models.digits import DigitsCNN
+
+    return DigitsCNN().load("tensorflow")
+
+
+@pytest.fixture(scope="module")
+def adaptor():
+    return TensorFlowAdaptor(threads=1)
+
+
+@pytest.fixture(scope="module")
+def model(adaptor, bundle):
+    return adaptor.prepare(bundle.model, bundle.example_inputs)
+
+
+def space(adaptor, model, approach=STATIC):
+    return build_space(adaptor.capabilities(model, approach, None), approach, 64)
+
+
+def weight_dtypes(q: TFLiteModel) -> dict[str, str]:
+    """Op name -> dtype of its weight tensor in the converted flatbuffer."""
+    return {q.layers[op["inputs"][1]]: op["weight_dtype"].__name__ for op in q.ops()
+            if len(op["inputs"]) > 1 and op["inputs"][1] in q.layers}
+
+
+def test_keras_counterpart_equals_the_pytorch_net(bundle):
+    import torch
+
+    from lpot_research.models.digits import DigitsCNN
+
+    x = bundle.eval_dataloader.inputs[:16]
+    net = DigitsCNN().trained()
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(bundle.model(x).numpy(), ref, atol=1e-4)
+
+
+def test_ops_are_named_by_keras_layer(adaptor, model):
+    caps = adaptor.capabilities(model, STATIC, None)
+    assert [c.name for c in caps] == OPS
+    assert [c.type for c in caps] == ["CONV_2D"] * 5 + ["FULLY_CONNECTED"]
+    assert all(c.fallback == ("fp32",) for c in caps)
+
+
+def test_full_integer_quantization_is_int8_faster_and_accurate(adaptor, bundle, model):
+    q = adaptor.quantize(model, space(adaptor, model).model_wise_configs()[0], bundle.calib_dataloader, None)
+    assert set(weight_dtypes(q).values()) == {"int8"}
+    types = [op["type"] for op in q.ops()]
+    assert types[0] == "QUANTIZE" and types[-1] == "DEQUANTIZE"  # float model inputs/outputs, INT8 inside
+    fp32 = adaptor.evaluate(model, bundle.eval_dataloader, TopK(1))
+    int8 = adaptor.evaluate(q, bundle.eval_dataloader, TopK(1))
+    assert fp32 > 0.95 and abs(int8 - fp32) < 0.02
+    assert adaptor.size_bytes(q) < 0.4 * adaptor.size_bytes(model)
+
+
+def test_fallback_leaves_the_named_op_in_fp32(adaptor, bundle, model):
+    cfg = space(adaptor, model).model_wise_configs()[0].with_ops({"features.2.conv": OpChoice("fp32")})
+    q = adaptor.quantize(model, cfg, bundle.calib_dataloader, None)
+    dtypes = weight_dtypes(q)
+    assert dtypes.pop("features.2.conv") == "float32"
+    assert set(dtypes.values()) == {"int8"}
+    conv2 = next(op for op in q.ops() if len(op["inputs"]) > 1 and q.layers.get(op["inputs"][1]) == "features.2.conv")
+    assert conv2["output_dtype"].__name__ == "float32"
+    # the float op is fed by a DEQUANTIZE and feeds a QUANTIZE
+    producers = {o: op["type"] for op in q.ops() for o in op["outputs"]}
+    assert producers[conv2["inputs"][0]] == "DEQUANTIZE"
+    assert adaptor.evaluate(q, bundle.eval_dataloader, TopK(1)) > 0.95
+
+
+def test_calibration_runs_once_per_sampling_size(bundle, model):
+    a = TensorFlowAdaptor(threads=1)
+    base = space(a, model).model_wise_configs()[0]
+    for name in OPS[:3]:
+        a.quantize(model, base.with_ops({name: OpChoice("fp32")}), bundle.calib_dataloader, None)
+    assert a.calibrations == 1
+    a.quantize(model, TuneConfig(base.approach, 16, base.ops), bundle.calib_dataloader, None)
+    assert a.calibrations == 2
+
+
+def test_per_tensor_weights_model_wide(bundle):
+    a = TensorFlowAdaptor(per_channel=False, threads=1)
+    m = a.prepare(bundle.model, bundle.example_inputs)
+    s = space(a, m)
+    assert {o.weight.granularity for _, opts in s.options for o in opts if o.quantized} == {"per_tensor"}
+    q = a.quantize(m, s.model_wise_configs()[0], bundle.calib_dataloader, None)
+    it_ops = [op for op in q.ops() if op["type"] == "CONV_2D"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=q.content)
+    details = {t["name"]: t for t in it.get_tensor_details()}
+    scales = [details[op["inputs"][1]]["quantization_parameters"]["scales"] for op in it_ops]
+    assert all(len(s) == 1 for s in scales)
+    assert a.evaluate(q, bundle.eval_dataloader, TopK(1)) > 0.95
+
+
+def test_dynamic_range_quantization(adaptor, bundle, model):
+    s = space(adaptor, model, "post_training_dynamic_quant")
+    assert all(opts == tuple(o for o in opts if o.quantized) for _, opts in s.options)  # no per-op fallback
+    q = adaptor.quantize(model, s.model_wise_configs()[0], bundle.calib_dataloader, None)
+    dtypes = weight_dtypes(q)
+    assert "int8" in dtypes.values()
+    types = [op["type"] for op in q.ops()]
+    assert "QUANTIZE" not in types  # activations stay float between ops
+    assert adaptor.evaluate(q, bundle.eval_dataloader, TopK(1)) > 0.95
+
+
+def test_inspect_op_outputs(adaptor, bundle, model):
+    q = adaptor.quantize(model, space(adaptor, model).model_wise_configs()[0], bundle.calib_dataloader, None)
+    x = adaptor.take_inputs(bundle.eval_dataloader, 8)
+    names = ["features.0.conv", "fc"]
+    ref, got = adaptor.inspect(model, x, names), adaptor.inspect(q, x, names)
+    assert ref["features.0.conv"].shape == (8, 32, 32, 16) and ref["fc"].shape == (8, 10)
+    np.testing.assert_allclose(ref["fc"], adaptor.predict(model, x), rtol=1e-5, atol=1e-5)
+    for name in names:
+        mse = float(np.mean((ref[name] - got[name]) ** 2))
+        assert 0 < mse < 0.01 * float(np.mean(ref[name] ** 2))
+    with pytest.raises(KeyError, match="no op named 'nope'"):
+        adaptor.inspect(q, x, ["nope"])
+
+
+def test_unknown_op_in_config_is_named(adaptor, bundle, model):
+    cfg = space(adaptor, model).model_wise_configs()[0]
+    bad = TuneConfig(cfg.approach, cfg.sampling_size, (*cfg.ops, ("features.9.conv", OpChoice("fp32"))))
+    with pytest.raises(ConfigError, match="'features.9.conv' is not in the model; valid ops: .*fc"):
+        adaptor.quantize(model, bad, bundle.calib_dataloader, None)
+
+
+def test_saved_tflite_loads_in_the_interpreter_alone(adaptor, bundle, model, tmp_path):
+    cfg = space(adaptor, model).model_wise_configs()[0].with_ops({"fc": OpChoice("fp32")})
+    q = adaptor.quantize(model, cfg, bundle.calib_dataloader, None)
+    path = adaptor.save(q, tmp_path / "best_model", None)
+    assert path.suffix == ".tflite"
+    x = adaptor.take_inputs(bundle.eval_dataloader, 32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", adaptor.predict(q, x))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["lpot_research"] = None
+        sys.modules["tensorflow"] = None  # the LiteRT interpreter alone
+        import numpy as np
+        from ai_edge_litert.interpreter import Interpreter
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        it = Interpreter(model_path={str(path)!r}, num_threads=1)
+        inp = it.get_input_details()[0]["index"]
+        it.resize_tensor_input(inp, list(x.shape))
+        it.allocate_tensors()
+        it.set_tensor(inp, x)
+        it.invoke()
+        out = it.get_tensor(it.get_output_details()[0]["index"])
+        np.testing.assert_array_equal(out, np.load({str(tmp_path / 'expected.npy')!r}))
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_savedmodel_and_keras_file_inputs(adaptor, bundle, tmp_path):
+    bundle.model.export(str(tmp_path / "saved"), verbose=False)
+    bundle.model.save(str(tmp_path / "m.keras"))
+    for src in (tmp_path / "saved", tmp_path / "m.keras"):
+        m = adaptor.prepare(src, None)
+        assert len(m.ops) == 6
+        q = adaptor.quantize(m, space(adaptor, m).model_wise_configs()[0], bundle.calib_dataloader, None)
+        assert adaptor.evaluate(q, bundle.eval_dataloader, TopK(1)) > 0.95
+    with pytest.raises(ConfigError, match="Keras model, a .keras file or a SavedModel"):
+        adaptor.prepare(tmp_path / "m.h5", None)
+
+
+def test_pytorch_model_is_refused_with_a_hint(adaptor):
+    from lpot_research.models.digits import DigitsNet
+
+    with pytest.raises(ConfigError, match="got DigitsNet; a PyTorch model needs framework=pytorch or onnxrt"):
+        adaptor.prepare(DigitsNet(), None)
