@@ -18,12 +18,13 @@ from lpot_research.objectives import OBJECTIVES, Benchmark, Objective
 from lpot_research.space import stable_hash
 from lpot_research.strategies import BUILTIN as STRATEGIES
 from lpot_research.strategies import Strategy, make_strategy
+from lpot_research.tracking import Tracker
 from lpot_research.tuner import ExitPolicy, QuantizationSettings, Tuner, TuneResult
 
 log = logging.getLogger("lpot_research")
 
 CONFIG_KEYS = ("quantization", "accuracy_criterion", "objective", "exit_policy", "random_seed", "benchmark",
-               "threads")
+               "threads", "tensorboard")
 
 
 def _mapping(x: Any) -> dict[str, Any]:
@@ -80,13 +81,16 @@ def tune(
     example_inputs: Any = None,
     model_name: str = "model",
     bench_batch_size: int | None = None,
+    tracker: Tracker | None = None,
 ) -> TuneResult:
     """Tune `model` until a quantized version meets the accuracy criterion.
 
     Accuracy comes from `eval_func(model) -> float`, or from `metric` over `eval_dataloader` (batches of
     (inputs, labels); the metric defaults to top-1). `config` holds the same tuning keys as
     conf/tune.yaml (quantization, accuracy_criterion, objective, exit_policy, random_seed, benchmark,
-    threads); explicit keyword arguments win over it. Re-running with the same `output_dir` resumes.
+    threads, tensorboard); explicit keyword arguments win over it. Re-running with the same `output_dir`
+    resumes. `tracker` (e.g. `lpot_research.tracking.WandbTracker()`) receives the baseline, every
+    trial and the summary, and is finished whatever happens.
     """
     cfg = _mapping(config)
     bad = [k for k in cfg if k not in CONFIG_KEYS]
@@ -173,9 +177,26 @@ def tune(
         "objective": obj.name,
         "seed": seed,
     })
+    tensorboard = cfg.get("tensorboard", False)
+    if not isinstance(tensorboard, bool):
+        raise ConfigError(f"tensorboard={tensorboard!r} must be true or false")
+    tracker = tracker if tracker is not None else Tracker()
+    if not isinstance(tracker, Tracker):
+        raise ConfigError(f"tracker={tracker!r} must be an lpot_research.tracking.Tracker")
     tuner = Tuner(
         adaptor=adaptor, strategy=strat, model=prepared, calib_dataloader=calib_dataloader, evaluate=evaluate,
         criterion=crit, objective=obj, exit_policy=ex, quantization=q, bench=bench, bench_inputs=bench_inputs,
-        example_inputs=example_inputs, output_dir=out, run_key=run_key, names=names,
+        example_inputs=example_inputs, output_dir=out, run_key=run_key, names=names, tracker=tracker,
+        tensorboard=tensorboard,
     )
-    return tuner.run()
+    tracked = {**names, "quantization": vars(q), "accuracy_criterion": vars(crit), "objective": obj.name,
+               "exit_policy": vars(ex), "benchmark": vars(bench), "random_seed": seed, "threads": threads,
+               "adaptor": _describe(adaptor), "strategy_args": _describe(strat), "run_key": run_key}
+    tracker.start(names, tracked, out)
+    failed = True
+    try:
+        result = tuner.run()
+        failed = False
+        return result
+    finally:
+        tracker.finish(failed=failed)

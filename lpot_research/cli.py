@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("lpot_research")
 
 PLURAL = {"strategy": "strategies", "framework": "frameworks", "model": "models",
-          "accuracy_criterion": "accuracy criteria", "objective": "objectives", "exit_policy": "exit policies"}
+          "accuracy_criterion": "accuracy criteria", "objective": "objectives", "exit_policy": "exit policies",
+          "tracker": "trackers"}
 
 
 def register_resolvers() -> None:
@@ -55,13 +56,15 @@ def run_job(cfg: DictConfig) -> float:
     """One Hydra job: instantiate each component once, tune, return the best objective value when
     the criterion is met (inf otherwise) so Hydra sweepers can minimize it."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from hydra.utils import instantiate
 
     from lpot_research.api import tune
     from lpot_research.errors import LpotError
 
     logging.getLogger("lpot_research").setLevel(os.environ.get("LOGLEVEL", "INFO").upper())
-    out = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
@@ -71,13 +74,17 @@ def run_job(cfg: DictConfig) -> float:
         criterion = instantiate(cfg.accuracy_criterion)
         objective = instantiate(cfg.objective)
         exit_policy = instantiate(cfg.exit_policy)
+        tracker = instantiate(cfg.tracker)
+        if getattr(tracker, "group", "") is None and hc.mode == RunMode.MULTIRUN:
+            tracker.group = "sweep-" + "_".join(Path(hc.sweep.dir).parts[-2:])  # one sweep's runs share a group
         tuning = OmegaConf.to_container(cfg, resolve=True)
-        config = {k: tuning[k] for k in ("quantization", "random_seed", "benchmark", "threads") if k in tuning}
+        config = {k: tuning[k] for k in ("quantization", "random_seed", "benchmark", "threads", "tensorboard")
+                  if k in tuning}
         result = tune(
             bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, bundle.metric, config=config,
             framework=adaptor, strategy=strategy, accuracy_criterion=criterion, objective=objective,
             exit_policy=exit_policy, output_dir=out, example_inputs=bundle.example_inputs, model_name=bundle.name,
-            bench_batch_size=bundle.bench_batch_size,
+            bench_batch_size=bundle.bench_batch_size, tracker=tracker,
         )
     except LpotError as e:
         log.error("%s", e)

@@ -26,6 +26,7 @@ from lpot_research.history import History, TrialRecord
 from lpot_research.objectives import Benchmark, Objective
 from lpot_research.space import OpChoice, TuneConfig, TuningSpace, build_space
 from lpot_research.strategies.base import Result, Strategy, StrategyContext, select_best
+from lpot_research.tracking import TensorBoardDump, Tracker, trial_row
 
 log = logging.getLogger("lpot_research")
 
@@ -109,6 +110,8 @@ class Tuner:
         output_dir: Path,
         run_key: str,
         names: dict[str, str],
+        tracker: Tracker | None = None,
+        tensorboard: bool = False,
     ) -> None:
         self.adaptor = adaptor
         self.strategy = strategy
@@ -124,6 +127,9 @@ class Tuner:
         self.example_inputs = example_inputs
         self.out = Path(output_dir)
         self.names = names
+        self.tracker = tracker or Tracker()
+        self.tensorboard = tensorboard
+        self._tb: TensorBoardDump | None = None
         self.history = History(self.out, run_key)
         self._best_model: tuple[str, Any] | None = None  # (config_id, model) of the best so far
         self._best: TrialRecord | None = None
@@ -239,14 +245,34 @@ class Tuner:
                  ", ".join(f"{n} {e:.2e}" for n, e in top))
         return errors
 
+    def _dump_tensors(self, space: TuningSpace, step: int, model: Any, accuracy: float | None) -> None:
+        """TensorBoard histograms of every op's output; `model` None = the FP32 reference (the
+        all-FP32 build of the graph, as the adaptors define it for inspection)."""
+        assert self._tb is not None
+        try:
+            size = space.sampling_sizes[0]
+            inputs = self.adaptor.take_inputs(self.calib, min(size, 32), "calibration")
+            if model is None:
+                first = space.model_wise_configs()[0]
+                model = self.adaptor.quantize(self.model, first.with_ops({n: OpChoice("fp32") for n, _ in first.ops}),
+                                              self.calib, self.example_inputs)
+            outputs = self.adaptor.inspect(model, inputs, space.op_names)
+        except Exception as e:  # a debugging aid must not end the run
+            log.warning("tensorboard: per-op inspection failed at step %d (%s: %s)", step, type(e).__name__, e)
+            return
+        self._tb.add(step, outputs, accuracy)
+
     # ---------------------------------------------------------------- results
     def _result(self, rec: TrialRecord) -> Result:
         return Result(TuneConfig.from_dict(rec.config, rec.note), rec.ok, rec.accuracy, rec.objective, rec.passed,
                       rec.trial)
 
     def _best_record(self) -> TrialRecord | None:
-        by_trial = {r.trial: r for r in self.history.trials}
-        best = select_best((self._result(r) for r in self.history.trials), self.criterion.hib)
+        return self._best_of(self.history.trials)
+
+    def _best_of(self, trials: list[TrialRecord]) -> TrialRecord | None:
+        by_trial = {r.trial: r for r in trials}
+        best = select_best((self._result(r) for r in trials), self.criterion.hib)
         return by_trial[best.trial] if best else None
 
     def _ratio(self, rec: TrialRecord | None, key: str) -> float | None:
@@ -296,6 +322,13 @@ class Tuner:
                  self.criterion.describe())
         log.debug("ops and options: %s", {n: [o.short() for o in opts] for n, opts in space.options})
         self.baseline = self._baseline()
+        self.tracker.log_baseline(self.baseline)
+        for i, old in enumerate(self.history.trials):  # a resumed run's tracker gets the whole curve
+            best_then = self._best_of(self.history.trials[: i + 1])
+            self.tracker.log_trial(trial_row(old, best_then, self.baseline))
+        if self.tensorboard:
+            self._tb = TensorBoardDump(self.out / "tensorboard")
+            self._dump_tensors(space, 0, None, self.baseline["accuracy"])
         elapsed0 = self.history.trials[-1].elapsed_s if self.history.trials else self.baseline.get("duration_s", 0.0)
         t_start = time.perf_counter()
 
@@ -345,6 +378,9 @@ class Tuner:
                     if qmodel is not None and self._best is rec:
                         self._best_model = (rec.config_id, qmodel)
                     self._progress(rec, cfg.note or (f"changed: {cfg.diff(previous)}" if previous else cfg.id))
+                    self.tracker.log_trial(trial_row(rec, self._best, self.baseline))
+                    if self._tb is not None and qmodel is not None:
+                        self._dump_tensors(space, rec.trial, qmodel, rec.accuracy)
                     previous = cfg
                 if self.exit.timeout == 0 and rec.passed:
                     stop_reason = "met the criterion (timeout=0: stop at the first passing config)"
@@ -363,6 +399,8 @@ class Tuner:
             log.debug("strategy traceback:\n%s", traceback.format_exc())
         finally:
             gen.close()
+            if self._tb is not None:
+                self._tb.close()
         return self._finish(space, stop_reason, elapsed0 + time.perf_counter() - t_start)
 
     def _finish(self, space: TuningSpace, stop_reason: str, elapsed: float) -> TuneResult:
@@ -382,6 +420,7 @@ class Tuner:
         summary = self._summary(space, best, met, stop_reason, elapsed, model_path)
         with open(self.out / "summary.json", "w") as f:
             json.dump(summary, f, indent=2)
+        self.tracker.log_summary(summary)
         self._report(summary, best)
         return TuneResult(summary, best_cfg, model, self.out, space)
 

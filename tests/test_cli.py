@@ -184,3 +184,15 @@ def test_all_strategies_run_with_each_framework(tmp_path, framework):
     v = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_saved_model.py"), str(run)],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert v.returncode == 0 and "MATCH" in v.stdout, v.stdout + v.stderr
+
+
+@pytest.mark.parametrize("launcher,plugin,target", [
+    ("parallel", "hydra_plugins.hydra_joblib_launcher", "JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher", "SlurmLauncher"),
+])
+def test_launcher_configs_compose(launcher, plugin, target):
+    if __import__("importlib").util.find_spec(plugin) is None:
+        pytest.skip(f"{plugin} is not installed (pip install 'lpot-research[cluster]')")
+    r = tune(f"hydra/launcher={launcher}", "--cfg", "hydra", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"_target_: {plugin}." in r.stdout and target in r.stdout

@@ -1,0 +1,148 @@
+"""Experiment tracking: W&B runs of a parallel multirun read back from their offline files, the
+tracker finished on failure, and TensorBoard event files read back."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import FakeAdaptor, FakeModel
+from tests.helpers import LOADER
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = [f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "framework=fake", "model=fake"]
+
+
+def wandb_records(path: Path):
+    """The protobuf records of a W&B offline run file (.wandb): a 7-byte header, then records in a
+    LevelDB-style log of 32 KiB blocks (7-byte record headers: crc32, length, type full/first/middle/last)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    pos, block, parts = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 2):
+            parts = chunk
+        elif kind in (3, 4):
+            parts += chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(parts)
+            yield rec
+
+
+def read_wandb_run(run_dir: Path) -> dict:
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    run, history, summary, exit_code = None, [], {}, None
+    for rec in wandb_records(files[0]):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            run = rec.run
+        elif kind == "history":
+            history.append({".".join(i.nested_key) or i.key: json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "summary":
+            for u in rec.summary.update:
+                summary[".".join(u.nested_key) or u.key] = json.loads(u.value_json)
+        elif kind == "exit":
+            exit_code = rec.exit.exit_code
+    return {"run": run, "history": history, "summary": summary, "exit_code": exit_code}
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is None, reason="wandb is not installed")
+def test_parallel_multirun_logs_one_wandb_run_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(NETRC=str(tmp_path / "no-netrc"), PYTHONPATH=str(ROOT))  # no credentials: offline by default
+    r = subprocess.run([sys.executable, str(ROOT / "tune.py"), "-m", "strategy=basic,random", *FAKE,
+                        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "tracker=wandb", "framework.sleep=0.3",
+                        "exit_policy.timeout=60", "exit_policy.max_trials=6", f"hydra.sweep.dir={sweep}"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p.parent for p in sweep.rglob("summary.json"))
+    assert len(jobs) == 2
+    runs = []
+    for job in jobs:
+        s = json.loads((job / "summary.json").read_text())
+        trials = [json.loads(line) for line in (job / "history.jsonl").read_text().splitlines()
+                  if json.loads(line).get("kind") == "trial"]
+        w = read_wandb_run(job)
+        assert w["run"].display_name == f"{s['strategy']}/fake/fake_model"
+        assert w["run"].run_group.startswith("sweep-")
+        assert "offline" in str(w["run"].telemetry)
+        # one history row per trial, in order, with the trial's own values and best-so-far
+        assert [h["trial"] for h in w["history"]] == list(range(1, s["trials"] + 1)) and s["trials"] >= 3
+        assert [h["accuracy"] for h in w["history"]] == pytest.approx([t["accuracy"] for t in trials])
+        best_so_far = [h["best/accuracy"] for h in w["history"]]
+        assert best_so_far[-1] == pytest.approx(s["best"]["accuracy"])
+        assert all("latency_ratio" in h and "passed" in h for h in w["history"])
+        # the summary: baseline, best, trials, stop reason
+        assert w["summary"]["baseline/accuracy"] == pytest.approx(s["baseline"]["accuracy"])
+        assert w["summary"]["best/accuracy"] == pytest.approx(s["best"]["accuracy"])
+        assert w["summary"]["trials"] == s["trials"] and w["summary"]["stop_reason"] == s["stop_reason"]
+        assert w["exit_code"] == 0
+        runs.append((w["run"], s))
+    a, b = runs
+    assert a[0].run_id != b[0].run_id and a[0].run_group == b[0].run_group
+    # the two jobs ran at the same time (joblib processes), not one after the other
+    start = [r.start_time.seconds + r.start_time.nanos / 1e9 for r, _ in runs]
+    end = [t + s["elapsed_s"] for t, (_, s) in zip(start, runs, strict=True)]
+    assert start[0] < end[1] and start[1] < end[0], (start, end)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is None, reason="wandb is not installed")
+def test_wandb_run_is_finished_when_the_job_fails(tmp_path, monkeypatch):
+    import lpot_research
+    from lpot_research.tracking import WandbTracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    calls = []
+
+    def evaluate(model):
+        calls.append(model)
+        if len(calls) > 2:  # the baseline and the first trial succeed, then the evaluation breaks
+            raise KeyboardInterrupt
+        return 0.9
+
+    with pytest.raises(KeyboardInterrupt):
+        lpot_research.tune(FakeModel(None), LOADER, LOADER, eval_func=evaluate, framework=FakeAdaptor(),
+                           tracker=WandbTracker(), output_dir=tmp_path, exit_policy={"timeout": 60})
+    w = read_wandb_run(tmp_path)
+    assert w["exit_code"] == 1
+    assert [h["trial"] for h in w["history"]] == [1]
+
+
+def test_tensorboard_event_files_hold_each_op_per_trial(tmp_path):
+    pytest.importorskip("tensorboardX", reason="the tensorboard extra is not installed")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                             reason="tensorboard is not installed")
+    import lpot_research
+
+    r = lpot_research.tune(FakeModel(None), LOADER, LOADER, eval_func=lambda m: 0.95, framework=FakeAdaptor(),
+                           output_dir=tmp_path, config={"tensorboard": True},
+                           exit_policy={"timeout": 60, "max_trials": 3})
+    acc = ea.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={ea.HISTOGRAMS: 0, ea.SCALARS: 0})
+    acc.Reload()
+    tags = acc.Tags()
+    ops = [f"op_output/op{i}" for i in range(4)]  # the fake model has four ops
+    assert sorted(tags["histograms"]) == ops
+    steps = [e.step for e in acc.Histograms("op_output/op0")]
+    assert steps == [0, 1, 2, 3] and r.summary["trials"] == 3
+    h = acc.Histograms("op_output/op0")
+    assert all(e.histogram_value.num > 0 for e in h)
+    assert [e.value for e in acc.Scalars("accuracy")] == pytest.approx([0.95] * 4)
