@@ -116,12 +116,17 @@ def tune(
                   else cfg.get("accuracy_criterion"), "accuracy_criterion")
 
     obj = objective if objective is not None else cfg.get("objective", "performance")
-    if isinstance(obj, Mapping):
+    obj_args: dict[str, Any] = {}
+    if isinstance(obj, Mapping):  # {"name": "weighted", "weights": {...}}: the name's class with the rest
+        obj_args = {k: v for k, v in _mapping(obj).items() if k != "name"}
         obj = obj.get("name", "performance")
     if isinstance(obj, str):
         if obj not in OBJECTIVES:
             raise ConfigError(f"unknown objective {obj!r}; valid objectives: {', '.join(OBJECTIVES)}")
-        obj = OBJECTIVES[obj]()
+        try:
+            obj = OBJECTIVES[obj](**obj_args)
+        except TypeError as e:
+            raise ConfigError(f"objective {obj!r} does not take {sorted(obj_args)}: {e}") from None
     if not isinstance(obj, Objective):
         raise ConfigError(f"objective={obj!r} must be a name ({', '.join(OBJECTIVES)}) or an Objective")
 

@@ -15,7 +15,7 @@ log = logging.getLogger("lpot_research")
 
 PLURAL = {"strategy": "strategies", "framework": "frameworks", "model": "models",
           "accuracy_criterion": "accuracy criteria", "objective": "objectives", "exit_policy": "exit policies",
-          "tracker": "trackers"}
+          "tracker": "trackers", "metric": "metrics"}
 
 
 def register_resolvers() -> None:
@@ -75,13 +75,14 @@ def run_job(cfg: DictConfig) -> float:
         objective = instantiate(cfg.objective)
         exit_policy = instantiate(cfg.exit_policy)
         tracker = instantiate(cfg.tracker)
+        metric = instantiate(cfg.metric) if cfg.get("metric") is not None else bundle.metric
         if getattr(tracker, "group", "") is None and hc.mode == RunMode.MULTIRUN:
             tracker.group = "sweep-" + "_".join(Path(hc.sweep.dir).parts[-2:])  # one sweep's runs share a group
         tuning = OmegaConf.to_container(cfg, resolve=True)
         config = {k: tuning[k] for k in ("quantization", "random_seed", "benchmark", "threads", "tensorboard")
                   if k in tuning}
         result = tune(
-            bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, bundle.metric, config=config,
+            bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, metric, config=config,
             framework=adaptor, strategy=strategy, accuracy_criterion=criterion, objective=objective,
             exit_policy=exit_policy, output_dir=out, example_inputs=bundle.example_inputs, model_name=bundle.name,
             bench_batch_size=bundle.bench_batch_size, tracker=tracker,

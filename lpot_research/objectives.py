@@ -1,7 +1,9 @@
 """Objectives: what to minimize among configurations that meet the accuracy criterion.
 
-Every trial measures latency and size (the summary reports both); an objective picks the key that
-ranks passing configurations and measures it if it is not one of those two.
+Every trial measures latency and size (the summary reports both). An objective names the key that
+ranks passing configurations (`key`, lower is better) and measures it when it is not one of those
+two (`measure`); `value` may instead combine the measurements (see `Weighted`). A user objective
+subclasses `Objective` (examples/custom_objective.py) and is picked with `objective._target_=...`.
 """
 
 from __future__ import annotations
@@ -24,17 +26,34 @@ class Benchmark:
 
 
 class Objective:
-    key: str = ""
-    unit: str = ""
+    key: str = ""  # the measurement this objective minimizes
+    unit: str = ""  # "ms", "B", or anything else (printed as a plain number)
     name: str = ""
 
     def measure(self, adaptor: Any, model: Any, inputs: Any, bench: Benchmark) -> float:
+        """Measure `key` on `model` (called only when `key` is not already measured: latency_ms and
+        size_bytes always are)."""
         raise NotImplementedError
+
+    def needs(self) -> tuple[str, ...]:
+        """The measurements `value` reads (each measured by this objective's `measure` when it is
+        `key`, else by the built-in objective of that key)."""
+        return (self.key,)
+
+    def value(self, metrics: dict[str, float], accuracy: float, baseline: dict[str, Any],
+              higher_is_better: bool) -> float:
+        """The number to minimize, from a model's measurements and accuracy (the FP32 baseline's
+        are given for normalizing). Default: the measurement `key`."""
+        return metrics[self.key]
 
     def format(self, value: float | None) -> str:
         if value is None:
             return "-"
-        return f"{value:.3f} {self.unit}" if self.unit == "ms" else f"{value / 1e6:.2f} MB"
+        if self.unit == "ms":
+            return f"{value:.3f} ms"
+        if self.unit == "B":
+            return f"{value / 1e6:.2f} MB"
+        return f"{value:.4g}{' ' + self.unit if self.unit else ''}"
 
 
 class Performance(Objective):
@@ -90,4 +109,45 @@ def peak_rss_increase(fn: Callable[[], Any]) -> int:
     return max(0, _status_kb("VmHWM") - before) * 1024
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"performance": Performance, "modelsize": ModelSize, "footprint": Footprint}
+class Weighted(Objective):
+    """Several objectives at once: a weighted sum of latency, size and footprint, each relative to
+    FP32 (1.0 = as FP32), plus the relative accuracy loss against FP32. Lower is better; among
+    passing configs the tuner keeps the lowest. E.g. weights {latency: 1, size: 0.5, accuracy: 10}
+    trades 1% of accuracy for 10% of latency."""
+
+    key, unit, name = "weighted_score", "", "weighted"
+    MEASURES = {"latency": "latency_ms", "size": "size_bytes", "footprint": "footprint_bytes"}
+
+    def __init__(self, weights: dict[str, float] | None = None) -> None:
+        from lpot_research.errors import ConfigError
+
+        self.weights = dict(weights if weights is not None else {"latency": 1.0})
+        valid = [*self.MEASURES, "accuracy"]
+        for k, w in self.weights.items():
+            if k not in valid:
+                raise ConfigError(f"objective weight {k!r} is unknown; valid weights: {valid}")
+            if not isinstance(w, int | float) or isinstance(w, bool) or w < 0:
+                raise ConfigError(f"objective weight {k}={w!r} must be a number >= 0")
+        if not any(self.weights.values()):
+            raise ConfigError(f"objective weights {self.weights} are all zero; give at least one a weight > 0")
+
+    def needs(self) -> tuple[str, ...]:
+        return tuple(key for k, key in self.MEASURES.items() if self.weights.get(k))
+
+    def value(self, metrics: dict[str, float], accuracy: float, baseline: dict[str, Any],
+              higher_is_better: bool) -> float:
+        score = 0.0
+        for k, key in self.MEASURES.items():
+            if self.weights.get(k):
+                score += self.weights[k] * metrics[key] / baseline[key]
+        if self.weights.get("accuracy"):
+            base = baseline["accuracy"]
+            loss = (base - accuracy) if higher_is_better else (accuracy - base)
+            score += self.weights["accuracy"] * loss / (abs(base) or 1.0)
+        return score
+
+
+MEASUREMENTS: dict[str, type[Objective]] = {"latency_ms": Performance, "size_bytes": ModelSize,
+                                            "footprint_bytes": Footprint}
+OBJECTIVES: dict[str, type[Objective]] = {"performance": Performance, "modelsize": ModelSize, "footprint": Footprint,
+                                          "weighted": Weighted}

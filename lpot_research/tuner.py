@@ -23,7 +23,7 @@ from lpot_research.adaptors.base import Adaptor
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.errors import ConfigError, DataError, LpotError
 from lpot_research.history import History, TrialRecord
-from lpot_research.objectives import Benchmark, Objective
+from lpot_research.objectives import MEASUREMENTS, Benchmark, Objective
 from lpot_research.space import OpChoice, TuneConfig, TuningSpace, build_space
 from lpot_research.strategies.base import Result, Strategy, StrategyContext, select_best
 from lpot_research.tracking import TensorBoardDump, Tracker, trial_row
@@ -141,9 +141,14 @@ class Tuner:
             "latency_ms": self.adaptor.latency_ms(model, self.bench_inputs, self.bench.warmup, self.bench.iterations),
             "size_bytes": float(self.adaptor.size_bytes(model)),
         }
-        if self.objective.key not in m:
-            m[self.objective.key] = self.objective.measure(self.adaptor, model, self.bench_inputs, self.bench)
+        for key in self.objective.needs():
+            if key not in m:
+                measurer = self.objective if key == self.objective.key else MEASUREMENTS[key]()
+                m[key] = float(measurer.measure(self.adaptor, model, self.bench_inputs, self.bench))
         return m
+
+    def _objective(self, metrics: dict[str, float], accuracy: float, baseline: dict[str, Any]) -> float:
+        return float(self.objective.value(metrics, accuracy, baseline, self.criterion.hib))
 
     def _accuracy(self, model: Any, what: str) -> float:
         acc = self.evaluate(model)
@@ -163,7 +168,9 @@ class Tuner:
             return b
         t0 = time.perf_counter()
         acc = self._accuracy(self.model, "FP32 model")
-        b = {"accuracy": acc, **self._measure(self.model), "duration_s": time.perf_counter() - t0}
+        b = {"accuracy": acc, **self._measure(self.model)}
+        b[self.objective.key] = self._objective(b, acc, b)
+        b["duration_s"] = time.perf_counter() - t0
         self.history.set_baseline(b)
         log.info("FP32 baseline: accuracy %.4f | latency %.3f ms (batch %d) | size %.2f MB | %.1fs",
                  acc, b["latency_ms"], self.bench.batch_size, b["size_bytes"] / 1e6, b["duration_s"])
@@ -176,6 +183,7 @@ class Tuner:
             qmodel = self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
             acc = self._accuracy(qmodel, f"trial {n} model")
             metrics = self._measure(qmodel)
+            metrics[self.objective.key] = self._objective(metrics, acc, self.baseline)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # one configuration failing must not end the run

@@ -1,0 +1,70 @@
+"""Built-in metrics against cases with known answers, and the metric interface from config."""
+
+import numpy as np
+import pytest
+
+from lpot_research.errors import ConfigError
+from lpot_research.metrics import F1, COCOmAP, TopK
+
+
+def test_topk():
+    m = TopK(2)
+    m.update(np.array([[0.1, 0.5, 0.4], [0.8, 0.05, 0.15]]), np.array([2, 1]))
+    assert m.result() == 0.5
+
+
+def test_f1_binary_known_answer():
+    # tp=2 (idx 0,1), fp=1 (idx 2), fn=1 (idx 3): precision 2/3, recall 2/3, F1 2/3
+    m = F1(average="binary")
+    m.update(np.array([1, 1, 1, 0, 0]), np.array([1, 1, 0, 1, 0]))
+    assert m.result() == pytest.approx(2 / 3)
+    m.reset()
+    m.update(np.array([[0.2, 0.8], [0.9, 0.1]]), np.array([1, 0]))  # scores: argmax
+    assert m.result() == 1.0
+
+
+def test_f1_macro_known_answer_over_batches():
+    m = F1(average="macro")
+    # class 0: tp 1, fp 0, fn 1 -> F1 2/3; class 1: tp 1, fp 1, fn 0 -> F1 2/3; class 2: tp 1 -> 1
+    m.update(np.array([0, 1]), np.array([0, 1]))
+    m.update(np.array([1, 2]), np.array([0, 2]))
+    assert m.result() == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    with pytest.raises(ConfigError, match="'median'.*'binary', 'macro'"):
+        F1(average="median")
+
+
+def box(x1, y1, x2, y2):
+    return np.array([[x1, y1, x2, y2]], dtype=np.float64)
+
+
+def test_coco_map_perfect_detections_score_one():
+    m = COCOmAP()
+    gt = {"boxes": np.array([[10, 10, 50, 50], [60, 60, 90, 100]], dtype=float), "labels": np.array([1, 2])}
+    det = {"boxes": gt["boxes"].copy(), "scores": np.array([0.9, 0.8]), "labels": np.array([1, 2])}
+    m.update([det], [gt])
+    assert m.result() == pytest.approx(1.0)
+
+
+def test_coco_map_partial_overlap_known_answer():
+    # one ground truth 0..100 x 0..100, one detection 0..100 x 0..60: IoU 0.6, so it matches at the
+    # thresholds 0.50, 0.55, 0.60 (AP 1 each) and misses at the seven above (AP 0): mAP = 3/10
+    gt = {"boxes": box(0, 0, 100, 100), "labels": np.array([1])}
+    det = {"boxes": box(0, 0, 100, 60), "scores": np.array([0.9]), "labels": np.array([1])}
+    m = COCOmAP()
+    m.update([det], [gt])
+    assert m.result() == pytest.approx(0.3)
+    m50 = COCOmAP(iou="0.5")
+    m50.update([det], [gt])
+    assert m50.result() == pytest.approx(1.0)
+
+
+def test_coco_map_false_positive_ranked_first_halves_precision():
+    # two images, one object each; the higher-scored detection is a false positive (wrong place),
+    # so at IoU 0.5 recall 1/2 at precision 1/2 ... COCO's 101-point AP for (tp at rank 2 only) with
+    # two ground truths: recall reaches 0.5 with precision 0.5 -> AP = 0.5 * 51/101
+    gts = [{"boxes": box(0, 0, 10, 10), "labels": np.array([1])}, {"boxes": box(0, 0, 10, 10), "labels": np.array([1])}]
+    dets = [{"boxes": box(50, 50, 60, 60), "scores": np.array([0.9]), "labels": np.array([1])},
+            {"boxes": box(0, 0, 10, 10), "scores": np.array([0.5]), "labels": np.array([1])}]
+    m = COCOmAP(iou="0.5")
+    m.update(dets, gts)
+    assert m.result() == pytest.approx(0.5 * 51 / 101)
