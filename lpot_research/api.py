@@ -82,6 +82,7 @@ def tune(
     model_name: str = "model",
     bench_batch_size: int | None = None,
     tracker: Tracker | None = None,
+    q_func: Callable[[Any], Any] | None = None,
 ) -> TuneResult:
     """Tune `model` until a quantized version meets the accuracy criterion.
 
@@ -89,7 +90,9 @@ def tune(
     (inputs, labels); the metric defaults to top-1). `config` holds the same tuning keys as
     conf/tune.yaml (quantization, accuracy_criterion, objective, exit_policy, random_seed, benchmark,
     threads, tensorboard); explicit keyword arguments win over it. Re-running with the same `output_dir`
-    resumes. `tracker` (e.g. `lpot_research.tracking.WandbTracker()`) receives the baseline, every
+    resumes. With `quantization.approach: quant_aware_training`, `q_func(model)` trains the model
+    prepared with fake quantization in place (else the configured loop of quantization.qat runs
+    on the calibration data). `tracker` (e.g. `lpot_research.tracking.WandbTracker()`) receives the baseline, every
     trial and the summary, and is finished whatever happens.
     """
     cfg = _mapping(config)
@@ -133,6 +136,9 @@ def tune(
     ex = _build(ExitPolicy, exit_policy if exit_policy is not None else cfg.get("exit_policy"), "exit_policy")
 
     q = QuantizationSettings.from_mapping(cfg.get("quantization"))
+    if q_func is not None and (not callable(q_func) or q.approach != "quant_aware_training"):
+        raise ConfigError(f"q_func={q_func!r} must be callable and is used only with quantization.approach="
+                          f"quant_aware_training (the approach is {q.approach!r})")
     bench_d = _mapping(cfg.get("benchmark"))
     if bench_batch_size is not None and bench_d.get("batch_size") is None:
         bench_d["batch_size"] = bench_batch_size
@@ -181,6 +187,7 @@ def tune(
         "benchmark": vars(bench),
         "objective": obj.name,
         "seed": seed,
+        "q_func": getattr(q_func, "__qualname__", repr(q_func)) if q_func is not None else None,
     })
     tensorboard = cfg.get("tensorboard", False)
     if not isinstance(tensorboard, bool):
@@ -192,7 +199,7 @@ def tune(
         adaptor=adaptor, strategy=strat, model=prepared, calib_dataloader=calib_dataloader, evaluate=evaluate,
         criterion=crit, objective=obj, exit_policy=ex, quantization=q, bench=bench, bench_inputs=bench_inputs,
         example_inputs=example_inputs, output_dir=out, run_key=run_key, names=names, tracker=tracker,
-        tensorboard=tensorboard,
+        tensorboard=tensorboard, train_func=q_func,
     )
     tracked = {**names, "quantization": vars(q), "accuracy_criterion": vars(crit), "objective": obj.name,
                "exit_policy": vars(ex), "benchmark": vars(bench), "random_seed": seed, "threads": threads,

@@ -20,7 +20,7 @@ from lpot_research.errors import ConfigError
 QUANT_DTYPES = ("int8", "uint8")
 FALLBACK_DTYPES = ("bf16", "fp32")  # order = fallback preference: bf16 keeps more speed than fp32
 TENSOR_KEYS = ("dtype", "scheme", "granularity", "algorithm")
-APPROACHES = ("post_training_static_quant", "post_training_dynamic_quant")
+APPROACHES = ("post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training")
 
 
 @dataclass(frozen=True)

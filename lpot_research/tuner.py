@@ -54,11 +54,12 @@ class QuantizationSettings:
     sampling_size: int | list[int] = 100
     model_wise: dict[str, Any] = field(default_factory=dict)
     op_wise: dict[str, Any] = field(default_factory=dict)
+    qat: dict[str, Any] = field(default_factory=dict)  # quant_aware_training: the configured loop's settings
 
     @classmethod
     def from_mapping(cls, q: dict[str, Any] | None) -> QuantizationSettings:
         q = dict(q or {})
-        valid = ("approach", "calibration", "model_wise", "op_wise")
+        valid = ("approach", "calibration", "model_wise", "op_wise", "qat")
         for k in q:
             if k not in valid:
                 raise ConfigError(f"quantization.{k} is not a known key; valid keys: {list(valid)}")
@@ -71,6 +72,7 @@ class QuantizationSettings:
             sampling_size=calib.get("sampling_size", 100),
             model_wise=q.get("model_wise") or {},
             op_wise=q.get("op_wise") or {},
+            qat=dict(q.get("qat") or {}),
         )
 
 
@@ -112,6 +114,7 @@ class Tuner:
         names: dict[str, str],
         tracker: Tracker | None = None,
         tensorboard: bool = False,
+        train_func: Callable[[Any], Any] | None = None,
     ) -> None:
         self.adaptor = adaptor
         self.strategy = strategy
@@ -129,6 +132,7 @@ class Tuner:
         self.names = names
         self.tracker = tracker or Tracker()
         self.tensorboard = tensorboard
+        self.train_func = train_func
         self._tb: TensorBoardDump | None = None
         self.history = History(self.out, run_key)
         self._best_model: tuple[str, Any] | None = None  # (config_id, model) of the best so far
@@ -323,6 +327,9 @@ class Tuner:
         resumed = bool(self.history.trials) or self.history.baseline is not None
         if resumed:
             log.info("resuming %s: %d finished trial(s) on record", self.out, len(self.history.trials))
+        self.adaptor.check_approach(self.q.approach)
+        if self.q.approach == "quant_aware_training":
+            self.adaptor.set_training(self.train_func, self.q.qat)
         caps = self.adaptor.capabilities(self.model, self.q.approach, self.example_inputs)
         space = build_space(caps, self.q.approach, self._sampling_sizes(), self.q.model_wise, self.q.op_wise)
         log.info("tuning space: %d op(s), %d configuration(s) (%s); strategy %s, objective %s, criterion %s",

@@ -196,3 +196,12 @@ def test_bad_format_is_named(bundle):
 
     with pytest.raises(ConfigError, match="'QLinear'.*QDQ"):
         OnnxRuntimeAdaptor(quant_format="QLinear").prepare(bundle.model, bundle.example_inputs)
+
+
+def test_api_exports_a_torch_model_without_example_inputs(bundle, tmp_path):
+    """The API takes its example inputs from the calibration data (numpy here): export must still trace."""
+    import lpot_research
+
+    r = lpot_research.tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, TopK(1),
+                           framework="onnxrt", exit_policy={"max_trials": 1}, output_dir=tmp_path)
+    assert r.summary["trials"] == 1 and r.summary["best"]["accuracy"] > 0.95

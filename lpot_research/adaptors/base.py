@@ -42,6 +42,18 @@ class Adaptor(ABC):
     """Turns a framework model + a TuneConfig into a real quantized model, and measures it."""
 
     name: str = "base"
+    approaches: tuple[str, ...] = ("post_training_static_quant", "post_training_dynamic_quant")
+
+    def check_approach(self, approach: str) -> None:
+        if approach not in self.approaches:
+            from lpot_research.errors import ConfigError
+
+            raise ConfigError(f"quantization.approach={approach!r} is not supported by framework={self.name}; "
+                              f"valid choices: {list(self.approaches)}")
+
+    def set_training(self, train_func: Any, settings: dict[str, Any]) -> None:
+        """For quant_aware_training: the user's `train_func(model)` (or None) and the configured loop's
+        settings (quantization.qat). Only adaptors that list quant_aware_training are called."""
 
     def prepare(self, model: Any, example_inputs: Any) -> Any:
         """Bring a user/built-in model into this framework's form (e.g. export). Default: as is."""

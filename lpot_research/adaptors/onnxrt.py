@@ -115,7 +115,8 @@ def export_torch(model: Any, example_inputs: Any, opset: int = 17) -> onnx.Model
     (e.g. /features/features.0/features.0.0/Conv) and a dynamic batch axis."""
     import torch
 
-    args = tuple(as_tuple(example_inputs))
+    # example inputs may come from a dataloader as numpy arrays (the API's default): trace with tensors
+    args = tuple(x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)) for x in as_tuple(example_inputs))
     names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
     buf = io.BytesIO()
     with warnings.catch_warnings():

@@ -23,9 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.ao.quantization import QConfig, QConfigMapping
+from torch.ao.quantization.fake_quantize import FusedMovingAvgObsFakeQuantize
 from torch.ao.quantization.observer import (
     HistogramObserver,
     MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
     PerChannelMinMaxObserver,
     PlaceholderObserver,
 )
@@ -89,12 +92,30 @@ class BF16Module(nn.Module):
         return self.module(x.to(torch.bfloat16)).to(torch.float32)
 
 
+QAT_DEFAULTS = {"epochs": 1, "lr": 1e-4, "momentum": 0.9, "loss": "cross_entropy", "seed": 0}
+LOSSES = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss}
+
+
 class PyTorchAdaptor(Adaptor):
     name = "pytorch"
+    approaches = ("post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training")
 
     def __init__(self, backend: str = "x86", threads: int | None = None) -> None:
         self.backend = backend
         self.threads = threads
+        self._train_func: Any = None
+        self._qat: dict[str, Any] = dict(QAT_DEFAULTS)
+
+    def set_training(self, train_func: Any, settings: dict[str, Any]) -> None:
+        bad = [k for k in settings if k not in QAT_DEFAULTS]
+        if bad:
+            raise ConfigError(f"quantization.qat.{bad[0]} is not a known key; valid keys: {list(QAT_DEFAULTS)}")
+        qat = {**QAT_DEFAULTS, **settings}
+        if qat["loss"] not in LOSSES:
+            raise ConfigError(f"quantization.qat.loss={qat['loss']!r} is unknown; valid choices: {list(LOSSES)}")
+        if not (isinstance(qat["epochs"], int) and qat["epochs"] >= 0):
+            raise ConfigError(f"quantization.qat.epochs={qat['epochs']!r} must be an int >= 0")
+        self._train_func, self._qat = train_func, qat
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -128,6 +149,9 @@ class PyTorchAdaptor(Adaptor):
                "algorithm": ("minmax", "kl", "histogram")}
         # Asymmetric per-channel weights are 3-4x slower in FX and histogram ~ kl: opt-in only.
         defaults = {"weight": {"scheme": ("sym",)}, "activation": {"algorithm": ("minmax", "kl")}}
+        if approach == "quant_aware_training":  # ranges are learned by moving averages while training
+            act = {**act, "algorithm": ("moving_average",)}
+            defaults = {"weight": {"scheme": ("sym",)}}
         caps, seen = [], set()
         for node in graph.nodes:
             if node.op != "call_module" or node.target in seen:
@@ -158,6 +182,17 @@ class PyTorchAdaptor(Adaptor):
             qscheme = torch.per_tensor_symmetric if w.scheme == "sym" else torch.per_tensor_affine
             wobs = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=qscheme)
         a = choice.activation
+        if a is not None and a.algorithm == "moving_average":  # QAT: fake quantization, observed while training
+            return QConfig(
+                activation=FusedMovingAvgObsFakeQuantize.with_args(
+                    observer=MovingAverageMinMaxObserver, dtype=torch.quint8, quant_min=0, quant_max=255,
+                    qscheme=torch.per_tensor_symmetric if a.scheme == "sym" else torch.per_tensor_affine,
+                    reduce_range=_reduce_range()),
+                weight=FusedMovingAvgObsFakeQuantize.with_args(
+                    observer=MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver,
+                    dtype=torch.qint8, quant_min=-128, quant_max=127, qscheme=qscheme,
+                    **({"ch_axis": 0} if per_channel else {})),
+            )
         if a is None:  # dynamic: activations quantized per batch at run time
             aobs = PlaceholderObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True)
         else:
@@ -169,14 +204,23 @@ class PyTorchAdaptor(Adaptor):
                  example_inputs: Any) -> nn.Module:
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+        from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
         self._setup()
-        m = copy.deepcopy(model).eval()
+        qat = config.approach == "quant_aware_training"
+        m = copy.deepcopy(model)
+        m = m.train() if qat else m.eval()
         qmap = QConfigMapping()  # global None: only the tuned ops are quantized
         for name, choice in config.ops:
             qmap.set_module_name(name, self.qconfig(choice) if choice.quantized else None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prepared = prepare_fx(m, qmap, as_tuple(example_inputs))
+            if qat:
+                prepared = prepare_qat_fx(m, qmap, as_tuple(example_inputs))
+                self._train(prepared, calib_dataloader)
+                prepared.eval()
+            else:
+                prepared = prepare_fx(m, qmap, as_tuple(example_inputs))
             if config.approach == "post_training_static_quant":
                 self._calibrate(prepared, calib_dataloader, config.sampling_size)
             converted = convert_fx(prepared)
@@ -184,6 +228,26 @@ class PyTorchAdaptor(Adaptor):
             if choice.dtype == "bf16":
                 converted.set_submodule(name, BF16Module(converted.get_submodule(name)))
         return converted
+
+    def _train(self, prepared: nn.Module, loader: Iterable[Any]) -> None:
+        """Quantization-aware training of a model prepared with fake quantization: the user's
+        train_func, or `epochs` of SGD over the (inputs, labels) batches of the calibration data."""
+        if self._train_func is not None:
+            self._train_func(prepared)
+            return
+        qat = self._qat
+        torch.manual_seed(int(qat["seed"]))  # the same trial gives the same model (resume, repeats)
+        opt = torch.optim.SGD(prepared.parameters(), lr=float(qat["lr"]), momentum=float(qat["momentum"]))
+        loss_fn = LOSSES[qat["loss"]]
+        steps = 0
+        for _ in range(qat["epochs"]):
+            for inputs, labels in loader:
+                opt.zero_grad()
+                out = prepared(*as_tuple(inputs))
+                loss_fn(out, labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)).backward()
+                opt.step()
+                steps += 1
+        log.debug("quantization-aware training: %d step(s) of SGD (lr %g)", steps, qat["lr"])
 
     @torch.inference_mode()
     def _calibrate(self, prepared: nn.Module, loader: Iterable[Any], sampling_size: int) -> None:
