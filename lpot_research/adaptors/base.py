@@ -54,6 +54,7 @@ class Adaptor(ABC):
     def set_training(self, train_func: Any, settings: dict[str, Any]) -> None:
         """For quant_aware_training: the user's `train_func(model)` (or None) and the configured loop's
         settings (quantization.qat). Only adaptors that list quant_aware_training are called."""
+        raise NotImplementedError(f"framework={self.name} lists quant_aware_training but has no set_training")
 
     def prepare(self, model: Any, example_inputs: Any) -> Any:
         """Bring a user/built-in model into this framework's form (e.g. export). Default: as is."""

@@ -202,9 +202,7 @@ class PyTorchAdaptor(Adaptor):
 
     def quantize(self, model: nn.Module, config: TuneConfig, calib_dataloader: Iterable[Any],
                  example_inputs: Any) -> nn.Module:
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-        from torch.ao.quantization.quantize_fx import prepare_qat_fx
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
         self._setup()
         qat = config.approach == "quant_aware_training"
