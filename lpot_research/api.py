@@ -66,7 +66,7 @@ def _describe(obj: Any) -> dict[str, Any]:
 
 def tune(
     model: Any,
-    calib_dataloader: Iterable[Any],
+    calib_dataloader: Iterable[Any] | None,
     eval_dataloader: Iterable[Any] | None = None,
     metric: Any = None,
     eval_func: Callable[[Any], float] | None = None,
@@ -136,6 +136,12 @@ def tune(
     ex = _build(ExitPolicy, exit_policy if exit_policy is not None else cfg.get("exit_policy"), "exit_policy")
 
     q = QuantizationSettings.from_mapping(cfg.get("quantization"))
+    if q.calib_dataloader is not None:  # described in YAML: it replaces the given one
+        from lpot_research.data import build_dataloader
+
+        calib_dataloader = build_dataloader(q.calib_dataloader, adaptor.layout)
+    if calib_dataloader is None:
+        raise ConfigError("give a calib_dataloader, or describe one in quantization.calibration.dataloader")
     if q_func is not None and (not callable(q_func) or q.approach != "quant_aware_training"):
         raise ConfigError(f"q_func={q_func!r} must be callable and is used only with quantization.approach="
                           f"quant_aware_training (the approach is {q.approach!r})")

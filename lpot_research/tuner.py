@@ -55,6 +55,7 @@ class QuantizationSettings:
     model_wise: dict[str, Any] = field(default_factory=dict)
     op_wise: dict[str, Any] = field(default_factory=dict)
     qat: dict[str, Any] = field(default_factory=dict)  # quant_aware_training: the configured loop's settings
+    calib_dataloader: dict[str, Any] | None = None  # a YAML-described calibration dataloader (data.build_dataloader)
 
     @classmethod
     def from_mapping(cls, q: dict[str, Any] | None) -> QuantizationSettings:
@@ -65,14 +66,16 @@ class QuantizationSettings:
                 raise ConfigError(f"quantization.{k} is not a known key; valid keys: {list(valid)}")
         calib = dict(q.get("calibration") or {})
         for k in calib:
-            if k != "sampling_size":
-                raise ConfigError(f"quantization.calibration.{k} is not a known key; valid keys: ['sampling_size']")
+            if k not in ("sampling_size", "dataloader"):
+                raise ConfigError(f"quantization.calibration.{k} is not a known key; "
+                                  "valid keys: ['sampling_size', 'dataloader']")
         return cls(
             approach=q.get("approach", cls.approach),
             sampling_size=calib.get("sampling_size", 100),
             model_wise=q.get("model_wise") or {},
             op_wise=q.get("op_wise") or {},
             qat=dict(q.get("qat") or {}),
+            calib_dataloader=dict(calib["dataloader"]) if calib.get("dataloader") else None,
         )
 
 

@@ -42,6 +42,7 @@ class Adaptor(ABC):
     """Turns a framework model + a TuneConfig into a real quantized model, and measures it."""
 
     name: str = "base"
+    layout: str = "NCHW"  # how this framework wants image batches (YAML-described dataloaders follow it)
     approaches: tuple[str, ...] = ("post_training_static_quant", "post_training_dynamic_quant")
 
     def check_approach(self, approach: str) -> None:

@@ -174,6 +174,7 @@ def op_name(weight_tensor: str, output_tensor: str, layer_names: set[str]) -> st
 
 class TensorFlowAdaptor(Adaptor):
     name = "tensorflow"
+    layout = "NHWC"
 
     def __init__(self, per_channel: bool = True, threads: int | None = None, cache_calibration: bool = True) -> None:
         self.per_channel = per_channel
