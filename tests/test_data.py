@@ -48,8 +48,10 @@ def test_image_folder(tmp_path):
 
 
 @pytest.mark.parametrize("spec,error,needle", [
-    ({"dataset": {"name": "imagenet"}}, ConfigError, "'imagenet' is unknown; valid choices: ['digits', 'image_folder', 'npz']"),
-    ({**DIGITS, "transform": {"RandomCrop": {"size": 8}}}, ConfigError, "'RandomCrop' is unknown; valid choices: ['Resize'"),
+    ({"dataset": {"name": "imagenet"}}, ConfigError,
+     "'imagenet' is unknown; valid choices: ['digits', 'image_folder', 'npz']"),
+    ({**DIGITS, "transform": {"RandomCrop": {"size": 8}}}, ConfigError,
+     "'RandomCrop' is unknown; valid choices: ['Resize'"),
     ({**DIGITS, "shuffle": True}, ConfigError, "shuffle is not a known key"),
     ({"dataset": {"name": "digits", "split": "val"}}, ConfigError, "split='val' is unknown"),
 ])
