@@ -107,22 +107,28 @@ class COCOmAP:
 
     update(predictions, labels) takes one entry per image. A prediction is a dict with "boxes"
     (K, 4) as [x1, y1, x2, y2] in pixels, "scores" (K,) and "labels" (K,) category ids; a label is a
-    dict with "boxes" and "labels" of the ground truth (optionally "iscrowd"). result() is AP averaged
-    over IoU 0.50:0.95 (`iou="0.50:0.95"`, COCO's headline number), or AP at IoU 0.5 / 0.75."""
+    dict with "boxes" and "labels" of the ground truth (optionally "iscrowd"). `postprocess`, if
+    given, turns a batch of raw model outputs into that list of dicts first (e.g. a detector's
+    decoding). result() is AP averaged over IoU 0.50:0.95 (`iou="0.50:0.95"`, COCO's headline
+    number), or AP at IoU 0.5 / 0.75."""
 
     higher_is_better = True
     STAT = {"0.50:0.95": 0, "0.5": 1, "0.75": 2}
 
-    def __init__(self, iou: str = "0.50:0.95", max_detections: int = 100) -> None:
+    def __init__(self, iou: str = "0.50:0.95", max_detections: int = 100, postprocess: Any = None) -> None:
         if str(iou) not in self.STAT:
             raise ConfigError(f"metric iou={iou!r} is unknown; valid choices: {list(self.STAT)}")
-        self.iou, self.max_detections = str(iou), max_detections
+        if postprocess is not None and not callable(postprocess):
+            raise ConfigError(f"metric postprocess={postprocess!r} is not callable")
+        self.iou, self.max_detections, self.postprocess = str(iou), max_detections, postprocess
         self.reset()
 
     def reset(self) -> None:
         self.images: list[tuple[dict[str, Any], dict[str, Any]]] = []
 
     def update(self, predictions: Any, labels: Any) -> None:
+        if self.postprocess is not None:
+            predictions = self.postprocess(predictions)
         if len(predictions) != len(labels):
             raise ValueError(f"COCOmAP got predictions for {len(predictions)} images and labels for {len(labels)}")
         for p, y in zip(predictions, labels, strict=True):
