@@ -171,6 +171,17 @@ def _as_list(v: Any) -> list[Any] | None:
     return list(v)
 
 
+def _same_but_dtype(x: QSpec | None, y: QSpec | None) -> bool:
+    return x is not None and y is not None and (x.scheme, x.granularity, x.algorithm) == (
+        y.scheme, y.granularity, y.algorithm)
+
+
+def _closeness(o: OpChoice, w: QSpec | None, a: QSpec | None) -> tuple[bool, bool, bool, bool]:
+    """How well an op's option matches a model-wide (weight, activation) setting; max() keeps the
+    first of equals, i.e. the recommended one."""
+    return (o.activation == a, _same_but_dtype(o.activation, a), o.weight == w, _same_but_dtype(o.weight, w))
+
+
 @dataclass(frozen=True)
 class TuningSpace:
     """The intersection of capabilities and constraints: per-op options plus global dimensions."""
@@ -269,11 +280,9 @@ class TuningSpace:
                     if not q:
                         ops.append((name, opts[0]))
                         continue
-                    pick = next((o for o in q if o.weight == w and o.activation == a), None)
-                    if pick is None:  # op lacks weights or this combination: best partial match
-                        pick = next((o for o in q if o.activation == a), None) or next(
-                            (o for o in q if o.weight == w), q[0]
-                        )
+                    # the exact combination, else the closest option (e.g. an op without weights, or
+                    # whose activation dtype differs): same activation settings first, then weight
+                    pick = max(q, key=lambda o: _closeness(o, w, a))
                     ops.append((name, pick))
                 note = "model-wise " + ", ".join(
                     s for s in (

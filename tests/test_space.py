@@ -140,3 +140,17 @@ def test_fp32_only_dtype_removes_int8_even_without_an_activation_capability():
     dyn = [OpCapability("fc", "Linear", W, None, ("fp32",))]  # dynamic: no activation to quantize
     s = build_space(dyn, "post_training_dynamic_quant", 100, op_wise={"fc": {"activation": {"dtype": ["fp32"]}}})
     assert s.op_options("fc") == (OpChoice("fp32"),)
+
+
+def test_model_wise_configs_match_settings_across_activation_dtypes():
+    """An op whose activations are int8 (e.g. it reads signed inputs) next to uint8 ops still takes
+    each model-wide algorithm/scheme: no stage-1 config mixes kl and minmax by accident."""
+    a_int8 = {**A, "dtype": ("int8",)}
+    c = [OpCapability("conv1", "Conv2d", W, a_int8, ("fp32",)), OpCapability("fc", "Linear", W, A, ("fp32",))]
+    s = build_space(c, STATIC, 100, model_wise={"weight": {"scheme": "sym", "granularity": "per_channel"}})
+    for cfg in s.model_wise_configs():
+        acts = [cfg.op(n).activation for n in ("conv1", "fc")]
+        assert acts[0].dtype == "int8" and acts[1].dtype == "uint8"
+        assert (acts[0].scheme, acts[0].algorithm) == (acts[1].scheme, acts[1].algorithm), cfg.note
+    # 2 schemes x 2 algorithms: the int8 and uint8 spellings of one setting give the same config
+    assert len(s.model_wise_configs()) == 4

@@ -181,7 +181,12 @@ class TensorFlowAdaptor(Adaptor):
         self.threads = threads
         self.cache_calibration = cache_calibration
         self._calibrated: dict[tuple[str, int], bytes] = {}
-        self.calibrations = 0
+        self._calibrations = 0
+
+    @property
+    def calibrations(self) -> int:
+        """How many calibration passes ran (private state: it must not enter the run key)."""
+        return self._calibrations
 
     # ------------------------------------------------------------------ models
     def prepare(self, model: Any, example_inputs: Any) -> TFModel:
@@ -232,7 +237,7 @@ class TensorFlowAdaptor(Adaptor):
         converter._experimental_calibrate_only = True  # noqa: SLF001 - calibrate once, quantize per trial
         with _quiet():
             calibrated = converter.convert()
-        self.calibrations += 1
+        self._calibrations += 1
         log.debug("calibrated on %d samples in %.1f s", len(samples), time.perf_counter() - t0)
         if self.cache_calibration:
             self._calibrated[key] = calibrated
