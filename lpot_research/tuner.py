@@ -355,7 +355,8 @@ class Tuner:
         self._best = self._best_record()
         ctx = StrategyContext(space, self.criterion, self.baseline["accuracy"],
                               baseline_objective=self.baseline.get(self.objective.key),
-                              max_trials=self.exit.max_trials, op_errors=self._op_errors)
+                              max_trials=self.exit.max_trials, op_errors=self._op_errors,
+                              first_pass_ends=self.exit.timeout == 0)
         gen = self.strategy.proposals(ctx)
         stop_reason = "strategy finished: its space is exhausted"
         repeats = 0

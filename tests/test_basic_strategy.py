@@ -16,14 +16,40 @@ def test_stage_order_and_stop_when_met(tmp_path):
     assert all(n.startswith("model-wise") for n in notes[:4]) and len(notes[:4]) == 4
     # stage 2: each op alone to bf16, bottom-up, from the best model-wise config (kl, accuracy 0.95)
     assert notes[4:8] == [f"stage 2: op{i} -> bf16 alone" for i in (3, 2, 1, 0)]
+    # stage 2b: none passed alone, so the first 2 ops (half of 4) fall back together: 0.963, fails
+    assert notes[8] == "stage 2b: first 2 ops -> bf16"
     # stage 3: cumulative in impact order op3, op2, op1; "+op3" repeats a stage-2 config, so it is
     # answered from history without a trial; +op1 reaches 0.992 >= 0.99 and ends the run
-    assert notes[8:] == ["stage 3: +op2 -> bf16 (2/4 ops)", "stage 3: +op1 -> bf16 (3/4 ops)"]
+    assert notes[9:] == ["stage 3: +op2 -> bf16 (2/4 ops)", "stage 3: +op1 -> bf16 (3/4 ops)"]
     s = res.summary
-    assert s["met_criterion"] and s["trials"] == 10
+    assert s["met_criterion"] and s["trials"] == 11
     assert sorted(s["best"]["fallback_ops"]) == ["op1", "op2", "op3"]
     assert set(s["best"]["fallback_dtypes"].values()) == {"bf16"}
     assert s["best"]["accuracy"] == 0.992
+
+
+BLOCK = {"ops": 8, "penalties": [0.01] * 4 + [0.0005] * 4}  # the first four of eight ops carry the error
+
+
+def test_block_stage_finds_the_input_side_prefix(tmp_path):
+    # no single op's fallback passes (best: 0.984); first 2 -> bf16 gives 0.987, first 3 gives 0.991:
+    # with timeout 0 the first pass ends the run, so k grows one at a time from 2
+    res = run_fake(tmp_path, FakeAdaptor(**BLOCK), BasicStrategy())
+    notes = history_notes(res)
+    assert notes[12:] == ["stage 2b: first 2 ops -> bf16", "stage 2b: first 3 ops -> bf16"]
+    s = res.summary
+    assert s["met_criterion"] and s["trials"] == 4 + 8 + 2
+    assert sorted(s["best"]["fallback_ops"]) == ["op0", "op1", "op2"]
+
+
+def test_block_stage_bisects_with_a_time_budget(tmp_path):
+    # timeout > 0: first 4 passes (0.995), then 2 fails and 3 passes; stage 3 follows in case it finds
+    # a config with fewer fallbacks (it does not here: its first pass needs op3..op1 in bf16)
+    res = run_fake(tmp_path, FakeAdaptor(**BLOCK), BasicStrategy(), config={"exit_policy": {"timeout": 3600}})
+    notes = history_notes(res)
+    assert notes[12:15] == [f"stage 2b: first {k} ops -> bf16" for k in (4, 2, 3)]
+    assert all(n.startswith("stage 3") for n in notes[15:])
+    assert sorted(res.summary["best"]["fallback_ops"]) == ["op0", "op1", "op2"]
 
 
 def test_impact_order_follows_stage2_accuracy(tmp_path):

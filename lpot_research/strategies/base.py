@@ -38,6 +38,9 @@ class StrategyContext:
     baseline_accuracy: float
     baseline_objective: float | None = None  # the FP32 model's objective value (e.g. latency)
     max_trials: int | None = None  # for information (the tuner enforces it)
+    # True when the first passing config ends the run (exit_policy.timeout == 0): a strategy then
+    # proposes in order of preference rather than e.g. bisecting from a passing upper bound
+    first_pass_ends: bool = False
     # Per-op output error of a quantized config vs FP32 ({op: normalized mse}); used by mse.
     op_errors: Callable[[TuneConfig], dict[str, float]] | None = None
 
