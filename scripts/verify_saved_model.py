@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Load a run's saved best model with its framework alone and re-evaluate it on the run's own evaluation data;
 print both accuracies and exit non-zero if they differ. Loaders: torch.jit.load (PyTorch), an onnxruntime
-InferenceSession (ONNX Runtime), the LiteRT interpreter (TensorFlow Lite).
+InferenceSession (ONNX Runtime), the LiteRT interpreter (TensorFlow Lite), SymbolBlock.imports (MXNet).
 
     python scripts/verify_saved_model.py outputs/2026-11-22/10-00-00-123456
 """
@@ -72,7 +72,32 @@ def tflite_runner(run_dir: Path, threads: int) -> Any:
     return run
 
 
-RUNNERS = {"PyTorchAdaptor": torch_runner, "OnnxRuntimeAdaptor": onnx_runner, "TensorFlowAdaptor": tflite_runner}
+def mxnet_runner(run_dir: Path, threads: int) -> Any:
+    import os
+
+    import numpy as np
+
+    os.environ.setdefault("MXNET_OMP_MAX_THREADS", str(threads))  # MXNet fixes its threads at import
+    for name, alias in (("bool", bool), ("int", int), ("float", float), ("complex", complex), ("object", object),
+                        ("str", str)):  # numpy 1.24 removed these; mxnet 1.9 still uses them
+        if not hasattr(np, name):
+            setattr(np, name, alias)
+    import mxnet as mx
+
+    sym = run_dir / "best_model-symbol.json"
+    n_inputs = sum(1 for n in json.loads(sym.read_text())["nodes"] if n["op"] == "null" and n["name"].startswith("data"))
+    names = ["data"] if n_inputs <= 1 else [f"data{i}" for i in range(n_inputs)]
+    net = mx.gluon.SymbolBlock.imports(str(sym), names, str(run_dir / "best_model-0000.params"))
+
+    def run(inputs: Any) -> Any:
+        arrays = inputs if isinstance(inputs, tuple) else (inputs,)
+        out = net(*(mx.nd.array(np.asarray(a), dtype="float32") for a in arrays))
+        return (out[0] if isinstance(out, list | tuple) else out).asnumpy()
+
+    return run
+
+
+RUNNERS = {"pytorch": torch_runner, "onnxrt": onnx_runner, "tensorflow": tflite_runner, "mxnet": mxnet_runner}
 
 
 def main() -> int:
@@ -82,7 +107,7 @@ def main() -> int:
     args = ap.parse_args()
     summary = json.loads((args.run_dir / "summary.json").read_text())
     cfg = OmegaConf.load(args.run_dir / "config_resolved.yaml")
-    adaptor = cfg.framework._target_.rsplit(".", 1)[-1]
+    adaptor = summary["framework"]
     if adaptor not in RUNNERS:
         print(f"error: no loader for {adaptor}; valid: {', '.join(RUNNERS)}", file=sys.stderr)
         return 2

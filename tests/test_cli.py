@@ -162,7 +162,8 @@ def test_sweep_of_all_strategies_and_compare(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-SAVED = {"onnxrt": ("onnxruntime", "best_model.onnx"), "tensorflow": ("tensorflow", "best_model.tflite")}
+SAVED = {"onnxrt": ("onnxruntime", "best_model.onnx"), "tensorflow": ("tensorflow", "best_model.tflite"),
+         "mxnet": ("mxnet", "best_model-symbol.json")}
 
 
 @pytest.mark.parametrize("framework", list(SAVED))

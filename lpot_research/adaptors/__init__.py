@@ -14,6 +14,7 @@ FRAMEWORKS = {
     "pytorch": ("lpot_research.adaptors.pytorch:PyTorchAdaptor", "torch", "pytorch"),
     "onnxrt": ("lpot_research.adaptors.onnxrt:OnnxRuntimeAdaptor", "onnxruntime", "onnxrt"),
     "tensorflow": ("lpot_research.adaptors.tensorflow:TensorFlowAdaptor", "tensorflow", "tensorflow"),
+    "mxnet": ("lpot_research.adaptors.mxnet:MXNetAdaptor", "mxnet", "mxnet"),
 }
 
 
