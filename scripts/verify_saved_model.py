@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,8 @@ def mxnet_runner(run_dir: Path, threads: int) -> Any:
     import mxnet as mx
 
     sym = run_dir / "best_model-symbol.json"
-    n_inputs = sum(1 for n in json.loads(sym.read_text())["nodes"] if n["op"] == "null" and n["name"].startswith("data"))
-    names = ["data"] if n_inputs <= 1 else [f"data{i}" for i in range(n_inputs)]
+    nodes = json.loads(sym.read_text())["nodes"]  # inputs are named data, or data0, data1, ...
+    names = [n["name"] for n in nodes if n["op"] == "null" and re.fullmatch(r"data\d*", n["name"])]
     net = mx.gluon.SymbolBlock.imports(str(sym), names, str(run_dir / "best_model-0000.params"))
 
     def run(inputs: Any) -> Any:
