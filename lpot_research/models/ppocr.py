@@ -23,13 +23,14 @@ ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # no I/l/
 HEIGHT = 48
 
 
-def model_path() -> Path:
+def rapidocr_model(filename: str = "ch_PP-OCRv4_rec_infer.onnx", model: str = "ppocr_rec") -> Path:
+    """A model file shipped inside the rapidocr-onnxruntime package."""
     try:
         import rapidocr_onnxruntime
     except ImportError as e:
-        raise DataError("model=ppocr_rec needs the package rapidocr-onnxruntime "
+        raise DataError(f"model={model} needs the package rapidocr-onnxruntime "
                         "(pip install 'lpot-research[ocr]')") from e
-    path = Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+    path = Path(rapidocr_onnxruntime.__file__).parent / "models" / filename
     if not path.exists():
         raise DataError(f"{path} is missing from the installed rapidocr-onnxruntime package")
     return path
@@ -148,7 +149,7 @@ class PPOCRRec:
         import onnx
 
         check_framework(self.name, framework, ("onnxrt",))
-        path = model_path()
+        path = rapidocr_model()
         proto = onnx.load(str(path))
         chars = characters(proto)
         ev_x, ev_y = render_lines(self.eval_size, self.seed, self.width)

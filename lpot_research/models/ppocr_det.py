@@ -9,30 +9,16 @@ back by the "unclip" margin the model was trained to shrink text regions by.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lpot_research.data import ArrayLoader
-from lpot_research.errors import DataError
 from lpot_research.metrics import COCOmAP, to_numpy
 from lpot_research.models import ModelBundle, check_framework
-from lpot_research.models.ppocr import ALPHABET
+from lpot_research.models.ppocr import ALPHABET, rapidocr_model
 
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def model_path() -> Path:
-    try:
-        import rapidocr_onnxruntime
-    except ImportError as e:
-        raise DataError("model=ppocr_det needs the package rapidocr-onnxruntime "
-                        "(pip install 'lpot-research[ocr]')") from e
-    path = Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_det_infer.onnx"
-    if not path.exists():
-        raise DataError(f"{path} is missing from the installed rapidocr-onnxruntime package")
-    return path
 
 
 def render_pages(n: int, seed: int, height: int = 320, width: int = 320) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -123,7 +109,7 @@ class PPOCRDet:
         import onnx
 
         check_framework(self.name, framework, ("onnxrt",))
-        path = model_path()
+        path = rapidocr_model("ch_PP-OCRv4_det_infer.onnx", self.name)
         ev_x, ev_y = render_pages(self.eval_size, self.seed, self.height, self.width)
         cal_x, cal_y = render_pages(self.calib_size, self.seed + 1, self.height, self.width)
         return ModelBundle(
