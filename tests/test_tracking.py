@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lpot_research.tracking import Tracker
 from tests.fakes import FakeAdaptor, FakeModel
 from tests.helpers import LOADER
 
@@ -146,3 +147,43 @@ def test_tensorboard_event_files_hold_each_op_per_trial(tmp_path):
     h = acc.Histograms("op_output/op0")
     assert all(e.histogram_value.num > 0 for e in h)
     assert [e.value for e in acc.Scalars("accuracy")] == pytest.approx([0.95] * 4)
+
+
+class Recorder(Tracker):
+    """A tracker that records what the tuner reports."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, names, config, run_dir):
+        self.calls.append(("start", names["strategy"]))
+
+    def log_baseline(self, baseline):
+        self.calls.append(("baseline", baseline["accuracy"]))
+
+    def log_trial(self, trial):
+        self.calls.append(("trial", trial["trial"], trial["best/accuracy"]))
+
+    def log_summary(self, summary):
+        self.calls.append(("summary", summary["trials"]))
+
+    def finish(self, failed=False):
+        self.calls.append(("finish", failed))
+
+
+def test_resumed_run_replays_finished_trials_to_the_tracker(tmp_path):
+    import lpot_research
+
+    def run(max_trials):
+        rec = Recorder()
+        lpot_research.tune(FakeModel(None), LOADER, LOADER, framework=FakeAdaptor(), strategy="random",
+                           tracker=rec, output_dir=tmp_path, exit_policy={"timeout": 600, "max_trials": max_trials})
+        return rec.calls
+
+    first = run(2)
+    assert [c[0] for c in first] == ["start", "baseline", "trial", "trial", "summary", "finish"]
+    second = run(4)
+    trials = [c for c in second if c[0] == "trial"]
+    assert [c[1] for c in trials] == [1, 2, 3, 4]  # 1 and 2 replayed from history, 3 and 4 evaluated
+    assert trials[:2] == [c for c in first if c[0] == "trial"]  # the same values, best-so-far included
+    assert second[-2:] == [("summary", 4), ("finish", False)]
