@@ -82,3 +82,16 @@ def test_calibration_dataloader_from_tune_py(tmp_path):
     bad = spec.replace("Normalize", "Standardize")
     r = run_tune(bad, f"hydra.run.dir={tmp_path / 'bad'}")
     assert r.returncode != 0 and "transform 'Standardize' is unknown; valid choices" in r.stderr
+
+
+def test_calibration_dataloader_through_the_api(tmp_path):
+    pytest.importorskip("torch", reason="the digits model needs PyTorch")
+    import lpot_research
+    from lpot_research.models.digits import DigitsCNN
+
+    b = DigitsCNN().load()
+    r = lpot_research.tune(b.model, None, b.eval_dataloader, b.metric, output_dir=tmp_path,
+                           config={"quantization": {"calibration": {"dataloader": DIGITS, "sampling_size": 64}}})
+    assert r.summary["met_criterion"]
+    with pytest.raises(ConfigError, match="give a calib_dataloader, or describe one"):
+        lpot_research.tune(b.model, None, b.eval_dataloader, b.metric, output_dir=tmp_path / "none")

@@ -68,3 +68,35 @@ def test_coco_map_false_positive_ranked_first_halves_precision():
     m = COCOmAP(iou="0.5")
     m.update(dets, gts)
     assert m.result() == pytest.approx(0.5 * 51 / 101)
+
+
+def test_f1_through_the_api(tmp_path):
+    pytest.importorskip("torch", reason="the digits model needs PyTorch")
+    import lpot_research
+    from lpot_research.models.digits import DigitsCNN
+
+    b = DigitsCNN().load()
+    r = lpot_research.tune(b.model, b.calib_dataloader, b.eval_dataloader, F1(average="macro"), output_dir=tmp_path)
+    s = r.summary
+    assert s["met_criterion"] and 0.95 < s["baseline"]["accuracy"] < 1.0
+    ref = F1(average="macro")  # the baseline is the FP32 model's macro F1 over the evaluation data
+    for x, y in b.eval_dataloader:
+        ref.update(b.model(x), y)
+    assert s["baseline"]["accuracy"] == pytest.approx(ref.result())
+
+
+def test_coco_map_from_tune_py(tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
+    pytest.importorskip("rapidocr_onnxruntime", reason="the ocr extra is not installed")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "tune.py"), "framework=onnxrt", "model=ppocr_det",
+                        "model.eval_size=24", "model.calib_size=8", f"hydra.run.dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=root, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["model"] == "ppocr_det" and s["baseline"]["accuracy"] > 0.75 and s["trials"] >= 1
