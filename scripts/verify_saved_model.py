@@ -74,16 +74,11 @@ def tflite_runner(run_dir: Path, threads: int) -> Any:
 
 
 def mxnet_runner(run_dir: Path, threads: int) -> Any:
-    import os
-
     import numpy as np
 
-    os.environ.setdefault("MXNET_OMP_MAX_THREADS", str(threads))  # MXNet fixes its threads at import
-    for name, alias in (("bool", bool), ("int", int), ("float", float), ("complex", complex), ("object", object),
-                        ("str", str)):  # numpy 1.24 removed these; mxnet 1.9 still uses them
-        if not hasattr(np, name):
-            setattr(np, name, alias)
-    import mxnet as mx
+    from lpot_research.adaptors.mxnet import import_mxnet
+
+    mx = import_mxnet(threads)  # plain mxnet, importable on numpy >= 1.24 and with the run's threads
 
     sym = run_dir / "best_model-symbol.json"
     nodes = json.loads(sym.read_text())["nodes"]  # inputs are named data, or data0, data1, ...

@@ -43,7 +43,7 @@ def space(adaptor, model, approach=STATIC):
 
 def weight_dtypes(q: TFLiteModel) -> dict[str, str]:
     """Op name -> dtype of its weight tensor in the converted flatbuffer."""
-    return {q.layers[op["inputs"][1]]: op["weight_dtype"].__name__ for op in q.ops()
+    return {q.layers[op["inputs"][1]]: op["weight_dtype"].__name__ for op in q.ops
             if len(op["inputs"]) > 1 and op["inputs"][1] in q.layers}
 
 
@@ -69,7 +69,7 @@ def test_ops_are_named_by_keras_layer(adaptor, model):
 def test_full_integer_quantization_is_int8_faster_and_accurate(adaptor, bundle, model):
     q = adaptor.quantize(model, space(adaptor, model).model_wise_configs()[0], bundle.calib_dataloader, None)
     assert set(weight_dtypes(q).values()) == {"int8"}
-    types = [op["type"] for op in q.ops()]
+    types = [op["type"] for op in q.ops]
     assert types[0] == "QUANTIZE" and types[-1] == "DEQUANTIZE"  # float model inputs/outputs, INT8 inside
     fp32 = adaptor.evaluate(model, bundle.eval_dataloader, TopK(1))
     int8 = adaptor.evaluate(q, bundle.eval_dataloader, TopK(1))
@@ -83,10 +83,10 @@ def test_fallback_leaves_the_named_op_in_fp32(adaptor, bundle, model):
     dtypes = weight_dtypes(q)
     assert dtypes.pop("features.2.conv") == "float32"
     assert set(dtypes.values()) == {"int8"}
-    conv2 = next(op for op in q.ops() if len(op["inputs"]) > 1 and q.layers.get(op["inputs"][1]) == "features.2.conv")
+    conv2 = next(op for op in q.ops if len(op["inputs"]) > 1 and q.layers.get(op["inputs"][1]) == "features.2.conv")
     assert conv2["output_dtype"].__name__ == "float32"
     # the float op is fed by a DEQUANTIZE and feeds a QUANTIZE
-    producers = {o: op["type"] for op in q.ops() for o in op["outputs"]}
+    producers = {o: op["type"] for op in q.ops for o in op["outputs"]}
     assert producers[conv2["inputs"][0]] == "DEQUANTIZE"
     assert adaptor.evaluate(q, bundle.eval_dataloader, TopK(1)) > 0.95
 
@@ -107,7 +107,7 @@ def test_per_tensor_weights_model_wide(bundle):
     s = space(a, m)
     assert {o.weight.granularity for _, opts in s.options for o in opts if o.quantized} == {"per_tensor"}
     q = a.quantize(m, s.model_wise_configs()[0], bundle.calib_dataloader, None)
-    it_ops = [op for op in q.ops() if op["type"] == "CONV_2D"]
+    it_ops = [op for op in q.ops if op["type"] == "CONV_2D"]
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=q.content)
@@ -123,7 +123,7 @@ def test_dynamic_range_quantization(adaptor, bundle, model):
     q = adaptor.quantize(model, s.model_wise_configs()[0], bundle.calib_dataloader, None)
     dtypes = weight_dtypes(q)
     assert "int8" in dtypes.values()
-    types = [op["type"] for op in q.ops()]
+    types = [op["type"] for op in q.ops]
     assert "QUANTIZE" not in types  # activations stay float between ops
     assert adaptor.evaluate(q, bundle.eval_dataloader, TopK(1)) > 0.95
 

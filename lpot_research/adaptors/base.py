@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lpot_research.errors import DataError
 from lpot_research.space import OpCapability, TuneConfig
 
@@ -36,6 +38,33 @@ def limited_batches(loader: Iterable[Any], limit: int, what: str) -> Iterator[An
         seen += take
         if seen >= limit:
             return
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A tensor of any framework (torch, an MXNet NDArray, TensorFlow) or an array-like as a numpy
+    array, dtype kept."""
+    if hasattr(x, "detach"):  # torch, without importing it here
+        return x.detach().cpu().numpy()
+    if hasattr(x, "asnumpy"):  # MXNet
+        return x.asnumpy()
+    return np.asarray(x)
+
+
+def numpy_inputs(inputs: Any, float32: bool = False) -> list[np.ndarray]:
+    """Model inputs (one tensor/array, or a tuple/list of them) as a list of numpy arrays; with
+    `float32`, floating inputs become float32 (what a float32 graph takes)."""
+    arrays = [to_numpy(x) for x in (inputs if isinstance(inputs, tuple | list) else (inputs,))]
+    if float32:
+        arrays = [a.astype(np.float32, copy=False) if np.issubdtype(a.dtype, np.floating) else a for a in arrays]
+    return arrays
+
+
+def take_numpy_inputs(loader: Iterable[Any], n: int, what: str, float32: bool = False) -> Any:
+    """The first `n` input samples of a dataloader of (inputs, labels) as one batch of numpy arrays
+    (a tuple of them for several inputs): `take_inputs` for the numpy-fed frameworks."""
+    parts = [numpy_inputs(b, float32) for b in limited_batches(loader, n, what)]
+    joined = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return joined[0] if len(joined) == 1 else tuple(joined)
 
 
 class Adaptor(ABC):

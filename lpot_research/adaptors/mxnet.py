@@ -86,7 +86,7 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches
+from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches, numpy_inputs, take_numpy_inputs
 from lpot_research.errors import ConfigError
 from lpot_research.objectives import peak_rss_increase
 from lpot_research.space import OpCapability, OpChoice, TuneConfig
@@ -146,21 +146,6 @@ def import_mxnet(threads: int | None = None) -> ModuleType:
 def mxnet_threads() -> int | None:
     """The OpenMP thread count MXNet runs its ops with (None before `import_mxnet`)."""
     return _import_threads
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch
-        return x.detach().cpu().numpy()
-    if hasattr(x, "asnumpy"):  # mx.nd.NDArray
-        return x.asnumpy()
-    return np.asarray(x)
-
-
-def as_arrays(inputs: Any) -> list[np.ndarray]:
-    """Model inputs as numpy arrays; floating inputs become float32 (the graph's parameter type)."""
-    items = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
-    arrays = [to_numpy(x) for x in items]
-    return [a.astype(np.float32, copy=False) if np.issubdtype(a.dtype, np.floating) else a for a in arrays]
 
 
 # ---------------------------------------------------------------------- graph reading
@@ -281,7 +266,7 @@ class MXModel:
     def nd_inputs(self, inputs: Any) -> list[Any]:
         import mxnet as mx
 
-        arrays = as_arrays(inputs)
+        arrays = numpy_inputs(inputs, float32=True)
         if len(arrays) != len(self.data_names):
             raise ValueError(f"the model takes inputs {self.data_names}, got {len(arrays)} array(s)")
         return [mx.nd.array(a, dtype=a.dtype) for a in arrays]
@@ -414,7 +399,7 @@ class MXNetAdaptor(Adaptor):
         if isinstance(model, str | Path):
             source = self._load_source(Path(model))
         elif isinstance(model, mx.gluon.HybridBlock):
-            arrays = as_arrays(example_inputs)
+            arrays = numpy_inputs(example_inputs, float32=True)
             names = ["data"] if len(arrays) == 1 else [f"data{i}" for i in range(len(arrays))]
             model(*[mx.nd.array(a, dtype=a.dtype) for a in arrays])  # deferred parameter shapes get known
             sym = model(*[mx.sym.var(n) for n in names])
@@ -482,7 +467,7 @@ class MXNetAdaptor(Adaptor):
             t0 = time.perf_counter()
             collector = _Collector(algorithm)
             seen = 0
-            batches = (as_arrays(b) for b in limited_batches(loader, sampling_size, "calibration"))
+            batches = (numpy_inputs(b, float32=True) for b in limited_batches(loader, sampling_size, "calibration"))
             for values in self._probe(source, missing, batches):
                 seen += batch_len(next(iter(values.values())))
                 for t, v in values.items():
@@ -626,6 +611,4 @@ class MXNetAdaptor(Adaptor):
         return model.write(Path(path))[0]
 
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
-        parts = [as_arrays(b) for b in limited_batches(loader, n, what)]
-        joined = tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
-        return joined[0] if len(joined) == 1 else joined
+        return take_numpy_inputs(loader, n, what, float32=True)

@@ -30,7 +30,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches
+from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches, numpy_inputs, take_numpy_inputs
 from lpot_research.calibration import kl_window
 from lpot_research.errors import ConfigError
 from lpot_research.objectives import peak_rss_increase
@@ -49,12 +49,6 @@ CALIBRATION = {
     "percentile": ("Percentile", {"num_bins": 2048, "percentile": 99.999, "symmetric": False}),
 }
 MIN_OPSET = 13  # per-channel DequantizeLinear needs opset 13
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def as_tuple(inputs: Any) -> tuple[Any, ...]:
@@ -89,7 +83,7 @@ class OrtModel:
         return self._session
 
     def feed(self, inputs: Any) -> dict[str, np.ndarray]:
-        arrays = [to_numpy(x) for x in as_tuple(inputs)]
+        arrays = numpy_inputs(inputs)
         if len(arrays) != len(self.input_names):
             raise ValueError(f"the model takes inputs {self.input_names}, got {len(arrays)} array(s)")
         return dict(zip(self.input_names, arrays, strict=True))
@@ -382,9 +376,7 @@ class OnnxRuntimeAdaptor(Adaptor):
         return out
 
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
-        parts = [tuple(to_numpy(x) for x in as_tuple(b)) for b in limited_batches(loader, n, what)]
-        joined = tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
-        return joined[0] if len(joined) == 1 else joined
+        return take_numpy_inputs(loader, n, what)
 
 
 def _entropy_ranges(calibrator: Any) -> Any:

@@ -23,6 +23,8 @@ to float TFLite and run by the same interpreter: the latency ratio compares like
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import io
 import logging
 import os
@@ -42,28 +44,21 @@ import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 from tensorflow.lite.python import convert as tflite_convert  # noqa: E402
 
-from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches  # noqa: E402
+from lpot_research.adaptors.base import (  # noqa: E402
+    Adaptor,
+    batch_len,
+    limited_batches,
+    numpy_inputs,
+    take_numpy_inputs,
+)
 from lpot_research.errors import ConfigError  # noqa: E402
 from lpot_research.objectives import peak_rss_increase  # noqa: E402
-from lpot_research.space import OpCapability, TuneConfig, stable_hash  # noqa: E402
+from lpot_research.space import OpCapability, TuneConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 OP_TYPES = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV")
 FLOAT = (np.float32, np.float16)
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):
-        x = x.numpy()
-    return np.asarray(x, dtype=np.float32) if np.asarray(x).dtype == np.float64 else np.asarray(x)
-
-
-def as_list(inputs: Any) -> list[np.ndarray]:
-    items = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
-    return [to_numpy(x) for x in items]
 
 
 @contextlib.contextmanager
@@ -122,8 +117,10 @@ class TFLiteModel:
         it = self.run(arrays)
         return [it.get_tensor(d["index"]).copy() for d in it.get_output_details()]
 
+    @functools.cached_property
     def ops(self) -> list[dict[str, Any]]:
-        """The graph's ops, each with its type, input/output tensor names and output dtype."""
+        """The graph's ops, each with its type, input/output tensor names and output dtype (read once:
+        the flatbuffer does not change)."""
         it = Interpreter(model_content=self.content)
         tensors = {t["index"]: t for t in it.get_tensor_details()}
         out = []
@@ -139,15 +136,15 @@ class TFLiteModel:
 
 class TFModel:
     """A prepared TensorFlow model: how to make a converter for it, its float TFLite form, and its ops
-    (op name -> (weight tensor name, output tensor name) in the float/calibrated graph)."""
+    (op name -> (op type, weight tensor name, output tensor name) in the float/calibrated graph)."""
 
     def __init__(self, make_converter: Callable[[], Any], layer_names: set[str], threads: int | None) -> None:
         self.make_converter = make_converter
         with _quiet():
             self.float = TFLiteModel(make_converter().convert(), threads)
-        self.key = stable_hash({"tflite": self.float.content.hex()[:4096], "n": len(self.float.content)}, 12)
+        self.key = hashlib.sha256(self.float.content).hexdigest()[:16]  # names the calibration cache entries
         self.ops: dict[str, tuple[str, str, str]] = {}  # name -> (type, weight tensor, output tensor)
-        for op in self.float.ops():
+        for op in self.float.ops:
             if op["type"] not in OP_TYPES or len(op["inputs"]) < 2:
                 continue
             name = op_name(op["inputs"][1], op["outputs"][0], layer_names)
@@ -227,7 +224,7 @@ class TensorFlowAdaptor(Adaptor):
             return self._calibrated[key]
         samples: list[list[np.ndarray]] = []
         for inputs in limited_batches(loader, sampling_size, "calibration"):
-            arrays = as_list(inputs)
+            arrays = numpy_inputs(inputs, float32=True)
             samples += [[a[i:i + 1] for a in arrays] for i in range(batch_len(inputs))]
         t0 = time.perf_counter()
         converter = model.make_converter()
@@ -268,7 +265,7 @@ class TensorFlowAdaptor(Adaptor):
     def _check_fallback(model: TFModel, q: TFLiteModel, fallback: list[str]) -> None:
         """Each fallen-back op must compute in float in the quantized graph (a denylist entry that
         matches nothing would silently quantize it)."""
-        by_weight = {op["inputs"][1]: op for op in q.ops() if op["type"] in OP_TYPES and len(op["inputs"]) > 1}
+        by_weight = {op["inputs"][1]: op for op in q.ops if op["type"] in OP_TYPES and len(op["inputs"]) > 1}
         for name in fallback:
             op = by_weight.get(model.ops[name][1])
             if op is None or op["weight_dtype"] not in FLOAT:
@@ -280,11 +277,11 @@ class TensorFlowAdaptor(Adaptor):
         return model.float if isinstance(model, TFModel) else model
 
     def predict(self, model: Any, inputs: Any) -> np.ndarray:
-        outs = self._tflite(model).outputs(as_list(inputs))
+        outs = self._tflite(model).outputs(numpy_inputs(inputs, float32=True))
         return outs[0] if len(outs) == 1 else outs
 
     def latency_ms(self, model: Any, inputs: Any, warmup: int, iterations: int) -> float:
-        m, arrays = self._tflite(model), as_list(inputs)
+        m, arrays = self._tflite(model), numpy_inputs(inputs, float32=True)
         for _ in range(warmup):
             m.run(arrays)
         times = []
@@ -298,18 +295,18 @@ class TensorFlowAdaptor(Adaptor):
         return len(self._tflite(model).content)
 
     def footprint_bytes(self, model: Any, inputs: Any) -> int:
-        m, arrays = self._tflite(model), as_list(inputs)
+        m, arrays = self._tflite(model), numpy_inputs(inputs, float32=True)
         return peak_rss_increase(lambda: TFLiteModel(m.content, self.threads).outputs(arrays))
 
     def inspect(self, model: Any, inputs: Any, op_names: list[str]) -> dict[str, np.ndarray]:
         """Each op's output, dequantized when the op computes in INT8 (its output tensor's own scale
         and zero point); the interpreter keeps intermediate tensors only when asked to."""
         m = self._tflite(model)
-        by_name = {m.layers.get(op["inputs"][1]): op for op in m.ops() if len(op["inputs"]) > 1}
+        by_name = {m.layers.get(op["inputs"][1]): op for op in m.ops if len(op["inputs"]) > 1}
         missing = [n for n in op_names if n not in by_name]
         if missing:
             raise KeyError(f"no op named {missing[0]!r} in the model; valid names: {sorted(filter(None, by_name))}")
-        it = m.run(as_list(inputs), preserve=True)
+        it = m.run(numpy_inputs(inputs, float32=True), preserve=True)
         details = {t["index"]: t for t in it.get_tensor_details()}
         out = {}
         for name in op_names:
@@ -328,7 +325,5 @@ class TensorFlowAdaptor(Adaptor):
         return out
 
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
-        parts = [as_list(b) for b in limited_batches(loader, n, what)]
-        joined = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
-        return joined[0] if len(joined) == 1 else tuple(joined)
+        return take_numpy_inputs(loader, n, what, float32=True)
 
