@@ -184,17 +184,18 @@ def tune(
 
     out = Path(output_dir) if output_dir is not None else Path("lpot_outputs") / time.strftime("%Y%m%d-%H%M%S")
     names = {"strategy": strat.name, "framework": adaptor.name, "model": model_name}
-    run_key = stable_hash({
+    run = {  # what makes a run: its hash guards resume, and the tracker records it as the run's config
         "names": names,
         "adaptor": _describe(adaptor),
         "strategy": _describe(strat),
         "quantization": vars(q),
         "criterion": vars(crit),
         "benchmark": vars(bench),
-        "objective": obj.name,
+        "objective": _describe(obj),  # with its arguments (e.g. weighted's weights)
         "seed": seed,
         "q_func": getattr(q_func, "__qualname__", repr(q_func)) if q_func is not None else None,
-    })
+    }
+    run_key = stable_hash(run)
     tensorboard = cfg.get("tensorboard", False)
     if not isinstance(tensorboard, bool):
         raise ConfigError(f"tensorboard={tensorboard!r} must be true or false")
@@ -207,10 +208,7 @@ def tune(
         example_inputs=example_inputs, output_dir=out, run_key=run_key, names=names, tracker=tracker,
         tensorboard=tensorboard, train_func=q_func,
     )
-    tracked = {**names, "quantization": vars(q), "accuracy_criterion": vars(crit), "objective": obj.name,
-               "exit_policy": vars(ex), "benchmark": vars(bench), "random_seed": seed, "threads": threads,
-               "adaptor": _describe(adaptor), "strategy_args": _describe(strat), "run_key": run_key}
-    tracker.start(names, tracked, out)
+    tracker.start(names, {**run, "exit_policy": vars(ex), "threads": threads, "run_key": run_key}, out)
     failed = True
     try:
         result = tuner.run()

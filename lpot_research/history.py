@@ -39,6 +39,14 @@ class TrialRecord:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+def metric_ratio(rec: TrialRecord | None, baseline: dict[str, Any], key: str) -> float | None:
+    """A trial's measurement relative to the FP32 baseline's (e.g. the latency ratio); None when
+    either is missing."""
+    if rec is None or key not in rec.metrics or not baseline.get(key):
+        return None
+    return rec.metrics[key] / baseline[key]
+
+
 class History:
     """The append-only log of a run. The first line names the run (`run_key`) so a resume into a
     directory of a different run is refused rather than silently mixing results."""

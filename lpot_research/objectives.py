@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lpot_research.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -119,8 +121,6 @@ class Weighted(Objective):
     MEASURES = {"latency": "latency_ms", "size": "size_bytes", "footprint": "footprint_bytes"}
 
     def __init__(self, weights: dict[str, float] | None = None) -> None:
-        from lpot_research.errors import ConfigError
-
         self.weights = dict(weights if weights is not None else {"latency": 1.0})
         valid = [*self.MEASURES, "accuracy"]
         for k, w in self.weights.items():

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lpot_research.history import metric_ratio
+
 log = logging.getLogger("lpot_research")
 
 
@@ -106,12 +108,6 @@ class WandbTracker(Tracker):
 
 def trial_row(rec: Any, best: Any, baseline: dict[str, Any]) -> dict[str, Any]:
     """The values logged for one trial: its own, and the best-so-far (None until one succeeds)."""
-
-    def ratio(r: Any, key: str) -> float | None:
-        if r is None or key not in r.metrics or not baseline.get(key):
-            return None
-        return r.metrics[key] / baseline[key]
-
     return {
         "trial": rec.trial,
         "accuracy": rec.accuracy,
@@ -119,13 +115,13 @@ def trial_row(rec: Any, best: Any, baseline: dict[str, Any]) -> dict[str, Any]:
         "passed": int(rec.passed),
         "failed": int(not rec.ok),
         "latency_ms": rec.metrics.get("latency_ms"),
-        "latency_ratio": ratio(rec, "latency_ms"),
-        "size_ratio": ratio(rec, "size_bytes"),
+        "latency_ratio": metric_ratio(rec, baseline, "latency_ms"),
+        "size_ratio": metric_ratio(rec, baseline, "size_bytes"),
         "elapsed_s": rec.elapsed_s,
         "best/accuracy": best.accuracy if best else None,
         "best/objective": best.objective if best else None,
         "best/passed": int(best.passed) if best else None,
-        "best/latency_ratio": ratio(best, "latency_ms"),
+        "best/latency_ratio": metric_ratio(best, baseline, "latency_ms"),
     }
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from lpot_research.adaptors.base import Adaptor
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.errors import ConfigError, DataError, LpotError
-from lpot_research.history import History, TrialRecord
+from lpot_research.history import History, TrialRecord, metric_ratio
 from lpot_research.objectives import MEASUREMENTS, Benchmark, Objective
 from lpot_research.space import OpChoice, TuneConfig, TuningSpace, build_space
 from lpot_research.strategies.base import Result, Strategy, StrategyContext, select_best
@@ -141,6 +141,7 @@ class Tuner:
         self._best_model: tuple[str, Any] | None = None  # (config_id, model) of the best so far
         self._best: TrialRecord | None = None
         self._op_error_cache: dict[str, dict[str, float]] = {}
+        self._probes: dict[int, Any] = {}  # sampling size -> the calibration batch per-op outputs are read on
 
     # ---------------------------------------------------------------- measurement
     def _measure(self, model: Any) -> dict[str, float]:
@@ -232,6 +233,18 @@ class Tuner:
             return clamped
         return sizes
 
+    def _probe(self, sampling_size: int) -> Any:
+        """The fixed calibration batch (at most 32 samples) per-op outputs are compared on."""
+        if sampling_size not in self._probes:
+            self._probes[sampling_size] = self.adaptor.take_inputs(self.calib, min(sampling_size, 32), "calibration")
+        return self._probes[sampling_size]
+
+    def _fp32_build(self, cfg: TuneConfig) -> Any:
+        """`cfg`'s graph with every op in FP32: the reference adaptors define for inspection (the same
+        rewrites, e.g. fusions, with no quantization)."""
+        return self.adaptor.quantize(self.model, cfg.with_ops({n: OpChoice("fp32") for n, _ in cfg.ops}),
+                                     self.calib, self.example_inputs)
+
     def _op_errors(self, cfg: TuneConfig) -> dict[str, float]:
         """Normalized MSE (mse / mean square of the reference) of each quantized op's output in `cfg`
         against the same op in an all-FP32 build of the same graph, on a fixed calibration batch."""
@@ -240,9 +253,8 @@ class Tuner:
         t0 = time.perf_counter()
         names = [n for n, c in cfg.ops if c.quantized]
         try:
-            inputs = self.adaptor.take_inputs(self.calib, min(cfg.sampling_size, 32), "calibration")
-            reference = self.adaptor.quantize(self.model, cfg.with_ops({n: OpChoice("fp32") for n, _ in cfg.ops}),
-                                              self.calib, self.example_inputs)
+            inputs = self._probe(cfg.sampling_size)
+            reference = self._fp32_build(cfg)
             quantized = self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
             ref = self.adaptor.inspect(reference, inputs, names)
             got = self.adaptor.inspect(quantized, inputs, names)
@@ -265,12 +277,9 @@ class Tuner:
         all-FP32 build of the graph, as the adaptors define it for inspection)."""
         assert self._tb is not None
         try:
-            size = space.sampling_sizes[0]
-            inputs = self.adaptor.take_inputs(self.calib, min(size, 32), "calibration")
+            inputs = self._probe(space.sampling_sizes[0])
             if model is None:
-                first = space.model_wise_configs()[0]
-                model = self.adaptor.quantize(self.model, first.with_ops({n: OpChoice("fp32") for n, _ in first.ops}),
-                                              self.calib, self.example_inputs)
+                model = self._fp32_build(space.model_wise_configs()[0])
             outputs = self.adaptor.inspect(model, inputs, space.op_names)
         except Exception as e:  # a debugging aid must not end the run
             log.warning("tensorboard: per-op inspection failed at step %d (%s: %s)", step, type(e).__name__, e)
@@ -290,10 +299,12 @@ class Tuner:
         best = select_best((self._result(r) for r in trials), self.criterion.hib)
         return by_trial[best.trial] if best else None
 
+    def _better(self, best: TrialRecord | None, rec: TrialRecord) -> TrialRecord | None:
+        """The best so far after `rec` (the ranking is a total order, so best-of-two carries over)."""
+        return self._best_of([rec] if best is None else [best, rec])
+
     def _ratio(self, rec: TrialRecord | None, key: str) -> float | None:
-        if rec is None or key not in rec.metrics or not self.baseline.get(key):
-            return None
-        return rec.metrics[key] / self.baseline[key]
+        return metric_ratio(rec, self.baseline, key)
 
     def _progress(self, rec: TrialRecord, what: str) -> None:
         base = self.baseline["accuracy"]
@@ -341,8 +352,9 @@ class Tuner:
         log.debug("ops and options: %s", {n: [o.short() for o in opts] for n, opts in space.options})
         self.baseline = self._baseline()
         self.tracker.log_baseline(self.baseline)
-        for i, old in enumerate(self.history.trials):  # a resumed run's tracker gets the whole curve
-            best_then = self._best_of(self.history.trials[: i + 1])
+        best_then: TrialRecord | None = None
+        for old in self.history.trials:  # a resumed run's tracker gets the whole curve
+            best_then = self._better(best_then, old)
             self.tracker.log_trial(trial_row(old, best_then, self.baseline))
         if self.tensorboard:
             self._tb = TensorBoardDump(self.out / "tensorboard")
@@ -393,7 +405,7 @@ class Tuner:
                     rec, qmodel = self._trial(cfg, n_trials, elapsed0, t_start)
                     self.history.add(rec)
                     records[rec.config_id] = rec
-                    self._best = self._best_record()
+                    self._best = self._better(self._best, rec)
                     if qmodel is not None and self._best is rec:
                         self._best_model = (rec.config_id, qmodel)
                     self._progress(rec, cfg.note or (f"changed: {cfg.diff(previous)}" if previous else cfg.id))
