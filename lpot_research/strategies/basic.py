@@ -44,18 +44,15 @@ class BasicStrategy(Strategy):
                 continue
             order, single_passed = yield from self.rank_ops(ctx, base, dtype, ops)
             if not single_passed:
-                yield from self.block_fallback(ctx, base, dtype)
+                yield from self.block_fallback(ctx, base, dtype, ops[::-1])
             if (yield from self.accumulate(base, dtype, order)):
                 return
 
     @staticmethod
-    def block_fallback(ctx: StrategyContext, base: TuneConfig, dtype: str) -> Proposals:
-        """Stage 2b: the smallest k (2 <= k <= half of the ops; k = 1 is stage 2's) such that the first
-        k ops in model order falling back to `dtype` passes; True if one passed."""
-        ops = [n for n in ctx.space.op_names if base.op(n).quantized and OpChoice(dtype) in ctx.space.op_options(n)]
+    def block_fallback(ctx: StrategyContext, base: TuneConfig, dtype: str, ops: list[str]) -> Proposals:
+        """Stage 2b: look for the smallest k (2 <= k <= half of `ops`, in model order; k = 1 is stage
+        2's) such that the first k ops falling back to `dtype` passes."""
         hi = len(ops) // 2
-        if hi < 2:
-            return False
 
         def first(k: int) -> TuneConfig:
             return base.with_ops({n: OpChoice(dtype) for n in ops[:k]}, f"stage 2b: first {k} ops -> {dtype}")
@@ -63,10 +60,10 @@ class BasicStrategy(Strategy):
         if ctx.first_pass_ends:  # the first pass ends the run: try the smallest blocks first
             for k in range(2, hi + 1):
                 if (yield first(k)).passed:
-                    return True
-            return False
-        if not (yield first(hi)).passed:
-            return False
+                    return
+            return
+        if hi < 2 or not (yield first(hi)).passed:
+            return
         lo = 1  # stage 2 tried the first op alone
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -74,7 +71,6 @@ class BasicStrategy(Strategy):
                 hi = mid
             else:
                 lo = mid
-        return True
 
     @staticmethod
     def candidates(ctx: StrategyContext, base: TuneConfig, dtype: str) -> list[str]:
