@@ -11,6 +11,7 @@ from typing import Any
 
 from lpot_research.adaptors import FRAMEWORKS, make_adaptor
 from lpot_research.adaptors.base import Adaptor
+from lpot_research.cpu import cpu_info
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.errors import ConfigError
 from lpot_research.metrics import TopK
@@ -193,6 +194,9 @@ def tune(
         "benchmark": vars(bench),
         "objective": _describe(obj),  # with its arguments (e.g. weighted's weights)
         "seed": seed,
+        # the CPU class decides kernels and quantizer settings (e.g. 7-bit INT8 without VNNI): trials
+        # measured on another class are not this run's
+        "cpu": cpu_info().isa_class,
         "q_func": getattr(q_func, "__qualname__", repr(q_func)) if q_func is not None else None,
     }
     run_key = stable_hash(run)

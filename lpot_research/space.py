@@ -152,6 +152,9 @@ class OpCapability:
     or are None when the op has no such tensor to quantize (e.g. dynamic activations).
     `defaults` narrows a key to the values tried when the user does not constrain it (e.g. asymmetric
     per-channel weights are supported but slow in FX, so they are opt-in).
+    `unavailable` says why a value the framework knows is missing here, keyed "tensor.key=value" (e.g.
+    "activation.scheme=sym") or "dtype=bf16" for a fallback precision: a user who asks for it gets
+    that reason (typically a CPU feature this machine lacks) instead of a bare list of choices.
     """
 
     name: str
@@ -161,6 +164,7 @@ class OpCapability:
     fallback: tuple[str, ...] = FALLBACK_DTYPES
     quantizable: bool = True
     defaults: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    unavailable: Mapping[str, str] = field(default_factory=dict)
 
 
 def _as_list(v: Any) -> list[Any] | None:
@@ -277,8 +281,8 @@ class TuningSpace:
                 ops = []
                 for name, opts in self.options:
                     q = [o for o in opts if o.quantized]
-                    if not q:
-                        ops.append((name, opts[0]))
+                    if not q:  # nothing to quantize here (e.g. a conv under dynamic INT8): as in FP32
+                        ops.append((name, OpChoice("fp32") if OpChoice("fp32") in opts else opts[0]))
                         continue
                     # the exact combination, else the closest option (e.g. an op without weights, or
                     # whose activation dtype differs): same activation settings first, then weight
@@ -319,9 +323,10 @@ def _tensor_values(
             continue
         bad = [v for v in vals if v not in cap[key]]
         if bad:
+            why = op.unavailable.get(f"{tensor}.{key}={bad[0]}")
             raise ConfigError(
-                f"{tensor}.{key}={bad[0]!r} is not supported for op {op.name!r} ({op.type}); "
-                f"valid choices: {list(cap[key])}"
+                f"{tensor}.{key}={bad[0]!r} is not supported for op {op.name!r} ({op.type})"
+                f"{': ' + why if why else ''}; valid choices: {list(cap[key])}"
             )
         allowed = [v for v in allowed if v in vals]
     if not explicit and key in op.defaults.get(tensor, {}):
@@ -359,9 +364,10 @@ def _fallbacks(op: OpCapability, *constraints: Mapping[str, Any] | None) -> list
                 )
             for v in vals:
                 if v in FALLBACK_DTYPES and v not in op.fallback:
+                    why = op.unavailable.get(f"dtype={v}", "not on this machine/framework")
                     raise ConfigError(
-                        f"{tensor}.dtype={v!r} is not supported for op {op.name!r} on this "
-                        f"machine/framework; valid choices: {[*QUANT_DTYPES, *op.fallback]}"
+                        f"{tensor}.dtype={v!r} is not supported for op {op.name!r}: {why}; "
+                        f"valid choices: {[*QUANT_DTYPES, *op.fallback]}"
                     )
             allowed = [v for v in allowed if v in vals]
     return allowed

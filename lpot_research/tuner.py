@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lpot_research.adaptors.base import Adaptor
+from lpot_research.cpu import cpu_info, cpu_summary
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.errors import ConfigError, DataError, LpotError
 from lpot_research.history import History, TrialRecord, metric_ratio
@@ -342,6 +343,8 @@ class Tuner:
         if resumed:
             log.info("resuming %s: %d finished trial(s) on record", self.out, len(self.history.trials))
         self.adaptor.check_approach(self.q.approach)
+        log.info("CPU: %s | %s: %s", cpu_info().describe(), self.adaptor.name,
+                 "; ".join(self.adaptor.cpu_notes()) or "nothing depends on the CPU class")
         if self.q.approach == "quant_aware_training":
             self.adaptor.set_training(self.train_func, self.q.qat)
         caps = self.adaptor.capabilities(self.model, self.q.approach, self.example_inputs)
@@ -490,6 +493,8 @@ class Tuner:
             "faster_than_fp32": bool(lat_ratio is not None and lat_ratio < 1.0),
             "stop_reason": stop_reason,
             "elapsed_s": round(elapsed, 3),
+            "cpu": cpu_summary(),
+            "cpu_notes": self.adaptor.cpu_notes(),
             "space_size": space.size,
             "pareto_front": [
                 {"trial": r.trial, "accuracy": r.accuracy, "objective": r.objective, "note": r.note}

@@ -19,6 +19,7 @@ import time
 from _common import load_bundle
 
 from lpot_research.adaptors import FRAMEWORKS, installed, make_adaptor
+from lpot_research.cpu import cpu_info
 from lpot_research.errors import ConfigError
 from lpot_research.space import build_space
 
@@ -61,9 +62,11 @@ def main() -> int:
                     times[i].append(adaptor.latency_ms(m, x, 3, args.iterations))
             f, q = statistics.median(times[0]), statistics.median(times[1])
             rows.append((name, batch, acc[0], acc[1], f, q, q / f, quant_s))
+        print(f"# {name}: {'; '.join(adaptor.cpu_notes()) or 'nothing depends on the CPU class'}", file=sys.stderr)
             print(f"# {name} batch {batch}: fp32 {f:.3f} ms, int8 {q:.3f} ms", file=sys.stderr)
 
-    print(f"\n{args.model}, {args.threads} thread(s), median of {args.rounds} alternating rounds")
+    print(f"\nCPU: {cpu_info().describe()}")
+    print(f"{args.model}, {args.threads} thread(s), median of {args.rounds} alternating rounds")
     print(f"{'framework':<11} {'batch':>5} {'fp32 acc':>8} {'int8 acc':>8} {'fp32 ms':>9} {'int8 ms':>9} "
           f"{'int8/fp32':>9} {'prep+quant s':>12}")
     for name, batch, a0, a1, f, q, r, s in rows:

@@ -81,6 +81,11 @@ class Adaptor(ABC):
             raise ConfigError(f"quantization.approach={approach!r} is not supported by framework={self.name}; "
                               f"valid choices: {list(self.approaches)}")
 
+    def cpu_notes(self) -> list[str]:
+        """What this CPU changes in how this back end quantizes (e.g. 7-bit INT8 without VNNI, no BF16
+        fallback), one short phrase each; printed once at the start of a run."""
+        return []
+
     def set_training(self, train_func: Any, settings: dict[str, Any]) -> None:
         """For quant_aware_training: the user's `train_func(model)` (or None) and the configured loop's
         settings (quantization.qat). Only adaptors that list quant_aware_training are called."""

@@ -35,6 +35,7 @@ from torch.ao.quantization.observer import (
 
 from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches
 from lpot_research.adaptors.torch_observers import KLHistogramObserver
+from lpot_research.cpu import cpu_info
 from lpot_research.errors import ConfigError
 from lpot_research.objectives import peak_rss_increase
 from lpot_research.space import OpCapability, OpChoice, TuneConfig
@@ -52,27 +53,13 @@ DYNAMIC_QUANTIZABLE = (nn.Linear,)
 ACT_OBSERVERS = {"minmax": MinMaxObserver, "kl": KLHistogramObserver, "histogram": HistogramObserver}
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def bf16_supported() -> bool:
     """BF16 is offered as a fallback only where the CPU computes it natively (otherwise it is
     emulated and slower than FP32)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and torch.backends.mkldnn.is_available()
+    return cpu_info().bf16 and torch.backends.mkldnn.is_available()
 
 
-def _reduce_range() -> bool:
-    # Without VNNI, x86 int8 kernels can overflow 16-bit accumulators at full range.
-    return not ({"avx512_vnni", "avx_vnni"} & cpu_flags())
+BF16_MISSING = "BF16 needs a CPU with AVX512-BF16 or AMX-BF16 (slower than FP32 when emulated)"
 
 
 def as_tuple(inputs: Any) -> tuple[Any, ...]:
@@ -92,6 +79,38 @@ class BF16Module(nn.Module):
         return self.module(x.to(torch.bfloat16)).to(torch.float32)
 
 
+@functools.cache
+def _qconfig(choice: OpChoice, reduce_range: bool) -> QConfig:
+    """The torch.ao QConfig of one quantized op choice."""
+    w = choice.weight
+    assert w is not None
+    per_channel = w.granularity == "per_channel"
+    if per_channel:
+        qscheme = torch.per_channel_symmetric if w.scheme == "sym" else torch.per_channel_affine
+        wobs = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=qscheme)
+    else:
+        qscheme = torch.per_tensor_symmetric if w.scheme == "sym" else torch.per_tensor_affine
+        wobs = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=qscheme)
+    a = choice.activation
+    if a is not None and a.algorithm == "moving_average":  # QAT: fake quantization, observed while training
+        return QConfig(
+            activation=FusedMovingAvgObsFakeQuantize.with_args(
+                observer=MovingAverageMinMaxObserver, dtype=torch.quint8, quant_min=0, quant_max=255,
+                qscheme=torch.per_tensor_symmetric if a.scheme == "sym" else torch.per_tensor_affine,
+                reduce_range=reduce_range),
+            weight=FusedMovingAvgObsFakeQuantize.with_args(
+                observer=MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver,
+                dtype=torch.qint8, quant_min=-128, quant_max=127, qscheme=qscheme,
+                **({"ch_axis": 0} if per_channel else {})),
+        )
+    if a is None:  # dynamic: activations quantized per batch at run time
+        aobs = PlaceholderObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True)
+    else:
+        aqs = torch.per_tensor_symmetric if a.scheme == "sym" else torch.per_tensor_affine
+        aobs = ACT_OBSERVERS[a.algorithm].with_args(dtype=torch.quint8, qscheme=aqs, reduce_range=reduce_range)
+    return QConfig(activation=aobs, weight=wobs)
+
+
 QAT_DEFAULTS = {"epochs": 1, "lr": 1e-4, "momentum": 0.9, "loss": "cross_entropy", "seed": 0}
 LOSSES = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss}
 
@@ -100,9 +119,10 @@ class PyTorchAdaptor(Adaptor):
     name = "pytorch"
     approaches = ("post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training")
 
-    def __init__(self, backend: str = "x86", threads: int | None = None) -> None:
+    def __init__(self, backend: str = "x86", threads: int | None = None, reduce_range: bool | None = None) -> None:
         self.backend = backend
         self.threads = threads
+        self.reduce_range = reduce_range  # None: decided by the CPU (see _reduce_range)
         self._train_func: Any = None
         self._qat: dict[str, Any] = dict(QAT_DEFAULTS)
 
@@ -117,12 +137,47 @@ class PyTorchAdaptor(Adaptor):
             raise ConfigError(f"quantization.qat.epochs={qat['epochs']!r} must be an int >= 0")
         self._train_func, self._qat = train_func, qat
 
+    # ------------------------------------------------------------------ the CPU
+    def _reduce_range(self) -> bool:
+        """7-bit activations. FBGEMM (the x86 and fbgemm engines) has 32-bit accumulating INT8 kernels
+        only with AVX512-VNNI; its AVX2 / AVX-512 kernels sum u8 x s8 pairs into 16 bits with
+        saturation, so full-range activations can overflow (digits_cnn: 0.77 instead of 0.99 on an
+        AVX2 CPU). oneDNN avoids the overflow itself."""
+        if self.reduce_range is not None:
+            return bool(self.reduce_range)
+        return self.backend in ("x86", "fbgemm") and not cpu_info().avx512_vnni
+
+    def _engine(self) -> str:
+        """The quantized engine. Under an LPOT_CPU_ISA cap below AVX512-VNNI, `x86` becomes `fbgemm`,
+        which is what `x86` runs on such a CPU (it sends convolutions to oneDNN only with VNNI)."""
+        info = cpu_info()
+        if self.backend == "x86" and info.capped_from and not info.avx512_vnni:
+            return "fbgemm"
+        return self.backend
+
+    def cpu_notes(self) -> list[str]:
+        notes = []
+        if self._reduce_range():
+            why = "" if self.reduce_range is not None else " (no AVX512-VNNI: FBGEMM's INT8 kernels would saturate)"
+            notes.append(f"INT8 activations 7-bit{why}; symmetric activations unavailable")
+        elif self.backend in ("x86", "fbgemm") and not cpu_info().avx512_vnni:
+            notes.append("WARNING: full-range INT8 activations without AVX512-VNNI: FBGEMM's kernels may saturate")
+        else:
+            notes.append("INT8 activations full range (AVX512-VNNI)" if self.backend in ("x86", "fbgemm")
+                         else f"INT8 activations full range ({self.backend})")
+        notes.append("BF16 fallback offered" if bf16_supported() else "no BF16 fallback (no AVX512-BF16/AMX-BF16)")
+        if self._engine() != self.backend:
+            notes.append(f"quantized engine {self._engine()} (what {self.backend} runs on this class)")
+        return notes
+
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         if self.backend not in torch.backends.quantized.supported_engines:
             raise ConfigError(f"framework.backend={self.backend!r} is not available; valid choices: "
                               f"{[e for e in torch.backends.quantized.supported_engines if e != 'none']}")
-        torch.backends.quantized.engine = self.backend
+        if not isinstance(self.reduce_range, bool | None):
+            raise ConfigError(f"framework.reduce_range={self.reduce_range!r} must be true, false or null (auto)")
+        torch.backends.quantized.engine = self._engine()
         if self.threads:
             torch.set_num_threads(int(self.threads))
 
@@ -142,10 +197,20 @@ class PyTorchAdaptor(Adaptor):
             raise TypeError(f"the model cannot be traced by torch.fx ({type(e).__name__}: {e}); FX graph mode "
                             "quantization needs a symbolically traceable model") from e
         modules = dict(model.named_modules())
-        fallback = ("bf16", "fp32") if bf16_supported() else ("fp32",)
+        unavailable: dict[str, str] = {}
+        fallback: tuple[str, ...] = ("bf16", "fp32")
+        if not bf16_supported():
+            fallback = ("fp32",)
+            unavailable["dtype=bf16"] = f"{BF16_MISSING}; this CPU: {cpu_info().describe()}"
         weight = {"dtype": ("int8",), "scheme": ("sym", "asym"), "granularity": ("per_channel", "per_tensor"),
                   "algorithm": ("minmax",)}
-        act = {"dtype": ("uint8",), "scheme": ("asym", "sym"), "granularity": ("per_tensor",),
+        schemes: tuple[str, ...] = ("asym", "sym")
+        if self._reduce_range():  # torch cannot range-reduce symmetric quint8 (NotImplementedError)
+            schemes = ("asym",)
+            unavailable["activation.scheme=sym"] = (
+                "activations are 7-bit (reduce_range) on CPUs without AVX512-VNNI, and torch cannot "
+                f"range-reduce symmetric quint8; this CPU: {cpu_info().describe()}")
+        act = {"dtype": ("uint8",), "scheme": schemes, "granularity": ("per_tensor",),
                "algorithm": ("minmax", "kl", "histogram")}
         # Asymmetric per-channel weights are 3-4x slower in FX and histogram ~ kl: opt-in only.
         defaults = {"weight": {"scheme": ("sym",)}, "activation": {"algorithm": ("minmax", "kl")}}
@@ -163,42 +228,15 @@ class PyTorchAdaptor(Adaptor):
             if approach == "post_training_dynamic_quant":
                 dyn = isinstance(mod, DYNAMIC_QUANTIZABLE)
                 caps.append(OpCapability(node.target, type(mod).__name__, weight if dyn else None, None, fallback,
-                                         quantizable=dyn, defaults=defaults))
+                                         quantizable=dyn, defaults=defaults, unavailable=unavailable))
             else:
-                caps.append(OpCapability(node.target, type(mod).__name__, weight, act, fallback, defaults=defaults))
+                caps.append(OpCapability(node.target, type(mod).__name__, weight, act, fallback, defaults=defaults,
+                                         unavailable=unavailable))
         return caps
 
     # ------------------------------------------------------------------ quantization
-    @staticmethod
-    @functools.cache
-    def qconfig(choice: OpChoice) -> QConfig:
-        w = choice.weight
-        assert w is not None
-        per_channel = w.granularity == "per_channel"
-        if per_channel:
-            qscheme = torch.per_channel_symmetric if w.scheme == "sym" else torch.per_channel_affine
-            wobs = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=qscheme)
-        else:
-            qscheme = torch.per_tensor_symmetric if w.scheme == "sym" else torch.per_tensor_affine
-            wobs = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=qscheme)
-        a = choice.activation
-        if a is not None and a.algorithm == "moving_average":  # QAT: fake quantization, observed while training
-            return QConfig(
-                activation=FusedMovingAvgObsFakeQuantize.with_args(
-                    observer=MovingAverageMinMaxObserver, dtype=torch.quint8, quant_min=0, quant_max=255,
-                    qscheme=torch.per_tensor_symmetric if a.scheme == "sym" else torch.per_tensor_affine,
-                    reduce_range=_reduce_range()),
-                weight=FusedMovingAvgObsFakeQuantize.with_args(
-                    observer=MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver,
-                    dtype=torch.qint8, quant_min=-128, quant_max=127, qscheme=qscheme,
-                    **({"ch_axis": 0} if per_channel else {})),
-            )
-        if a is None:  # dynamic: activations quantized per batch at run time
-            aobs = PlaceholderObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True)
-        else:
-            aqs = torch.per_tensor_symmetric if a.scheme == "sym" else torch.per_tensor_affine
-            aobs = ACT_OBSERVERS[a.algorithm].with_args(dtype=torch.quint8, qscheme=aqs, reduce_range=_reduce_range())
-        return QConfig(activation=aobs, weight=wobs)
+    def qconfig(self, choice: OpChoice) -> QConfig:
+        return _qconfig(choice, self._reduce_range())
 
     def quantize(self, model: nn.Module, config: TuneConfig, calib_dataloader: Iterable[Any],
                  example_inputs: Any) -> nn.Module:

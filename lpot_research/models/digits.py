@@ -1,6 +1,7 @@
 """digits_cnn: a small conv net on scikit-learn's bundled 8x8 digits, upscaled to 32x32.
 
-Trained deterministically on first use (about 10 s on one thread) and cached. The upscaling is what
+Its trained weights ship with the package (scripts/train_builtin_weights.py made them; another recipe,
+e.g. `width=32`, trains on first use in about 10 s and is cached). The upscaling is what
 makes INT8 pay off: at 8x8 a conv net this small runs no faster in INT8 than in FP32 on any framework,
 while at 32x32 the convolutions dominate and INT8 kernels win several-fold.
 """
@@ -8,8 +9,6 @@ while at 32x32 the convolutions dominate and INT8 kernels win several-fold.
 from __future__ import annotations
 
 import logging
-import os
-import time
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from torch import nn
 
 from lpot_research.data import ArrayLoader
 from lpot_research.metrics import TopK
-from lpot_research.models import ModelBundle, cache_dir, check_framework
+from lpot_research.models import ModelBundle, check_framework, trained_weights
 from lpot_research.space import stable_hash
 
 log = logging.getLogger(__name__)
@@ -93,23 +92,19 @@ class DigitsCNN:
         return net.eval()
 
     def trained(self) -> DigitsNet:
-        """The trained PyTorch net (trained on first use, then loaded from the cache)."""
+        """The trained PyTorch net (the shipped weights for the default recipe, else trained once and
+        cached)."""
         n = self.train_size
         key = stable_hash({"v": RECIPE_VERSION, "w": self.width, "s": self.image_size, "e": self.epochs,
-                           "lr": self.lr, "seed": self.seed, "n": n, "torch": torch.__version__.split("+")[0]}, 12)
-        path = cache_dir() / f"digits_cnn-{key}.pt"
+                           "lr": self.lr, "seed": self.seed, "n": n}, 12)
+
+        def train() -> dict[str, np.ndarray]:
+            x, y = digits_arrays(self.image_size)
+            return {k: v.numpy() for k, v in self._train(x[:n], y[:n]).state_dict().items()}
+
         net = DigitsNet(self.width)
-        if path.exists():
-            net.load_state_dict(torch.load(path, weights_only=True))
-            return net.eval()
-        t0 = time.perf_counter()
-        x, y = digits_arrays(self.image_size)
-        net = self._train(x[:n], y[:n])
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(net.state_dict(), tmp)
-        os.replace(tmp, path)
-        log.info("trained digits_cnn in %.1f s (cached at %s)", time.perf_counter() - t0, path)
-        return net
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in trained_weights("digits_cnn", key, train).items()})
+        return net.eval()
 
     def load(self, framework: str = "pytorch") -> ModelBundle:
         check_framework(self.name, framework, FRAMEWORKS)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from torch import nn
 from lpot_research.data import ArrayLoader
 from lpot_research.errors import DataError
 from lpot_research.metrics import TopK
-from lpot_research.models import ModelBundle, cache_dir, check_framework
+from lpot_research.models import ModelBundle, check_framework, trained_weights
 from lpot_research.space import stable_hash
 
 log = logging.getLogger(__name__)
@@ -209,7 +207,8 @@ def wordnet_glosses(path: Path = WORDNET_NOUNS) -> tuple[list[str], np.ndarray, 
 
 
 class MiniLMWordNet:
-    """Spec of the minilm_wordnet bundle. The head is trained once on FP32 embeddings and cached."""
+    """Spec of the minilm_wordnet bundle. The head, trained on FP32 embeddings, ships with the package
+    for the default recipe (else it is trained once and cached)."""
 
     def __init__(self, name: str = "minilm_wordnet", max_length: int = 32, train_size: int = 4000,
                  eval_size: int = 600, calib_size: int = 256, seed: int = 0, eval_batch_size: int = 50,
@@ -230,7 +229,10 @@ class MiniLMWordNet:
                 emb = torch.cat([enc(ids[i:i + 64], mask[i:i + 64]) for i in range(0, len(ids), 64)]).numpy()
         finally:
             torch.set_num_threads(threads)
-        lr = LogisticRegression(C=10.0, max_iter=2000).fit(emb, y)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):  # one BLAS thread: the same solution whatever the core count
+            lr = LogisticRegression(C=10.0, max_iter=2000).fit(emb, y)
         head = nn.Linear(emb.shape[1], classes)
         w = np.zeros((classes, emb.shape[1]), dtype=np.float32)
         b = np.full(classes, -1e4, dtype=np.float32)  # classes absent from training never win
@@ -252,18 +254,14 @@ class MiniLMWordNet:
         model = MiniLMClassifier(enc, len(names))
         key = stable_hash({"v": RECIPE_VERSION, "L": self.max_length, "n": self.train_size, "seed": self.seed,
                            "wn": WORDNET_NOUNS.stat().st_size}, 12)
-        path = cache_dir() / f"minilm_wordnet_head-{key}.pt"
-        if path.exists():
-            model.classifier.load_state_dict(torch.load(path, weights_only=True))
-        else:
-            t0 = time.perf_counter()
+
+        def train() -> dict[str, np.ndarray]:
             ids, mask = tokenize([texts[i] for i in tr], self.max_length)
-            model.classifier = self._head(enc, ids, mask, y[tr], len(names))
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(model.classifier.state_dict(), tmp)
-            os.replace(tmp, path)
-            log.info("trained the minilm_wordnet head on %d glosses in %.1f s (cached at %s)", len(tr),
-                     time.perf_counter() - t0, path)
+            head = self._head(enc, ids, mask, y[tr], len(names))
+            return {k: v.detach().numpy() for k, v in head.state_dict().items()}
+
+        head = trained_weights("minilm_wordnet_head", key, train)
+        model.classifier.load_state_dict({k: torch.from_numpy(v) for k, v in head.items()})
         ev_x, cal_x = tokenize([texts[i] for i in ev], self.max_length), tokenize([texts[i] for i in cal],
                                                                                     self.max_length)
         return ModelBundle(
