@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lpot_research.cli import check_choices, print_and_exit, register_resolvers, run_job
+from lpot_research.cli import print_and_exit, register_resolvers, run_job, validate
 
 CONF = Path(__file__).resolve().parent / "conf"
 register_resolvers()
@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    problem = check_choices(sys.argv[1:], CONF)
+    problem = validate(sys.argv[1:], CONF)  # before any model loads: one line, exit status 2
     if problem:
         print_and_exit(problem)
     main()

@@ -3,60 +3,46 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from lpot_research.adaptors import FRAMEWORKS, make_adaptor
-from lpot_research.adaptors.base import Adaptor
+from lpot_research.adaptors.base import Adaptor, numpy_inputs
+from lpot_research.callbacks import Callback, ProgressLog, TensorBoardCallback, TrackerCallback
+from lpot_research.config import Settings, load_settings
 from lpot_research.cpu import cpu_info
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.errors import ConfigError
+from lpot_research.evaluation import Evaluator, check_metric
+from lpot_research.history import History
+from lpot_research.inspector import Inspector
 from lpot_research.metrics import TopK
-from lpot_research.objectives import OBJECTIVES, Benchmark, Objective
+from lpot_research.objectives import OBJECTIVES, Objective
 from lpot_research.space import stable_hash
-from lpot_research.strategies import BUILTIN as STRATEGIES
-from lpot_research.strategies import Strategy, make_strategy
+from lpot_research.strategies import STRATEGIES, Strategy, make_strategy
 from lpot_research.tracking import Tracker
-from lpot_research.tuner import ExitPolicy, QuantizationSettings, Tuner, TuneResult
+from lpot_research.trial import TrialRunner
+from lpot_research.tuner import ExitPolicy, Tuner, TuneResult
 
 log = logging.getLogger("lpot_research")
 
-CONFIG_KEYS = ("quantization", "accuracy_criterion", "objective", "exit_policy", "random_seed", "benchmark",
-               "threads", "tensorboard")
 
-
-def _mapping(x: Any) -> dict[str, Any]:
+def _mapping(x: Any) -> Any:
     if x is None:
         return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(x, DictConfig):
-            return OmegaConf.to_container(x, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a core dependency
-        pass
     if isinstance(x, str | Path):
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_container(OmegaConf.load(x), resolve=True)  # type: ignore[return-value]
-    return dict(x)
-
-
-def _build(cls: Any, value: Any, what: str) -> Any:
-    """An instance of the dataclass `cls` from an instance, a mapping (a `_target_` key is ignored) or
-    None (the defaults); unknown keys are an error naming them and the valid ones."""
-    if isinstance(value, cls):
-        return value
-    d = _mapping(value)
-    d.pop("_target_", None)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    bad = [k for k in d if k not in valid]
-    if bad:
-        raise ConfigError(f"{what}.{bad[0]} is not a known key; valid keys: {valid}")
-    return cls(**d)
+        p = Path(x)
+        if not p.is_file():
+            raise ConfigError(f"config={str(x)!r} is not a file; give a mapping of tuning keys or a YAML file")
+        return OmegaConf.load(p)
+    return x
 
 
 def _describe(obj: Any) -> dict[str, Any]:
@@ -65,46 +51,109 @@ def _describe(obj: Any) -> dict[str, Any]:
     return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", **state}
 
 
+def _objective(obj: Any) -> Objective:
+    args: dict[str, Any] = {}
+    if isinstance(obj, Mapping):  # {"name": "weighted", "weights": {...}}: the name's class with the rest
+        args = {k: v for k, v in obj.items() if k != "name"}
+        obj = obj.get("name", "performance")
+    if isinstance(obj, str):
+        if obj not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {obj!r}; valid objectives: {', '.join(OBJECTIVES)}")
+        try:
+            obj = OBJECTIVES[obj](**args)
+        except TypeError as e:
+            raise ConfigError(f"objective {obj!r} does not take {sorted(args)}: {e}") from None
+    if not isinstance(obj, Objective):
+        raise ConfigError(f"objective={obj!r} must be a name ({', '.join(OBJECTIVES)}) or an Objective")
+    return obj
+
+
+def _default_logging() -> None:
+    """The API prints its progress like the CLI unless the application configured logging itself."""
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.INFO)
+
+
+def _output_dir(output_dir: str | Path | None, resume: bool) -> Path:
+    if output_dir is None:
+        if resume:
+            raise ConfigError("resume=True needs the output_dir of the run to continue")
+        out = Path("lpot_outputs") / time.strftime("%Y%m%d-%H%M%S")
+        while out.exists():  # two runs in the same second
+            out = out.with_name(out.name + "_")
+        return out
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={str(out)!r} is a file, not a directory")
+    if resume and not History.exists(out):
+        raise ConfigError(f"resume: {str(out)!r} holds no run to continue (no {History.FILENAME}); start a new run "
+                          "without resume, or give the directory of the run to continue")
+    if not resume and History.exists(out):
+        n = sum(1 for line in open(out / History.FILENAME, "rb") if b'"kind": "trial"' in line)
+        raise ConfigError(f"output_dir={str(out)!r} already holds a run ({n} trial(s)); pass resume=True to continue "
+                          "it, or choose another output_dir")
+    return out
+
+
+def fingerprint_inputs(inputs: Any) -> str:
+    h = hashlib.sha256()
+    for a in numpy_inputs(inputs):
+        h.update(f"{a.dtype}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 def tune(
     model: Any,
     calib_dataloader: Iterable[Any] | None,
     eval_dataloader: Iterable[Any] | None = None,
     metric: Any = None,
     eval_func: Callable[[Any], float] | None = None,
-    config: Mapping[str, Any] | str | Path | None = None,
+    config: Mapping[str, Any] | Settings | str | Path | None = None,
     *,
     framework: str | Adaptor = "pytorch",
     strategy: str | Strategy = "basic",
     accuracy_criterion: AccuracyCriterion | Mapping[str, Any] | None = None,
-    objective: str | Objective | None = None,
+    objective: str | Objective | Mapping[str, Any] | None = None,
     exit_policy: ExitPolicy | Mapping[str, Any] | None = None,
     output_dir: str | Path | None = None,
+    resume: bool = False,
     example_inputs: Any = None,
     model_name: str = "model",
     bench_batch_size: int | None = None,
     tracker: Tracker | None = None,
+    callbacks: list[Callback] | None = None,
     q_func: Callable[[Any], Any] | None = None,
+    resume_hint: str = "",
 ) -> TuneResult:
     """Tune `model` until a quantized version meets the accuracy criterion.
 
     Accuracy comes from `eval_func(model) -> float`, or from `metric` over `eval_dataloader` (batches of
     (inputs, labels); the metric defaults to top-1). `config` holds the same tuning keys as
-    conf/tune.yaml (quantization, accuracy_criterion, objective, exit_policy, random_seed, benchmark,
-    threads, tensorboard); explicit keyword arguments win over it. Re-running with the same `output_dir`
-    resumes. With `quantization.approach: quant_aware_training`, `q_func(model)` trains the model
-    prepared with fake quantization in place (else the configured loop of quantization.qat runs
-    on the calibration data). `tracker` (e.g. `lpot_research.tracking.WandbTracker()`) receives the baseline, every
-    trial and the summary, and is finished whatever happens.
+    conf/tune.yaml (lpot_research.config.Settings: quantization, accuracy_criterion, exit_policy,
+    benchmark, evaluation, random_seed, threads, tensorboard); explicit keyword arguments win over it.
+    A new run needs a new (or empty) `output_dir`; `resume=True` continues the run in it. With
+    `quantization.approach: quant_aware_training`, `q_func(model)` trains the model prepared with fake
+    quantization in place (else the configured loop of quantization.qat runs on the calibration data).
+    `tracker` (e.g. `lpot_research.tracking.WandbTracker()`) and `callbacks` see the run as it goes.
     """
-    cfg = _mapping(config)
-    bad = [k for k in cfg if k not in CONFIG_KEYS]
-    if bad:
-        raise ConfigError(f"config key {bad[0]!r} is not known; valid keys: {list(CONFIG_KEYS)}")
-    seed = int(cfg.get("random_seed", 9527))
-    threads = cfg.get("threads")
+    settings = config if isinstance(config, Settings) else load_settings(_mapping(config))
+    if accuracy_criterion is not None and not isinstance(accuracy_criterion, AccuracyCriterion):
+        settings = load_settings({**_asdict(settings), "accuracy_criterion": dict(accuracy_criterion)})
+    if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
+        settings = load_settings({**_asdict(settings), "exit_policy": dict(exit_policy)})
+    crit = accuracy_criterion if isinstance(accuracy_criterion, AccuracyCriterion) else settings.criterion()
+    ex = exit_policy if isinstance(exit_policy, ExitPolicy) else settings.exit()
+    q, seed = settings.quantization, settings.random_seed
+    out = _output_dir(output_dir, resume)
+    _default_logging()
 
     if isinstance(framework, str):
-        adaptor = make_adaptor(framework, threads=threads)
+        adaptor = make_adaptor(framework, threads=settings.threads)
     elif isinstance(framework, Adaptor):
         adaptor = framework
     else:
@@ -115,83 +164,61 @@ def tune(
         strat = strategy
     else:
         raise ConfigError(f"strategy={strategy!r} must be a name ({', '.join(STRATEGIES)}) or a Strategy")
+    obj = _objective(objective if objective is not None else "performance")
 
-    crit = _build(AccuracyCriterion, accuracy_criterion if accuracy_criterion is not None
-                  else cfg.get("accuracy_criterion"), "accuracy_criterion")
-
-    obj = objective if objective is not None else cfg.get("objective", "performance")
-    obj_args: dict[str, Any] = {}
-    if isinstance(obj, Mapping):  # {"name": "weighted", "weights": {...}}: the name's class with the rest
-        obj_args = {k: v for k, v in _mapping(obj).items() if k != "name"}
-        obj = obj.get("name", "performance")
-    if isinstance(obj, str):
-        if obj not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {obj!r}; valid objectives: {', '.join(OBJECTIVES)}")
-        try:
-            obj = OBJECTIVES[obj](**obj_args)
-        except TypeError as e:
-            raise ConfigError(f"objective {obj!r} does not take {sorted(obj_args)}: {e}") from None
-    if not isinstance(obj, Objective):
-        raise ConfigError(f"objective={obj!r} must be a name ({', '.join(OBJECTIVES)}) or an Objective")
-
-    ex = _build(ExitPolicy, exit_policy if exit_policy is not None else cfg.get("exit_policy"), "exit_policy")
-
-    q = QuantizationSettings.from_mapping(cfg.get("quantization"))
-    if q.calib_dataloader is not None:  # described in YAML: it replaces the given one
+    if q.calibration.dataloader is not None:  # described in YAML: it replaces the given one
         from lpot_research.data import build_dataloader
 
-        calib_dataloader = build_dataloader(q.calib_dataloader, adaptor.layout)
+        calib_dataloader = build_dataloader(dict(q.calibration.dataloader), adaptor.layout)
     if calib_dataloader is None:
         raise ConfigError("give a calib_dataloader, or describe one in quantization.calibration.dataloader")
     if q_func is not None and (not callable(q_func) or q.approach != "quant_aware_training"):
         raise ConfigError(f"q_func={q_func!r} must be callable and is used only with quantization.approach="
                           f"quant_aware_training (the approach is {q.approach!r})")
-    bench_d = _mapping(cfg.get("benchmark"))
-    if bench_batch_size is not None and bench_d.get("batch_size") is None:
-        bench_d["batch_size"] = bench_batch_size
-    bench = Benchmark(**{k: v for k, v in bench_d.items() if v is not None})
-
     for what, loader in (("calib_dataloader", calib_dataloader), ("eval_dataloader", eval_dataloader)):
         if loader is not None and iter(loader) is loader:
             raise ConfigError(f"{what} is a one-shot iterator ({type(loader).__name__}); tuning reads the data "
                               "many times: pass a re-iterable (a list, a torch DataLoader, ...)")
     if eval_func is None and eval_dataloader is None:
         raise ConfigError("give either eval_func(model) -> float or an eval_dataloader (with a metric)")
-    if eval_func is not None:
-        if not callable(eval_func):
-            raise ConfigError(f"eval_func={eval_func!r} is not callable")
-
-        def evaluate(m: Any) -> float:
-            return eval_func(m)
-    else:
+    if eval_func is not None and not callable(eval_func):
+        raise ConfigError(f"eval_func={eval_func!r} is not callable")
+    if eval_func is None:
         metric = metric if metric is not None else TopK(1)
-
-        def evaluate(m: Any) -> float:
-            return adaptor.evaluate(m, eval_dataloader, metric)
+        check_metric(metric)
     crit = crit.for_metric(metric)
+    if settings.tensorboard and not _installed("tensorboardX"):
+        raise ConfigError("tensorboard=true needs tensorboardX (pip install 'lpot-research[tensorboard]')")
 
     try:
         import torch
 
         torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover
+    except ImportError:
         pass
+    adaptor.check_approach(q.approach)
+    if q.approach == "quant_aware_training":
+        adaptor.set_training(q_func, dataclasses.asdict(q.qat))
     first = adaptor.take_inputs(calib_dataloader, 1, "calibration")  # also fails clearly on an empty dataloader
     if example_inputs is None:
         example_inputs = first
     prepared = adaptor.prepare(model, example_inputs)
-    bench_inputs = adaptor.take_inputs(eval_dataloader if eval_dataloader is not None else calib_dataloader,
-                                       bench.batch_size)
-
-    out = Path(output_dir) if output_dir is not None else Path("lpot_outputs") / time.strftime("%Y%m%d-%H%M%S")
+    bench = settings.benchmark.build(bench_batch_size if bench_batch_size is not None else 32)
+    bench_inputs = (adaptor.take_inputs(eval_dataloader, bench.batch_size, "evaluation") if eval_dataloader is not None
+                    else adaptor.take_inputs(calib_dataloader, bench.batch_size, "calibration"))
+    evaluator = Evaluator(adaptor, eval_dataloader, metric, eval_func, settings.evaluation.ranking_samples,
+                          settings.evaluation.early_stop)
     names = {"strategy": strat.name, "framework": adaptor.name, "model": model_name}
-    run = {  # what makes a run: its hash guards resume, and the tracker records it as the run's config
+    description = {  # what makes a run: its hash guards resume, and the tracker records it as the run's config
         "names": names,
+        "model": adaptor.fingerprint(prepared),
+        "data": {"benchmark_inputs": fingerprint_inputs(bench_inputs), "evaluation": evaluator.kind},
         "adaptor": _describe(adaptor),
         "strategy": _describe(strat),
-        "quantization": vars(q),
-        "criterion": vars(crit),
-        "benchmark": vars(bench),
+        "quantization": dataclasses.asdict(q),
+        "criterion": dataclasses.asdict(crit),
+        "benchmark": dataclasses.asdict(bench),
+        "ranking_samples": settings.evaluation.ranking_samples,
         "objective": _describe(obj),  # with its arguments (e.g. weighted's weights)
         "seed": seed,
         # the CPU class decides kernels and quantizer settings (e.g. 7-bit INT8 without VNNI): trials
@@ -199,24 +226,60 @@ def tune(
         "cpu": cpu_info().isa_class,
         "q_func": getattr(q_func, "__qualname__", repr(q_func)) if q_func is not None else None,
     }
-    run_key = stable_hash(run)
-    tensorboard = cfg.get("tensorboard", False)
-    if not isinstance(tensorboard, bool):
-        raise ConfigError(f"tensorboard={tensorboard!r} must be true or false")
-    tracker = tracker if tracker is not None else Tracker()
-    if not isinstance(tracker, Tracker):
-        raise ConfigError(f"tracker={tracker!r} must be an lpot_research.tracking.Tracker")
-    tuner = Tuner(
-        adaptor=adaptor, strategy=strat, model=prepared, calib_dataloader=calib_dataloader, evaluate=evaluate,
-        criterion=crit, objective=obj, exit_policy=ex, quantization=q, bench=bench, bench_inputs=bench_inputs,
-        example_inputs=example_inputs, output_dir=out, run_key=run_key, names=names, tracker=tracker,
-        tensorboard=tensorboard, train_func=q_func,
-    )
-    tracker.start(names, {**run, "exit_policy": vars(ex), "threads": threads, "run_key": run_key}, out)
+    history = History(out, stable_hash(description), description)
+    runner = TrialRunner(adaptor, prepared, calib_dataloader, example_inputs, evaluator, crit, obj, bench,
+                         bench_inputs)
+    watchers: list[Callback] = [ProgressLog()]
+    if tracker is not None:
+        if not isinstance(tracker, Tracker):
+            raise ConfigError(f"tracker={tracker!r} must be an lpot_research.tracking.Tracker")
+        watchers.append(TrackerCallback(tracker, {**description, "exit_policy": dataclasses.asdict(ex),
+                                                  "threads": settings.threads}, out))
+    if settings.tensorboard:
+        watchers.append(TensorBoardCallback(out / "tensorboard"))
+    watchers += list(callbacks or [])
+    tuner = Tuner(adaptor=adaptor, strategy=strat, runner=runner,
+                  inspector=Inspector(adaptor, prepared, calib_dataloader, example_inputs, history), history=history,
+                  space_settings={"approach": q.approach, "sampling_sizes": _sampling_sizes(adaptor, q,
+                                                                                            calib_dataloader),
+                                  "model_wise": _asdict(q.model_wise), "op_wise": q.op_wise},
+                  criterion=crit, objective=obj, exit=ex, example_inputs=example_inputs, out=out, names=names,
+                  callbacks=watchers,
+                  resume_hint=resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)")
     failed = True
     try:
         result = tuner.run()
-        failed = False
+        failed = result.interrupted  # an interrupted run is not a complete one (its W&B run says so)
         return result
     finally:
-        tracker.finish(failed=failed)
+        for cb in watchers:
+            cb.close(failed)
+
+
+def _asdict(x: Any) -> dict[str, Any]:
+    return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else dict(x)
+
+
+def _installed(module: str) -> bool:
+    from lpot_research.adaptors import installed
+
+    return installed(module)
+
+
+def _sampling_sizes(adaptor: Adaptor, q: Any, calib: Iterable[Any]) -> Any:
+    """The sampling sizes worth trying: one for dynamic quantization (it does not calibrate), and none
+    beyond what the calibration data holds (more would repeat the same model)."""
+    sizes = q.sampling_sizes
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        return q.calibration.sampling_size  # build_space reports the bad value
+    if q.approach == "post_training_dynamic_quant":
+        if len(sizes) > 1:
+            log.info("dynamic quantization does not calibrate: sampling_size %s reduced to %d", sizes, sizes[0])
+        return [sizes[0]]
+    available = adaptor.count_samples(calib, max(sizes))
+    if available < max(sizes):
+        clamped = list(dict.fromkeys(min(s, available) for s in sizes))
+        log.warning("the calibration dataloader holds %d sample(s): sampling_size %s becomes %s", available, sizes,
+                    clamped)
+        return clamped
+    return sizes

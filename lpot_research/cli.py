@@ -1,10 +1,13 @@
-"""Glue between Hydra and the API: config-choice checks, resolvers, and one job's run."""
+"""Glue between Hydra and the API: the configuration checked before any model loads (one line per
+problem, exit status 2), resolvers, and one job's run."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,11 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("lpot_research")
 
 PLURAL = {"strategy": "strategies", "framework": "frameworks", "model": "models",
-          "accuracy_criterion": "accuracy criteria", "objective": "objectives", "exit_policy": "exit policies",
-          "tracker": "trackers", "metric": "metrics"}
+          "accuracy_criterion": "accuracy criteria", "objective": "objectives", "tracker": "trackers",
+          "metric": "metrics"}
+GROUPS = ("strategy", "framework", "model", "objective", "tracker", "metric")
+MAX_SWEEP_CHECKS = 256  # sweep combinations checked before a multirun starts
 
 
 def register_resolvers() -> None:
+    from lpot_research.config import register
+
+    register()  # the settings schema (lpot_research.config) as `tune_schema` in Hydra's ConfigStore
     if not OmegaConf.has_resolver("lpot_run_dir"):
         # hydra.run.dir: the `resume` dir when given, else a fresh timestamped dir
         OmegaConf.register_new_resolver("lpot_run_dir", lambda resume, default: resume or default)
@@ -28,19 +36,22 @@ def group_choices(conf_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
-def check_choices(args: list[str], conf_dir: Path) -> str | None:
-    """The first unknown config-group choice among command-line overrides, as one line naming the
-    valid choices (Hydra's own message spans a dozen lines); None when all are known."""
+def _parse(args: list[str]) -> list[Any] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
-    if any(a.split("=", 1)[0].lstrip("+~").startswith("hydra.searchpath") for a in overrides):
-        return None  # extra config dirs may define more choices
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:  # let Hydra report syntax errors itself
+        return OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - Hydra reports syntax errors itself
         return None
-    for o in parsed:
+
+
+def check_choices(args: list[str], conf_dir: Path) -> str | None:
+    """The first unknown config-group choice among command-line overrides, as one line naming the
+    valid choices (Hydra's own message spans a dozen lines); None when all are known."""
+    if any(a.split("=", 1)[0].lstrip("+~").startswith("hydra.searchpath") for a in args):
+        return None  # extra config dirs may define more choices
+    for o in _parse(args) or []:
         group = o.key_or_group
         if group not in PLURAL or o.package or o.is_delete():
             continue
@@ -52,6 +63,129 @@ def check_choices(args: list[str], conf_dir: Path) -> str | None:
     return None
 
 
+def _combinations(args: list[str]) -> list[list[str]]:
+    """The override lists of every job of a sweep (at most MAX_SWEEP_CHECKS), or `args` itself."""
+    parsed = _parse(args)
+    if not parsed or not any(o.is_sweep_override() for o in parsed):
+        return [args]
+    axes = []
+    for o in parsed:
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        axes.append([f"{key}={v}" for v in values])
+    return [list(c) for c in itertools.islice(itertools.product(*axes), MAX_SWEEP_CHECKS)]
+
+
+def _resume_problem(resume: Any, multirun: bool) -> str | None:
+    if resume in (None, ""):
+        return None
+    if multirun:
+        return (f"error: resume={resume} continues one run; a sweep cannot be resumed as a whole: resume each "
+                "job's run dir without -m (python tune.py <that job's overrides> resume=<its dir>)")
+    from lpot_research.history import History
+
+    p = Path(str(resume))
+    if not p.exists():
+        return f"error: resume={resume}: no such directory; give the run dir of the run to continue"
+    if not p.is_dir():
+        return f"error: resume={resume} is a file; give the run dir of the run to continue"
+    if not History.exists(p) and not (p / ".hydra" / "config.yaml").exists():
+        return (f"error: resume={resume} holds no run to continue (no {History.FILENAME}, and tune.py did not "
+                "start a run there)")
+    return None
+
+
+def _run_dir_problem(cfg: DictConfig, multirun: bool) -> str | None:
+    """The run (or sweep) dir must be creatable: its deepest existing ancestor a writable directory."""
+    try:
+        d = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))
+    except Exception:  # noqa: BLE001 - an unresolvable dir is Hydra's to report
+        return None
+    probe = d
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    what = "sweep dir" if multirun else "run dir"
+    if not probe.is_dir():
+        return f"error: cannot create the {what} {d}: {probe} is a file"
+    try:
+        with open(probe / f".lpot_write_probe_{os.getpid()}", "w"):
+            pass
+        os.remove(probe / f".lpot_write_probe_{os.getpid()}")
+    except OSError as e:
+        return f"error: cannot write the {what} {d}: {e.strerror or e} ({probe})"
+    return None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be checked before a model loads: the settings against their schema and
+    their values, and every component's constructor (cheap: they only store their arguments)."""
+    from hydra.utils import instantiate
+
+    from lpot_research.config import CliSettings, Settings, load_settings
+    from lpot_research.errors import ConfigError
+
+    unknown = [k for k in cfg if k not in CliSettings.__dataclass_fields__]
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]}; valid keys: {', '.join(CliSettings.__dataclass_fields__)}")
+    load_settings({f: cfg[f] for f in Settings.__dataclass_fields__ if f in cfg})
+    for group in GROUPS:
+        node = cfg.get(group)
+        if node is None:
+            continue
+        try:
+            instantiate(node)
+        except ConfigError:
+            raise
+        except Exception as e:  # a constructor's TypeError/ValueError, wrapped by Hydra
+            inner = e.__cause__ or e
+            if isinstance(inner, ConfigError):
+                raise inner from None
+            msg = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+            target = node.get("_target_", "?") if isinstance(node, DictConfig) else node
+            raise ConfigError(f"{group} ({target}): {msg}") from None
+
+
+def validate(args: list[str], conf_dir: Path) -> str | None:
+    """One line describing the first problem of the command line's configuration, or None."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lpot_research.config import settings_error
+    from lpot_research.errors import ConfigError
+
+    problem = check_choices(args, conf_dir)
+    if problem:
+        return problem
+    if any(a.startswith("--") for a in args):  # --help, --cfg, --info...: Hydra's own business
+        return None
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            for overrides in _combinations([a for a in args if not a.startswith("-")]):
+                try:
+                    cfg = compose("tune", overrides=overrides, return_hydra_config=True)
+                    problem = _resume_problem(cfg.get("resume"), multirun) or _run_dir_problem(cfg, multirun)
+                    if problem:
+                        return problem
+                    cfg = compose("tune", overrides=overrides)
+                    check_config(cfg)
+                except ConfigError as e:
+                    return f"error: {e}"
+                except Exception as e:  # noqa: BLE001 - Hydra/OmegaConf composition errors
+                    base = None  # the config without the offending override, to list the valid keys
+                    choices = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in PLURAL]
+                    try:
+                        base = compose("tune", overrides=choices)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    return f"error: {settings_error(e, base)}"
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
 def run_job(cfg: DictConfig) -> float:
     """One Hydra job: instantiate each component once, tune, return the best objective value when
     the criterion is met (inf otherwise) so Hydra sweepers can minimize it."""
@@ -60,36 +194,47 @@ def run_job(cfg: DictConfig) -> float:
     from hydra.utils import instantiate
 
     from lpot_research.api import tune
-    from lpot_research.errors import LpotError
+    from lpot_research.config import Settings, load_settings
+    from lpot_research.errors import ConfigError, LpotError
+    from lpot_research.history import History
 
     logging.getLogger("lpot_research").setLevel(os.environ.get("LOGLEVEL", "INFO").upper())
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as e:
+        print(f"error: cannot write the run dir {out}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        settings = load_settings({f: cfg[f] for f in Settings.__dataclass_fields__ if f in cfg})
         adaptor = instantiate(cfg.framework)
         bundle = instantiate(cfg.model).load(framework=adaptor.name)
-        strategy = instantiate(cfg.strategy)
-        criterion = instantiate(cfg.accuracy_criterion)
-        objective = instantiate(cfg.objective)
-        exit_policy = instantiate(cfg.exit_policy)
         tracker = instantiate(cfg.tracker)
         metric = instantiate(cfg.metric) if cfg.get("metric") is not None else bundle.metric
         if getattr(tracker, "group", "") is None and hc.mode == RunMode.MULTIRUN:
             tracker.group = "sweep-" + "_".join(Path(hc.sweep.dir).parts[-2:])  # one sweep's runs share a group
-        tuning = OmegaConf.to_container(cfg, resolve=True)
-        config = {k: tuning[k] for k in ("quantization", "random_seed", "benchmark", "threads", "tensorboard")
-                  if k in tuning}
+        skip = ("resume", "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.mode")
+        task = [shlex.quote(o) for o in [*hc.overrides.hydra, *hc.overrides.task]
+                if o.split("=")[0].lstrip("+~") not in skip]
         result = tune(
-            bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, metric, config=config,
-            framework=adaptor, strategy=strategy, accuracy_criterion=criterion, objective=objective,
-            exit_policy=exit_policy, output_dir=out, example_inputs=bundle.example_inputs, model_name=bundle.name,
-            bench_batch_size=bundle.bench_batch_size, tracker=tracker,
+            bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, metric, config=settings,
+            framework=adaptor, strategy=instantiate(cfg.strategy), objective=instantiate(cfg.objective),
+            # a run killed before its first record starts over in its own dir
+            output_dir=out, resume=bool(cfg.get("resume")) and History.exists(out),
+            example_inputs=bundle.example_inputs,
+            model_name=bundle.name, bench_batch_size=bundle.bench_batch_size, tracker=tracker,
+            resume_hint=" ".join(["python tune.py", *task, f"resume={out}"]),
         )
     except LpotError as e:
-        log.error("%s", e)
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except KeyboardInterrupt:
+        print(f"interrupted before the FP32 baseline was measured: no trial ran ({out})", file=sys.stderr)
+        sys.exit(130)
+    if result.interrupted:
+        sys.exit(130)
     s = result.summary
     best = s["best"]
     return float(best["objective"]) if s["met_criterion"] and best and best["objective"] is not None else math.inf

@@ -1,7 +1,13 @@
 """Built-in metrics. A metric is any object with update(predictions, labels), reset() and
 result() -> float, and optionally `higher_is_better` (default True): that is all the tuner uses, so a
 user metric needs no base class (see examples/custom_metric.py). Pick one from config with
-`metric=<name>` (conf/metric/) or any class with `metric._target_=...`."""
+`metric=<name>` (conf/metric/) or any class with `metric._target_=...`.
+
+A metric that is the mean of per-sample scores says so with `sample_scores(predictions, labels)` (one
+score per sample) and `sample_range` (the lowest and highest score a sample can get): the tuner then
+scores samples itself, ranks failing configurations on a fixed subset and stops a trial's evaluation
+once it can no longer meet the criterion (lpot_research.evaluation). F1 and COCO mAP are not means of
+per-sample scores and are always computed on the whole set."""
 
 from __future__ import annotations
 
@@ -44,7 +50,10 @@ class TopK:
         self.correct = 0
         self.total = 0
 
-    def update(self, predictions: Any, labels: Any) -> None:
+    sample_range = (0.0, 1.0)
+
+    def sample_scores(self, predictions: Any, labels: Any) -> np.ndarray:
+        """1 for each sample whose label is among its k best scores, else 0."""
         scores = to_numpy(predictions)
         labels = to_numpy(labels).astype(np.int64).reshape(-1)
         if scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
@@ -52,8 +61,12 @@ class TopK:
         if self.k > scores.shape[1]:
             raise ConfigError(f"metric k={self.k} exceeds the number of classes ({scores.shape[1]})")
         topk = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
-        self.correct += int((topk == labels[:, None]).any(axis=1).sum())
-        self.total += labels.shape[0]
+        return (topk == labels[:, None]).any(axis=1).astype(np.float64)
+
+    def update(self, predictions: Any, labels: Any) -> None:
+        hits = self.sample_scores(predictions, labels)
+        self.correct += int(hits.sum())
+        self.total += hits.shape[0]
 
     def result(self) -> float:
         return self.correct / self.total if self.total else float("nan")

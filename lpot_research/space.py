@@ -194,6 +194,9 @@ class TuningSpace:
     sampling_sizes: tuple[int, ...]
     options: tuple[tuple[str, tuple[OpChoice, ...]], ...]  # per op, in model order
     op_types: Mapping[str, str]
+    # ops the framework can quantize at all (an op kept FP32 by op_wise still is; a conv under dynamic
+    # INT8 is not): only those are "fallback" ops when they end up in BF16/FP32
+    quantizable: frozenset[str] = frozenset()
 
     @property
     def op_names(self) -> list[str]:
@@ -252,12 +255,20 @@ class TuningSpace:
             out += block
         return out
 
-    def contains(self, cfg: TuneConfig) -> bool:
+    def canonical(self, cfg: TuneConfig) -> TuneConfig | None:
+        """`cfg` with its ops in model order (a config read back from a JSON object may list them in
+        any order: its id does not depend on it), or None when it is not a point of this space."""
         if cfg.approach != self.approach or cfg.sampling_size not in self.sampling_sizes:
-            return False
-        if [n for n, _ in cfg.ops] != self.op_names:
-            return False
-        return all(c in opts for (_, c), (_, opts) in zip(cfg.ops, self.options, strict=True))
+            return None
+        choices = dict(cfg.ops)
+        if len(choices) != len(cfg.ops) or set(choices) != set(self.op_names):
+            return None
+        if not all(choices[n] in opts for n, opts in self.options):
+            return None
+        return TuneConfig(self.approach, cfg.sampling_size, tuple((n, choices[n]) for n in self.op_names), cfg.note)
+
+    def contains(self, cfg: TuneConfig) -> bool:
+        return self.canonical(cfg) is not None
 
     def model_wise_configs(self) -> list[TuneConfig]:
         """Stage-1 configurations: every global combination of quantization settings, applied to
@@ -447,4 +458,5 @@ def build_space(
                 f"fallback={list(op.fallback)})"
             )
         options.append((op.name, tuple(choices)))
-    return TuningSpace(approach, tuple(dict.fromkeys(sizes)), tuple(options), {c.name: c.type for c in capabilities})
+    return TuningSpace(approach, tuple(dict.fromkeys(sizes)), tuple(options), {c.name: c.type for c in capabilities},
+                       frozenset(c.name for c in capabilities if c.quantizable and (c.weight or c.activation)))

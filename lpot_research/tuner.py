@@ -1,83 +1,55 @@
-"""The tuning loop: FP32 baseline once, then strategy proposals until the exit policy says stop.
+"""The tuning loop: the FP32 baseline once, then the strategy's proposals until the exit policy says stop.
 
-Every finished trial is appended to history.jsonl before the next one starts; a resumed run replays
-the strategy against those records, so no finished trial is evaluated twice and the same seed gives
-the same result as an uninterrupted run.
+The parts, each with one job: `TrialRunner` (quantize, evaluate, measure: lpot_research.trial),
+`Evaluator` (accuracy, early rejection), `Inspector` (per-op outputs and impact), `ranking` (the one
+ordering of results), `History` (the run's state on disk), `Reporter` (summary, table, saved model)
+and callbacks for whatever watches (progress log, W&B, TensorBoard). Every finished trial is in the
+history before the next starts; a resumed run replays the strategy against it, so no finished trial
+is evaluated twice and the same seed ends as an uninterrupted run does.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 import traceback
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lpot_research.adaptors.base import Adaptor
-from lpot_research.cpu import cpu_info, cpu_summary
-from lpot_research.criterion import AccuracyCriterion
-from lpot_research.errors import ConfigError, DataError, LpotError
-from lpot_research.history import History, TrialRecord, metric_ratio
-from lpot_research.objectives import MEASUREMENTS, Benchmark, Objective
-from lpot_research.space import OpChoice, TuneConfig, TuningSpace, build_space
-from lpot_research.strategies.base import Result, Strategy, StrategyContext, select_best
-from lpot_research.tracking import TensorBoardDump, Tracker, trial_row
+from lpot_research.callbacks import Callback
+from lpot_research.cpu import cpu_info
+from lpot_research.deadline import TrialTimeout, deadline
+from lpot_research.errors import ConfigError, LpotError
+from lpot_research.history import History, TrialRecord
+from lpot_research.inspector import Inspector
+from lpot_research.ranking import better, rank_key
+from lpot_research.report import Reporter
+from lpot_research.space import TuneConfig, TuningSpace, build_space
+from lpot_research.strategies.base import Result, Strategy, StrategyContext, UntilPass
+from lpot_research.trial import TrialRunner, one_line
 
 log = logging.getLogger("lpot_research")
-
 MAX_CONSECUTIVE_REPEATS = 10_000  # a strategy re-proposing only evaluated configs this long is stuck
+PARETO_MEASURED = 3  # when nothing passes, the most accurate trials measured for the Pareto front
 
 
 @dataclass(frozen=True)
 class ExitPolicy:
-    """timeout: seconds of wall clock (0 = stop at the first config that meets the criterion);
-    max_trials: evaluated configurations (repeats answered from history do not count)."""
+    """timeout: seconds of wall clock, each trial included (0 = stop at the first config that meets the
+    criterion); max_trials: evaluated configurations (repeats answered from history do not count)."""
 
     timeout: float = 0
     max_trials: int = 100
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.timeout, int | float) and math.isfinite(self.timeout) and self.timeout >= 0):
-            raise ConfigError(f"exit_policy.timeout={self.timeout!r} must be seconds >= 0 (0 = first passing config)")
+        t = self.timeout
+        if isinstance(t, bool) or not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
+            raise ConfigError(f"exit_policy.timeout={t!r} must be seconds >= 0 (0 = stop at the first passing "
+                              "config)")
         if not isinstance(self.max_trials, int) or isinstance(self.max_trials, bool) or self.max_trials < 1:
             raise ConfigError(f"exit_policy.max_trials={self.max_trials!r} must be an int >= 1")
-
-
-@dataclass
-class QuantizationSettings:
-    approach: str = "post_training_static_quant"
-    sampling_size: int | list[int] = 100
-    model_wise: dict[str, Any] = field(default_factory=dict)
-    op_wise: dict[str, Any] = field(default_factory=dict)
-    qat: dict[str, Any] = field(default_factory=dict)  # quant_aware_training: the configured loop's settings
-    calib_dataloader: dict[str, Any] | None = None  # a YAML-described calibration dataloader (data.build_dataloader)
-
-    @classmethod
-    def from_mapping(cls, q: dict[str, Any] | None) -> QuantizationSettings:
-        q = dict(q or {})
-        valid = ("approach", "calibration", "model_wise", "op_wise", "qat")
-        for k in q:
-            if k not in valid:
-                raise ConfigError(f"quantization.{k} is not a known key; valid keys: {list(valid)}")
-        calib = dict(q.get("calibration") or {})
-        for k in calib:
-            if k not in ("sampling_size", "dataloader"):
-                raise ConfigError(f"quantization.calibration.{k} is not a known key; "
-                                  "valid keys: ['sampling_size', 'dataloader']")
-        return cls(
-            approach=q.get("approach", cls.approach),
-            sampling_size=calib.get("sampling_size", 100),
-            model_wise=q.get("model_wise") or {},
-            op_wise=q.get("op_wise") or {},
-            qat=dict(q.get("qat") or {}),
-            calib_dataloader=dict(calib["dataloader"]) if calib.get("dataloader") else None,
-        )
 
 
 @dataclass
@@ -87,462 +59,226 @@ class TuneResult:
     model: Any  # the best quantized model (or the FP32 model when no trial succeeded)
     output_dir: Path
     space: TuningSpace
+    interrupted: bool = False  # Ctrl-C ended it (everything finished is saved)
 
     @property
     def met_criterion(self) -> bool:
         return bool(self.summary["met_criterion"])
 
 
-def _fmt_ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
+class _Stop(Exception):  # noqa: N818 - control flow, not an error
+    pass
 
 
+@dataclass
 class Tuner:
-    def __init__(
-        self,
-        *,
-        adaptor: Adaptor,
-        strategy: Strategy,
-        model: Any,
-        calib_dataloader: Iterable[Any],
-        evaluate: Callable[[Any], float],
-        criterion: AccuracyCriterion,
-        objective: Objective,
-        exit_policy: ExitPolicy,
-        quantization: QuantizationSettings,
-        bench: Benchmark,
-        bench_inputs: Any,
-        example_inputs: Any,
-        output_dir: Path,
-        run_key: str,
-        names: dict[str, str],
-        tracker: Tracker | None = None,
-        tensorboard: bool = False,
-        train_func: Callable[[Any], Any] | None = None,
-    ) -> None:
-        self.adaptor = adaptor
-        self.strategy = strategy
-        self.model = model
-        self.calib = calib_dataloader
-        self.evaluate = evaluate
-        self.criterion = criterion
-        self.objective = objective
-        self.exit = exit_policy
-        self.q = quantization
-        self.bench = bench
-        self.bench_inputs = bench_inputs
-        self.example_inputs = example_inputs
-        self.out = Path(output_dir)
-        self.names = names
-        self.tracker = tracker or Tracker()
-        self.tensorboard = tensorboard
-        self.train_func = train_func
-        self._tb: TensorBoardDump | None = None
-        self.history = History(self.out, run_key)
-        self._best_model: tuple[str, Any] | None = None  # (config_id, model) of the best so far
-        self._best: TrialRecord | None = None
-        self._op_error_cache: dict[str, dict[str, float]] = {}
-        self._probes: dict[int, Any] = {}  # sampling size -> the calibration batch per-op outputs are read on
+    adaptor: Any
+    strategy: Strategy
+    runner: TrialRunner
+    inspector: Inspector
+    history: History
+    space_settings: dict[str, Any]  # approach, sampling_sizes, model_wise, op_wise
+    criterion: Any
+    objective: Any
+    exit: ExitPolicy
+    example_inputs: Any
+    out: Path
+    names: dict[str, str]
+    callbacks: list[Callback] = field(default_factory=list)
+    resume_hint: str = ""
 
-    # ---------------------------------------------------------------- measurement
-    def _measure(self, model: Any) -> dict[str, float]:
-        m = {
-            "latency_ms": self.adaptor.latency_ms(model, self.bench_inputs, self.bench.warmup, self.bench.iterations),
-            "size_bytes": float(self.adaptor.size_bytes(model)),
-        }
-        for key in self.objective.needs():
-            if key not in m:
-                measurer = self.objective if key == self.objective.key else MEASUREMENTS[key]()
-                m[key] = float(measurer.measure(self.adaptor, model, self.bench_inputs, self.bench))
-        return m
+    def __post_init__(self) -> None:
+        self.evaluator, self.best, self._best_model = self.runner.evaluator, None, None
+        self.baseline: dict[str, Any] = {}
 
-    def _objective(self, metrics: dict[str, float], accuracy: float, baseline: dict[str, Any]) -> float:
-        return float(self.objective.value(metrics, accuracy, baseline, self.criterion.hib))
+    def _emit(self, event: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)
 
-    def _accuracy(self, model: Any, what: str) -> float:
-        acc = self.evaluate(model)
-        try:
-            acc = float(acc)
-        except (TypeError, ValueError):
-            raise DataError(f"the evaluation of the {what} returned {acc!r}, not a number") from None
-        if not math.isfinite(acc):
-            raise DataError(f"the evaluation of the {what} returned {acc}; the metric must give a finite number")
-        return acc
-
-    def _baseline(self) -> dict[str, Any]:
-        if self.history.baseline is not None:
-            b = self.history.baseline
-            log.info("resumed: FP32 baseline from history: accuracy %.4f, latency %.3f ms", b["accuracy"],
-                     b["latency_ms"])
-            return b
-        t0 = time.perf_counter()
-        acc = self._accuracy(self.model, "FP32 model")
-        b = {"accuracy": acc, **self._measure(self.model)}
-        b[self.objective.key] = self._objective(b, acc, b)
-        b["duration_s"] = time.perf_counter() - t0
-        self.history.set_baseline(b)
-        log.info("FP32 baseline: accuracy %.4f | latency %.3f ms (batch %d) | size %.2f MB | %.1fs",
-                 acc, b["latency_ms"], self.bench.batch_size, b["size_bytes"] / 1e6, b["duration_s"])
-        return b
-
-    def _trial(self, cfg: TuneConfig, n: int, elapsed0: float, t_start: float) -> tuple[TrialRecord, Any]:
-        t0 = time.perf_counter()
-        qmodel, acc, metrics, err = None, None, {}, None
-        try:
-            qmodel = self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
-            acc = self._accuracy(qmodel, f"trial {n} model")
-            metrics = self._measure(qmodel)
-            metrics[self.objective.key] = self._objective(metrics, acc, self.baseline)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:  # one configuration failing must not end the run
-            err = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            log.warning("trial %d failed (%s): %s", n, cfg.note or cfg.id, err)
-            log.debug("trial %d traceback:\n%s", n, traceback.format_exc())
-            qmodel = None
-        rec = TrialRecord(
-            trial=n,
-            config_id=cfg.id,
-            config=cfg.to_dict(),
-            status="ok" if err is None else "failed",
-            accuracy=acc,
-            objective=metrics.get(self.objective.key),
-            passed=err is None and self.criterion.passes(acc, self.baseline["accuracy"]),
-            metrics=metrics,
-            note=cfg.note,
-            error=err,
-            duration_s=time.perf_counter() - t0,
-            elapsed_s=elapsed0 + time.perf_counter() - t_start,
-        )
-        return rec, qmodel
-
-    def _sampling_sizes(self) -> Any:
-        """The sampling sizes worth trying: one for dynamic quantization (it does not calibrate), and
-        none beyond what the calibration data holds (more would repeat the same model)."""
-        sizes = self.q.sampling_size if isinstance(self.q.sampling_size, list | tuple) else [self.q.sampling_size]
-        if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-            return self.q.sampling_size  # build_space reports the bad value
-        if self.q.approach == "post_training_dynamic_quant":
-            if len(sizes) > 1:
-                log.info("dynamic quantization does not calibrate: sampling_size %s reduced to %d", sizes, sizes[0])
-            return [sizes[0]]
-        available = self.adaptor.count_samples(self.calib, max(sizes))
-        if available < max(sizes):
-            clamped = list(dict.fromkeys(min(s, available) for s in sizes))
-            log.warning("the calibration dataloader holds %d sample(s): sampling_size %s becomes %s", available,
-                        sizes, clamped)
-            return clamped
-        return sizes
-
-    def _probe(self, sampling_size: int) -> Any:
-        """The fixed calibration batch (at most 32 samples) per-op outputs are compared on."""
-        if sampling_size not in self._probes:
-            self._probes[sampling_size] = self.adaptor.take_inputs(self.calib, min(sampling_size, 32), "calibration")
-        return self._probes[sampling_size]
-
-    def _fp32_build(self, cfg: TuneConfig) -> Any:
-        """`cfg`'s graph with every op in FP32: the reference adaptors define for inspection (the same
-        rewrites, e.g. fusions, with no quantization)."""
-        return self.adaptor.quantize(self.model, cfg.with_ops({n: OpChoice("fp32") for n, _ in cfg.ops}),
-                                     self.calib, self.example_inputs)
-
-    def _op_errors(self, cfg: TuneConfig) -> dict[str, float]:
-        """Normalized MSE (mse / mean square of the reference) of each quantized op's output in `cfg`
-        against the same op in an all-FP32 build of the same graph, on a fixed calibration batch."""
-        if cfg.id in self._op_error_cache:
-            return self._op_error_cache[cfg.id]
-        t0 = time.perf_counter()
-        names = [n for n, c in cfg.ops if c.quantized]
-        try:
-            inputs = self._probe(cfg.sampling_size)
-            reference = self._fp32_build(cfg)
-            quantized = self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
-            ref = self.adaptor.inspect(reference, inputs, names)
-            got = self.adaptor.inspect(quantized, inputs, names)
-        except Exception as e:  # e.g. the config does not quantize: no ranking rather than no run
-            log.warning("per-op output inspection failed (%s: %s); falling back in model order", type(e).__name__, e)
-            self._op_error_cache[cfg.id] = {}
-            return {}
-        errors = {}
-        for n in names:
-            a, b = np.asarray(ref[n], dtype=np.float64), np.asarray(got[n], dtype=np.float64)
-            errors[n] = float(np.mean((a - b) ** 2) / (np.mean(a**2) + 1e-12))
-        self._op_error_cache[cfg.id] = errors
-        top = sorted(errors.items(), key=lambda kv: -kv[1])[:5]
-        log.info("per-op output error vs FP32 (%.1f s), largest: %s", time.perf_counter() - t0,
-                 ", ".join(f"{n} {e:.2e}" for n, e in top))
-        return errors
-
-    def _dump_tensors(self, space: TuningSpace, step: int, model: Any, accuracy: float | None) -> None:
-        """TensorBoard histograms of every op's output; `model` None = the FP32 reference (the
-        all-FP32 build of the graph, as the adaptors define it for inspection)."""
-        assert self._tb is not None
-        try:
-            inputs = self._probe(space.sampling_sizes[0])
-            if model is None:
-                model = self._fp32_build(space.model_wise_configs()[0])
-            outputs = self.adaptor.inspect(model, inputs, space.op_names)
-        except Exception as e:  # a debugging aid must not end the run
-            log.warning("tensorboard: per-op inspection failed at step %d (%s: %s)", step, type(e).__name__, e)
-            return
-        self._tb.add(step, outputs, accuracy)
-
-    # ---------------------------------------------------------------- results
     def _result(self, rec: TrialRecord) -> Result:
-        return Result(TuneConfig.from_dict(rec.config, rec.note), rec.ok, rec.accuracy, rec.objective, rec.passed,
-                      rec.trial)
+        cfg = self.space.canonical(TuneConfig.from_dict(rec.config, rec.note))
+        return Result(cfg, rec.ok, rec.decision_accuracy, rec.objective, rec.passed, rec.trial)
 
-    def _best_record(self) -> TrialRecord | None:
-        return self._best_of(self.history.trials)
+    def _elapsed(self) -> float:
+        return self._elapsed0 + time.perf_counter() - self._t0
 
-    def _best_of(self, trials: list[TrialRecord]) -> TrialRecord | None:
-        by_trial = {r.trial: r for r in trials}
-        best = select_best((self._result(r) for r in trials), self.criterion.hib)
-        return by_trial[best.trial] if best else None
-
-    def _better(self, best: TrialRecord | None, rec: TrialRecord) -> TrialRecord | None:
-        """The best so far after `rec` (the ranking is a total order, so best-of-two carries over)."""
-        return self._best_of([rec] if best is None else [best, rec])
-
-    def _ratio(self, rec: TrialRecord | None, key: str) -> float | None:
-        return metric_ratio(rec, self.baseline, key)
-
-    def _progress(self, rec: TrialRecord, what: str) -> None:
-        base = self.baseline["accuracy"]
-        best = self._best
-        if rec.ok:
-            delta = (rec.accuracy - base) / abs(base) if base else float("nan")
-            body = (f"acc {rec.accuracy:.4f} ({delta:+.2%}) {'PASS' if rec.passed else 'fail'} | "
-                    f"{self.objective.format(rec.objective)} | "
-                    f"latency {_fmt_ratio(self._ratio(rec, 'latency_ms'))} fp32")
-        else:
-            body = f"FAILED: {rec.error}"
-        best_s = (f"best #{best.trial} acc {best.accuracy:.4f} {self.objective.format(best.objective)}"
-                  f"{'' if best.passed else ' (not passing)'}") if best else "best -"
-        log.info("[%d/%d] %s | %s | %s | %.1fs", rec.trial, self.exit.max_trials, what, body, best_s, rec.duration_s)
-
-    def _pareto(self) -> list[TrialRecord]:
-        ok = [r for r in self.history.trials if r.ok and r.objective is not None]
-        hib = self.criterion.hib
-
-        def dominates(a: TrialRecord, b: TrialRecord) -> bool:
-            acc_ge = a.accuracy >= b.accuracy if hib else a.accuracy <= b.accuracy
-            acc_gt = a.accuracy > b.accuracy if hib else a.accuracy < b.accuracy
-            return acc_ge and a.objective <= b.objective and (acc_gt or a.objective < b.objective)
-
-        front = [r for r in ok if not any(dominates(o, r) for o in ok)]
-        uniq: dict[tuple[float, float], TrialRecord] = {}
-        for r in front:
-            uniq.setdefault((r.accuracy, r.objective), r)
-        return sorted(uniq.values(), key=lambda r: r.objective)
-
-    # ---------------------------------------------------------------- main loop
+    # ---------------------------------------------------------------- the run
     def run(self) -> TuneResult:
-        self.out.mkdir(parents=True, exist_ok=True)
-        resumed = bool(self.history.trials) or self.history.baseline is not None
-        if resumed:
-            log.info("resuming %s: %d finished trial(s) on record", self.out, len(self.history.trials))
-        self.adaptor.check_approach(self.q.approach)
+        s = self.space_settings
+        self.history.start()  # an unwritable run dir fails here, before any work
+        caps = self.adaptor.capabilities(self.runner.model, s["approach"], self.example_inputs)
+        self.space = build_space(caps, s["approach"], s["sampling_sizes"], s["model_wise"], s["op_wise"])
         log.info("CPU: %s | %s: %s", cpu_info().describe(), self.adaptor.name,
                  "; ".join(self.adaptor.cpu_notes()) or "nothing depends on the CPU class")
-        if self.q.approach == "quant_aware_training":
-            self.adaptor.set_training(self.train_func, self.q.qat)
-        caps = self.adaptor.capabilities(self.model, self.q.approach, self.example_inputs)
-        space = build_space(caps, self.q.approach, self._sampling_sizes(), self.q.model_wise, self.q.op_wise)
-        log.info("tuning space: %d op(s), %d configuration(s) (%s); strategy %s, objective %s, criterion %s",
-                 len(space.op_names), space.size, self.q.approach, self.strategy.name, self.objective.name,
-                 self.criterion.describe())
-        log.debug("ops and options: %s", {n: [o.short() for o in opts] for n, opts in space.options})
-        self.baseline = self._baseline()
-        self.tracker.log_baseline(self.baseline)
-        best_then: TrialRecord | None = None
-        for old in self.history.trials:  # a resumed run's tracker gets the whole curve
-            best_then = self._better(best_then, old)
-            self.tracker.log_trial(trial_row(old, best_then, self.baseline))
-        if self.tensorboard:
-            self._tb = TensorBoardDump(self.out / "tensorboard")
-            self._dump_tensors(space, 0, None, self.baseline["accuracy"])
-        elapsed0 = self.history.trials[-1].elapsed_s if self.history.trials else self.baseline.get("duration_s", 0.0)
-        t_start = time.perf_counter()
-
-        records = self.history.by_id()
-        n_trials = len(self.history.trials)
-        self._best = self._best_record()
-        ctx = StrategyContext(space, self.criterion, self.baseline["accuracy"],
-                              baseline_objective=self.baseline.get(self.objective.key),
-                              max_trials=self.exit.max_trials, op_errors=self._op_errors,
-                              first_pass_ends=self.exit.timeout == 0)
-        gen = self.strategy.proposals(ctx)
-        stop_reason = "strategy finished: its space is exhausted"
-        repeats = 0
-        previous: TuneConfig | None = None
-
-        def budget_spent() -> str | None:
-            if n_trials >= self.exit.max_trials:
-                return f"max_trials ({self.exit.max_trials}) reached"
-            if self.exit.timeout > 0 and elapsed0 + time.perf_counter() - t_start >= self.exit.timeout:
-                return f"timeout ({self.exit.timeout:g} s) reached"
-            return None
-
+        log.info("run dir %s | space: %d op(s), %d configuration(s) (%s) | strategy %s, objective %s, criterion %s, "
+                 "evaluation %s", self.out, len(self.space.op_names), self.space.size, s["approach"],
+                 self.strategy.name, self.objective.name, self.criterion.describe(), self.evaluator.kind)
+        log.debug("ops and options: %s", {n: [o.short() for o in opts] for n, opts in self.space.options})
+        self._emit("on_start")
+        self._baseline()
+        for rec in self.history.trials:  # a resumed run's watchers get the whole curve
+            self.best = better(self.best, rec, self.criterion.hib)
+            self._emit("on_trial", rec, self.best, None, True)
+        self._elapsed0 = self.history.trials[-1].elapsed_s if self.history.trials else self.baseline["duration_s"]
+        self._t0 = time.perf_counter()
+        interrupted = False
         try:
-            cfg = next(gen)
-            while True:
-                if not space.contains(cfg):
-                    raise LpotError(f"strategy {self.strategy.name!r} proposed a configuration outside the tuning "
-                                    f"space ({cfg.note or cfg.id}); this is a bug in the strategy")
-                rec = records.get(cfg.id)
-                if rec is not None:
-                    repeats += 1
-                    log.debug("config %s (%s) answered from history (trial %d)", cfg.id, cfg.note, rec.trial)
-                    if repeats > MAX_CONSECUTIVE_REPEATS:
-                        stop_reason = f"strategy stalled: {repeats} consecutive already-evaluated proposals"
-                        log.warning(stop_reason)
-                        break
-                else:
-                    repeats = 0
-                    spent = budget_spent()  # also covers a resumed run whose budget is already used up
-                    if spent:
-                        stop_reason = spent
-                        break
-                    n_trials += 1
-                    rec, qmodel = self._trial(cfg, n_trials, elapsed0, t_start)
-                    self.history.add(rec)
-                    records[rec.config_id] = rec
-                    self._best = self._better(self._best, rec)
-                    if qmodel is not None and self._best is rec:
-                        self._best_model = (rec.config_id, qmodel)
-                    self._progress(rec, cfg.note or (f"changed: {cfg.diff(previous)}" if previous else cfg.id))
-                    self.tracker.log_trial(trial_row(rec, self._best, self.baseline))
-                    if self._tb is not None and qmodel is not None:
-                        self._dump_tensors(space, rec.trial, qmodel, rec.accuracy)
-                    previous = cfg
-                if self.exit.timeout == 0 and rec.passed:
-                    stop_reason = "met the criterion (timeout=0: stop at the first passing config)"
-                    break
-                spent = budget_spent()  # stop now rather than make the strategy work on a proposal never run
-                if spent:
-                    stop_reason = spent
-                    break
-                cfg = gen.send(self._result(rec))
-        except StopIteration:
-            pass
-        except Exception as e:  # a strategy bug must not cost the finished trials their summary
-            stop_reason = f"strategy error: {type(e).__name__}: {e}"
+            stop_reason = self._loop()
+        except KeyboardInterrupt:
+            stop_reason, interrupted = "interrupted (Ctrl-C)", True
+        return self._finish(stop_reason, interrupted)
+
+    def _baseline(self) -> None:
+        h = self.history
+        if h.baseline is None:
+            b = self.runner.measure_baseline()
+            scores = b.pop("_scores")
+            if scores is not None:
+                h.add_analysis("fp32_scores", scores.tolist())
+            h.set_baseline(b)
+            log.info("FP32 baseline: accuracy %.4f | latency %.3f ms (batch %d) | size %.2f MB | %.1fs", b["accuracy"],
+                     b["latency_ms"], self.runner.bench.batch_size, b["size_bytes"] / 1e6, b["duration_s"])
+        else:
+            self.runner.baseline = h.baseline
+            log.info("resuming: FP32 baseline accuracy %.4f and %d finished trial(s) from %s", h.baseline["accuracy"],
+                     len(h.trials), h.path)
+        self.baseline = self.runner.baseline
+        if "eval_order" in h.analysis:
+            self.evaluator.set_order(h.analysis["eval_order"])
+        self._emit("on_baseline", self.baseline)
+
+    def _budget_spent(self) -> str | None:
+        if len(self.history.trials) >= self.exit.max_trials:
+            return f"max_trials ({self.exit.max_trials}) reached"
+        if self.exit.timeout > 0 and self._elapsed() >= self.exit.timeout:
+            return f"timeout ({self.exit.timeout:g} s) reached"
+        return None
+
+    def _ask(self, gen: Any, value: Any) -> Any:
+        """The strategy's next proposal; its end or its error ends the run (never the tuner's own)."""
+        try:
+            return gen.send(value)
+        except StopIteration as e:
+            raise _Stop(f"strategy finished: {e.value}" if e.value else "strategy finished: it proposed nothing "
+                        "more") from None
+        except Exception as e:
             log.error("the %s strategy raised %s; finishing with the %d trial(s) done", self.strategy.name,
-                      stop_reason, n_trials)
+                      one_line(e), len(self.history.trials))
             log.debug("strategy traceback:\n%s", traceback.format_exc())
+            raise _Stop(f"strategy error: {one_line(e)}") from None
+
+    def _loop(self) -> str:
+        ctx = StrategyContext(self.space, self.criterion, self.baseline["accuracy"],
+                              baseline_objective=self.baseline.get(self.objective.key), max_trials=self.exit.max_trials,
+                              op_errors=self.inspector.op_errors, impact=self.inspector.impact,
+                              first_pass_ends=self.exit.timeout == 0)
+        gen, records, repeats = self.strategy.proposals(ctx), self.history.by_id(), 0
+        try:
+            proposal = self._ask(gen, None)
+            while True:
+                batch = proposal if isinstance(proposal, list) else [proposal]
+                results = []
+                for raw in batch:
+                    cfg = self.space.canonical(raw) if isinstance(raw, TuneConfig) else None
+                    if cfg is None:
+                        raise _Stop(f"strategy error: {self.strategy.name!r} proposed {raw!r:.200}, which is not a "
+                                    "configuration of the tuning space (a bug in the strategy)")
+                    rec = records.get(cfg.id)
+                    if rec is not None:
+                        repeats += 1
+                        if repeats > MAX_CONSECUTIVE_REPEATS:
+                            raise _Stop(f"strategy stalled: {repeats} consecutive already-evaluated proposals")
+                    else:
+                        repeats = 0
+                        spent = self._budget_spent()  # also covers a resumed run whose budget is used up
+                        if spent:
+                            raise _Stop(spent)
+                        rec = records[cfg.id] = self._trial(cfg)
+                    results.append(self._result(rec))
+                    if self.exit.timeout == 0 and rec.passed:
+                        raise _Stop("met the criterion (timeout=0: stop at the first passing config)")
+                    if rec.passed and isinstance(proposal, UntilPass):
+                        break
+                spent = self._budget_spent()  # rather than make the strategy work on a proposal never run
+                if spent:
+                    raise _Stop(spent)
+                proposal = self._ask(gen, results if isinstance(proposal, list) else results[0])
+        except _Stop as stop:
+            return str(stop)
         finally:
             gen.close()
-            if self._tb is not None:
-                self._tb.close()
-        return self._finish(space, stop_reason, elapsed0 + time.perf_counter() - t_start)
 
-    def _finish(self, space: TuningSpace, stop_reason: str, elapsed: float) -> TuneResult:
-        best = self._best_record()
-        met = bool(best and best.passed)
-        model: Any = self.model
+    def _trial(self, cfg: TuneConfig) -> TrialRecord:
+        n = len(self.history.trials) + 1
+        left = self.exit.timeout - self._elapsed() if self.exit.timeout > 0 else None
+        try:
+            with deadline(left):
+                rec, qmodel, outcome = self.runner.run(cfg, n, self._elapsed())
+        except (TrialTimeout, KeyboardInterrupt) as e:
+            why = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else "timeout"
+            self.history.add_stopped({"trial": n, "config_id": cfg.id, "note": cfg.note, "reason": why,
+                                      "after_s": round(self._elapsed(), 3)})
+            log.warning("trial %d (%s) stopped: %s; it is not recorded as a result", n, cfg.note or cfg.id, why)
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise _Stop(f"timeout ({self.exit.timeout:g} s) reached during trial {n}, which was stopped") from None
+        ev = self.evaluator
+        if ev.per_sample and ev.order is None and rec.ok and outcome is not None and "fp32_scores" in \
+                self.history.analysis:  # the first INT8 scores decide the evaluation order, for good
+            import numpy as np
+
+            order = ev.informative_order(np.asarray(self.history.analysis["fp32_scores"]), outcome.scores)
+            ev.set_order(order)
+            self.history.add_analysis("eval_order", order.tolist())
+            rec.rank_accuracy = ev.rank_accuracy(outcome.scores)
+        self.history.add(rec)
+        self.best = better(self.best, rec, self.criterion.hib)
+        if self.best is rec:
+            self._best_model = (rec.config_id, qmodel)
+        self._emit("on_trial", rec, self.best, qmodel, False)
+        return rec
+
+    # ---------------------------------------------------------------- the end
+    def _model_of(self, rec: TrialRecord) -> Any:
+        if self._best_model and self._best_model[0] == rec.config_id and self._best_model[1] is not None:
+            return self._best_model[1]
+        return self.runner.quantize(TuneConfig.from_dict(rec.config))[0]  # deterministic: a rebuild
+
+    def _complete(self, rec: TrialRecord, keys: tuple[str, ...] | None = None) -> None:
+        """Measure what a report needs of `rec`: its whole-set accuracy (if its evaluation stopped
+        early) and its measurements."""
+        model = self._model_of(rec)
+        accuracy = samples = None
+        if rec.accuracy is None:
+            out = self.evaluator.evaluate(model, f"trial {rec.trial} model")
+            accuracy, samples = out.accuracy, out.samples
+            rec.accuracy = accuracy
+        new = self.runner.measure(rec, model, keys)
+        rec.objective = self.runner.objective_value(rec)
+        self.history.measure(rec, accuracy=accuracy, samples=samples, metrics=new, objective=rec.objective,
+                             costs={"benchmark_s": rec.costs.get("benchmark_s", 0.0)})
+
+    def _finish(self, stop_reason: str, interrupted: bool) -> TuneResult:
+        hib = self.criterion.hib
+        ranked = sorted((r for r in self.history.trials if r.ok), key=lambda r: rank_key(r, hib))
+        best = ranked[0] if ranked else None
+        if best is not None and not best.passed:  # best effort: its real accuracy, and a Pareto front
+            for r in ranked[:PARETO_MEASURED]:
+                if r.objective is None or r.accuracy is None:
+                    self._complete(r)
+        elif best is not None and "latency_ms" not in best.metrics:  # e.g. objective=modelsize
+            self._complete(best, ("latency_ms",))
+        model = self._model_of(best) if best is not None else self.runner.model
+        reporter = Reporter(self)
+        summary = reporter.summary(best, stop_reason, self._elapsed(), None)
+        reporter.write(summary, best, model if best is not None else None)
+        self._emit("on_finish", summary)
+        reporter.log(summary, best)
+        log.info("run dir: %s", self.out)
+        if self.resume_hint and (interrupted or "reached" in stop_reason or "error" in stop_reason):
+            log.info("to continue this run: %s", self.resume_hint)
         best_cfg = TuneConfig.from_dict(best.config, best.note) if best else None
-        model_path = None
-        if best is not None:
-            if self._best_model and self._best_model[0] == best.config_id:
-                model = self._best_model[1]
-            else:  # best came from an earlier process (resume): rebuild it deterministically
-                model = self.adaptor.quantize(self.model, best_cfg, self.calib, self.example_inputs)
-            model_path = self.adaptor.save(model, self.out / "best_model", self.example_inputs)
-            _write_yaml(self.out / "best_config.yaml", {"config_id": best.config_id, "trial": best.trial,
-                                                         "accuracy": best.accuracy, **best.config})
-        summary = self._summary(space, best, met, stop_reason, elapsed, model_path)
-        with open(self.out / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2)
-        self.tracker.log_summary(summary)
-        self._report(summary, best)
-        return TuneResult(summary, best_cfg, model, self.out, space)
-
-    def _summary(self, space: TuningSpace, best: TrialRecord | None, met: bool, stop_reason: str, elapsed: float,
-                 model_path: Path | None) -> dict[str, Any]:
-        b = self.baseline
-        baseline = {k: b[k] for k in ("accuracy", "latency_ms", "size_bytes", self.objective.key) if k in b}
-        lat_ratio = self._ratio(best, "latency_ms")
-        best_d: dict[str, Any] | None = None
-        if best is not None:
-            fb = TuneConfig.from_dict(best.config).fallback_ops
-            best_d = {
-                "trial": best.trial,
-                "config_id": best.config_id,
-                "accuracy": best.accuracy,
-                **{k: best.metrics.get(k) for k in ("latency_ms", "size_bytes")},
-                "objective": best.objective,
-                "latency_ratio": lat_ratio,
-                "size_ratio": self._ratio(best, "size_bytes"),
-                "fallback_ops": list(fb),
-                "fallback_dtypes": fb,
-                "passed": best.passed,
-                "model_path": str(model_path) if model_path else None,
-            }
-        return {
-            **self.names,
-            "objective": self.objective.name,
-            "criterion": {"kind": self.criterion.kind, "tolerance": self.criterion.tolerance,
-                          "higher_is_better": self.criterion.hib,
-                          "threshold": self.criterion.threshold(b["accuracy"])},
-            "baseline": baseline,
-            "best": best_d,
-            "trials": len(self.history.trials),
-            "failed_trials": sum(not r.ok for r in self.history.trials),
-            "met_criterion": met,
-            "faster_than_fp32": bool(lat_ratio is not None and lat_ratio < 1.0),
-            "stop_reason": stop_reason,
-            "elapsed_s": round(elapsed, 3),
-            "cpu": cpu_summary(),
-            "cpu_notes": self.adaptor.cpu_notes(),
-            "space_size": space.size,
-            "pareto_front": [
-                {"trial": r.trial, "accuracy": r.accuracy, "objective": r.objective, "note": r.note}
-                for r in self._pareto()
-            ],
-        }
-
-    def _report(self, s: dict[str, Any], best: TrialRecord | None) -> None:
-        rows = [("FP32", "baseline", self.baseline["accuracy"], self.baseline.get("latency_ms"), 1.0,
-                 self.baseline.get("size_bytes"), "")]
-        shown = {best.trial} if best else set()
-        if best:
-            rows.append((f"#{best.trial}", "best", best.accuracy, best.metrics.get("latency_ms"),
-                         self._ratio(best, "latency_ms"), best.metrics.get("size_bytes"), best.note))
-        for p in self._pareto():
-            if p.trial not in shown:
-                shown.add(p.trial)
-                rows.append((f"#{p.trial}", "pareto", p.accuracy, p.metrics.get("latency_ms"),
-                             self._ratio(p, "latency_ms"), p.metrics.get("size_bytes"), p.note))
-        lines = [f"{'trial':>6} {'role':<8} {'accuracy':>9} {'latency ms':>11} {'vs fp32':>8} {'size MB':>8}  config"]
-        for t, role, acc, lat, ratio, size, note in rows:
-            lines.append(f"{t:>6} {role:<8} {acc:>9.4f} {lat if lat is not None else float('nan'):>11.3f} "
-                         f"{_fmt_ratio(ratio):>8} {(size or 0) / 1e6:>8.3f}  {note}")
-        log.info("tuning finished: %s; %d trial(s) (%d failed) in %.1f s\n%s", s["stop_reason"], s["trials"],
-                 s["failed_trials"], s["elapsed_s"], "\n".join(lines))
-        if best is None:
-            log.warning("no trial produced a working quantized model; the FP32 model is the result")
-            return
-        if s["met_criterion"]:
-            log.info("best: trial %d meets the criterion: accuracy %.4f vs FP32 %.4f (threshold %.4f)",
-                     best.trial, best.accuracy, self.baseline["accuracy"], s["criterion"]["threshold"])
-        else:
-            log.warning("NO configuration met the criterion (threshold %.4f); best effort: trial %d with accuracy "
-                        "%.4f. See the Pareto front in summary.json", s["criterion"]["threshold"], best.trial,
-                        best.accuracy)
-        ratio = s["best"]["latency_ratio"]
-        if ratio is not None:
-            if ratio < 1.0:
-                log.info("INT8/FP32 latency ratio: %.2fx (%.1fx faster than FP32)", ratio, 1 / ratio)
-            else:
-                log.warning("the tuned model is SLOWER than FP32: latency ratio %.2fx (%.3f ms vs %.3f ms); "
-                            "it is not an optimized model", ratio, best.metrics["latency_ms"],
-                            self.baseline["latency_ms"])
-        if s["best"]["fallback_ops"]:
-            log.info("fallback ops: %s", s["best"]["fallback_dtypes"])
+        return TuneResult(summary, best_cfg, model, self.out, self.space, interrupted)
 
 
-def _write_yaml(path: Path, data: dict[str, Any]) -> None:
-    from omegaconf import OmegaConf
-
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+__all__ = ["ExitPolicy", "LpotError", "TuneResult", "Tuner"]

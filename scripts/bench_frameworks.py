@@ -62,8 +62,8 @@ def main() -> int:
                     times[i].append(adaptor.latency_ms(m, x, 3, args.iterations))
             f, q = statistics.median(times[0]), statistics.median(times[1])
             rows.append((name, batch, acc[0], acc[1], f, q, q / f, quant_s))
-        print(f"# {name}: {'; '.join(adaptor.cpu_notes()) or 'nothing depends on the CPU class'}", file=sys.stderr)
             print(f"# {name} batch {batch}: fp32 {f:.3f} ms, int8 {q:.3f} ms", file=sys.stderr)
+        print(f"# {name}: {'; '.join(adaptor.cpu_notes()) or 'nothing depends on the CPU class'}", file=sys.stderr)
 
     print(f"\nCPU: {cpu_info().describe()}")
     print(f"{args.model}, {args.threads} thread(s), median of {args.rounds} alternating rounds")

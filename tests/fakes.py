@@ -12,8 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lpot_research.adaptors.base import Adaptor, count_batches
-from lpot_research.metrics import TopK
+import numpy as np
+
+from lpot_research.adaptors.base import Adaptor, batch_len, count_batches
+from lpot_research.benchmark import Latency
 from lpot_research.models import ModelBundle
 from lpot_research.space import OpCapability, TuneConfig
 
@@ -25,13 +27,40 @@ class FakeModel:
         self.config = config
 
 
+class FakeScore:
+    """The fake's metric: the model predicts its accuracy for every sample; the metric is their mean
+    (a per-sample mean, so early rejection and ranking subsets apply as with top-k)."""
+
+    higher_is_better = True
+    sample_range = (0.0, 1.0)
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def sample_scores(self, predictions, labels):
+        return np.asarray(predictions, dtype=np.float64)
+
+    def reset(self):
+        self.values = []
+
+    def update(self, predictions, labels):
+        self.values += list(self.sample_scores(predictions, labels))
+
+    def result(self):
+        return float(np.mean(self.values)) if self.values else float("nan")
+
+
 class FakeAdaptor(Adaptor):
     name = "fake"
 
     def __init__(self, ops: int = 4, penalties: list[float] | None = None, bf16_penalty: float = 0.001,
                  kl_factor: float = 0.5, sleep: float = 0.0, fail_ops: Iterable[str] = (), threads: Any = None,
-                 sym_penalty: float = 0.0) -> None:
-        self.ops = [f"op{i}" for i in range(ops)]
+                 sym_penalty: float = 0.0, names: list[str] | None = None, eval_log: str | None = None,
+                 save_sleep: float = 0.0) -> None:
+        # `names`: op names in model order (e.g. ones that do not sort in model order)
+        self.ops = list(names) if names is not None else [f"op{i}" for i in range(ops)]
+        ops = len(self.ops)
+        self._eval_log, self._save_sleep = eval_log, save_sleep  # private: not part of the run key
         self.penalties = list(penalties) if penalties is not None else [0.01 * (i + 1) for i in range(ops)]
         self.bf16_penalty, self.kl_factor, self.sleep = bf16_penalty, kl_factor, sleep
         self.sym_penalty = sym_penalty
@@ -68,18 +97,32 @@ class FakeAdaptor(Adaptor):
         return FakeModel(config)
 
     def take_inputs(self, loader: Any, n: int, what: str = "benchmark") -> Any:
-        return [x for x, _ in count_batches(loader, what)][:n]
+        return np.concatenate([x for x, _ in count_batches(loader, what)])[:n]
 
-    def predict(self, model: Any, inputs: Any) -> Any:
-        raise NotImplementedError
+    def predict(self, model: FakeModel, inputs: Any) -> Any:
+        if self._eval_log and np.all(np.asarray(inputs) == 1):  # evaluation data (FakeBundle's are ones)
+            with open(self._eval_log, "a") as f:
+                f.write(f"{model.config.id if model.config else 'fp32'}\n")
+        return np.full(batch_len(inputs), self.accuracy(model.config))
 
-    def evaluate(self, model: FakeModel, dataloader: Any, metric: Any) -> float:
-        return self.accuracy(model.config)
+    def fingerprint(self, model: FakeModel) -> str:
+        return f"fake:{','.join(self.ops)}"
+
+    def runner(self, model: Any, inputs: Any) -> Any:
+        return lambda: None
 
     def latency_ms(self, model: FakeModel, inputs: Any, warmup: int, iterations: int) -> float:
         if model.config is None:
             return COST["fp32"] * len(self.ops)
         return sum(COST[c.dtype] for _, c in model.config.ops)
+
+    def measure_latency(self, model: FakeModel, inputs: Any, bench: Any, reference: Any = None) -> Latency:
+        """Deterministic: the per-op cost sum, against the all-FP32 cost."""
+        lat = self.latency_ms(model, inputs, 0, 0)
+        if reference is None:
+            return Latency(lat, 0.0, 1)
+        ref = self.latency_ms(reference, inputs, 0, 0)
+        return Latency(lat, 0.0, 1, ref, lat / ref)
 
     def size_bytes(self, model: FakeModel) -> int:
         return int(100 * self.latency_ms(model, None, 0, 0))
@@ -98,6 +141,8 @@ class FakeAdaptor(Adaptor):
         return out
 
     def save(self, model: FakeModel, path: Path, example_inputs: Any) -> Path:
+        if self._save_sleep:
+            time.sleep(self._save_sleep)
         out = Path(path).with_suffix(".txt")
         out.write_text(model.config.id if model.config else "fp32")
         return out
@@ -112,5 +157,6 @@ class FakeBundle:
     def load(self, framework: str = "fake") -> ModelBundle:
         import numpy as np
 
-        loader = [(np.zeros(100), np.zeros(100))]
-        return ModelBundle(self.name, FakeModel(None), loader, loader, TopK(1), loader[0][0], 1)
+        calib = [(np.zeros(100), np.zeros(100))]
+        evaluation = [(np.ones(100), np.zeros(100))]  # ones: the fake logs evaluations apart from probes
+        return ModelBundle(self.name, FakeModel(None), calib, evaluation, FakeScore(), calib[0][0], 1)

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from lpot_research import tune
-from lpot_research.metrics import TopK
-from tests.fakes import FakeAdaptor, FakeModel
+from lpot_research.history import History
+from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 
 LOADER = [(np.zeros(100), np.zeros(100))]  # one batch of 100 samples (the default sampling_size)
 
@@ -20,12 +20,15 @@ def run_fake(tmp_path: Any, adaptor: FakeAdaptor | None = None, strategy: Any = 
                                                                                           "max_trials": 100}}
     for k, v in (config or {}).items():
         cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
-    return tune(FakeModel(None), LOADER, LOADER, TopK(1), config=cfg, framework=adaptor, strategy=strategy,
-                output_dir=tmp_path, example_inputs=[0], **kwargs)
+    kwargs.setdefault("resume", History.exists(tmp_path))
+    return tune(FakeModel(None), LOADER, LOADER, FakeScore(), config=cfg, framework=adaptor, strategy=strategy,
+                output_dir=tmp_path, example_inputs=np.zeros(1), **kwargs)
+
+
+def trials(run_dir) -> list:
+    """The trial records of a run dir, read through History (never by hand)."""
+    return History.read(getattr(run_dir, "output_dir", run_dir)).trials
 
 
 def history_notes(result) -> list[str]:
-    import json
-
-    lines = [json.loads(x) for x in (result.output_dir / "history.jsonl").read_text().splitlines()]
-    return [r["note"] for r in lines if r.get("kind") == "trial"]
+    return [t.note for t in trials(result)]

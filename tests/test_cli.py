@@ -127,7 +127,7 @@ def test_killed_run_resumes_without_repeating_a_trial(tmp_path):
 
     res = tune(*args, f"resume={run}", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"{killed_at} finished trial(s) on record" in res.stderr + res.stdout
+    assert f"{killed_at} finished trial(s) from" in res.stderr + res.stdout
     trials = _trials(run)
     ids = [t["config_id"] for t in trials]
     assert len(ids) == len(set(ids)), "a trial was evaluated twice"

@@ -1,23 +1,31 @@
 import json
+import os
 
 import pytest
 
 from lpot_research.errors import ConfigError
-from lpot_research.history import History, TrialRecord
+from lpot_research.history import History, RunRecordError, TrialRecord
+from lpot_research.space import config_id
 
 
-def rec(n):
-    return TrialRecord(trial=n, config_id=f"id{n}", config={"n": n}, status="ok", accuracy=0.5, objective=1.0)
+def rec(n, **kw):
+    config = {"approach": "post_training_static_quant", "sampling_size": 1, "ops": {"b": {"dtype": "fp32"},
+                                                                                   "a": {"dtype": "int8"}}, "n": n}
+    return TrialRecord(trial=n, config_id=config_id(config), config=config, status="ok", accuracy=0.5,
+                       objective=1.0, **kw)
 
 
 def test_round_trip_and_run_header(tmp_path):
-    h = History(tmp_path, "key")
+    h = History(tmp_path, "key", {"seed": 1})
     h.set_baseline({"accuracy": 1.0})
     h.add(rec(1))
     lines = (tmp_path / "history.jsonl").read_text().splitlines()
-    assert json.loads(lines[0]) == {"kind": "run", "run_key": "key"}
+    assert json.loads(lines[0]) == {"kind": "run", "run_key": "key", "run": {"seed": 1}}
     again = History(tmp_path, "key")
-    assert again.baseline["accuracy"] == 1.0 and [t.config_id for t in again.trials] == ["id1"]
+    assert again.baseline["accuracy"] == 1.0 and [t.trial for t in again.trials] == [1]
+    # the ops keep their order (a config read back lists them as the model does, not sorted)
+    assert list(again.trials[0].config["ops"]) == ["b", "a"]
+    assert History.read(tmp_path).trials[0].config_id == rec(1).config_id
 
 
 def test_unterminated_last_line_is_dropped_even_if_it_parses(tmp_path):
@@ -52,3 +60,62 @@ def test_empty_file_gets_a_header(tmp_path):
     h.add(rec(1))
     with pytest.raises(ConfigError, match="different run"):
         History(tmp_path, "other")
+
+
+def test_a_history_without_its_header_is_refused(tmp_path):
+    """A modelsize run's bytes must never be read as a performance run's milliseconds."""
+    h = History(tmp_path, "key")
+    h.add(rec(1))
+    p = tmp_path / "history.jsonl"
+    p.write_text("\n".join(p.read_text().splitlines()[1:]) + "\n")
+    with pytest.raises(ConfigError, match="has no run header"):
+        History(tmp_path, "key")
+
+
+def test_a_config_that_does_not_match_its_id_is_refused(tmp_path):
+    h = History(tmp_path, "key")
+    h.add(rec(1))
+    p = tmp_path / "history.jsonl"
+    p.write_text(p.read_text().replace('"a": {"dtype": "int8"}', '"a": {"dtype": "fp32"}'))
+    with pytest.raises(ConfigError, match="line 2 has a config that does not match its config_id"):
+        History(tmp_path, "key")
+
+
+def test_a_gap_or_a_repeat_in_the_trials_is_refused(tmp_path):
+    h = History(tmp_path, "key")
+    h.add(rec(1))
+    p = tmp_path / "history.jsonl"
+    line = p.read_text().splitlines()[1]
+    p.write_text(p.read_text() + line + "\n")
+    with pytest.raises(ConfigError, match="line 3 is trial 1, expected 2"):
+        History(tmp_path, "key")
+
+
+def test_a_refused_resume_names_the_settings_that_differ(tmp_path):
+    History(tmp_path, "k1", {"seed": 1, "objective": {"class": "Performance"}, "same": 3}).add(rec(1))
+    with pytest.raises(ConfigError, match=r"different run \(objective.class: Performance -> ModelSize; seed: 1 -> 2\)"):
+        History(tmp_path, "k2", {"seed": 2, "objective": {"class": "ModelSize"}, "same": 3})
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device every write to fails)")
+def test_an_unwritable_history_is_a_run_record_error_naming_the_file(tmp_path):
+    h = History(tmp_path, "key")
+    h.add(rec(1))
+    p = tmp_path / "history.jsonl"
+    p.rename(tmp_path / "kept.jsonl")
+    p.symlink_to("/dev/full")  # the disk is full (chmod does not stop root)
+    with pytest.raises(RunRecordError, match=r"cannot write .*history.jsonl: No space left on device"):
+        h.add(rec(2))
+    assert len(h.trials) == 1  # the lost trial is not on record in memory either
+
+
+def test_later_measurements_and_analysis_are_merged_on_reading(tmp_path):
+    h = History(tmp_path, "key")
+    r = rec(1, rejected=True)
+    r.accuracy = None
+    h.add(r)
+    h.measure(r, accuracy=0.7, metrics={"latency_ms": 2.0}, objective=2.0)
+    h.add_analysis("eval_order", [2, 0, 1])
+    back = History.read(tmp_path)
+    assert (back.trials[0].accuracy, back.trials[0].metrics["latency_ms"], back.trials[0].objective) == (0.7, 2.0, 2.0)
+    assert back.analysis["eval_order"] == [2, 0, 1]

@@ -10,8 +10,9 @@ import pytest
 
 import lpot_research
 from lpot_research.errors import ConfigError
+from lpot_research.history import History
 from lpot_research.objectives import Weighted
-from tests.fakes import FakeAdaptor, FakeModel
+from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 from tests.helpers import LOADER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,18 +37,17 @@ def test_weighted_objective_picks_the_best_trade_off_among_passing(tmp_path):
     latency only, the fastest passing config wins."""
     def run(weights, out):
         return lpot_research.tune(FakeModel(None), LOADER, LOADER, framework=FakeAdaptor(penalties=[0.002] * 4),
-                                  eval_func=None, metric=None, objective={"name": "weighted", "weights": weights},
+                                  metric=FakeScore(), objective={"name": "weighted", "weights": weights},
                                   strategy="exhaustive", exit_policy={"timeout": 60, "max_trials": 30},
                                   output_dir=tmp_path / out)
     fast = run({"latency": 1.0}, "fast").summary
     careful = run({"latency": 1.0, "accuracy": 1000.0}, "careful").summary
     assert fast["objective"] == "weighted" and fast["met_criterion"] and careful["met_criterion"]
-    trials = [json.loads(x) for x in (tmp_path / "fast" / "history.jsonl").read_text().splitlines()]
-    passing = [t for t in trials if t.get("kind") == "trial" and t["passed"]]
-    fastest = min(passing, key=lambda t: t["metrics"]["latency_ms"])
-    assert fast["best"]["latency_ms"] == fastest["metrics"]["latency_ms"]
+    passing = [t for t in History.read(tmp_path / "fast").trials if t.passed]
+    fastest = min(passing, key=lambda t: t.metrics["latency_ms"])
+    assert fast["best"]["latency_ms"] == fastest.metrics["latency_ms"]
     assert careful["best"]["accuracy"] >= fast["best"]["accuracy"]
-    assert careful["best"]["accuracy"] == max(t["accuracy"] for t in passing)
+    assert careful["best"]["accuracy"] == max(t.accuracy for t in passing)
 
 
 def test_user_objective_from_the_api(tmp_path):

@@ -181,10 +181,10 @@ def test_calibration_uses_sampling_size_samples(adaptor, bundle):
     assert cfg.sampling_size == 40
     orig = adaptor._calibrate
 
-    def spy(prepared, loader, n):
+    def spy(model, prepared, loader, n):
         counter = CountingLoader(loader)
         handle = prepared.register_forward_pre_hook(lambda m, args: observed.append(args[0].shape[0]))
-        orig(prepared, counter, n)
+        orig(model, prepared, counter, n)
         handle.remove()
 
     adaptor._calibrate = spy

@@ -7,7 +7,7 @@ from lpot_research import tune
 from lpot_research.errors import ConfigError, DataError
 from lpot_research.strategies import Strategy
 from lpot_research.strategies.basic import BasicStrategy
-from tests.fakes import FakeAdaptor, FakeModel
+from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 from tests.helpers import LOADER, history_notes, run_fake
 
 
@@ -121,7 +121,7 @@ def test_unknown_names_list_the_valid_choices(tmp_path):
         tune(FakeModel(None), LOADER, LOADER, framework="caffe", output_dir=tmp_path)
     with pytest.raises(ConfigError, match="unknown objective 'speed'.*performance, modelsize, footprint"):
         run_fake(tmp_path, objective="speed")
-    with pytest.raises(ConfigError, match="'quantisation'"):
+    with pytest.raises(ConfigError, match="unknown key quantisation; valid keys: quantization, accuracy_criterion"):
         run_fake(tmp_path, config={"quantisation": {}})
 
 
@@ -235,26 +235,17 @@ def test_one_shot_iterators_are_refused(tmp_path):
         tune(FakeModel(None), iter(LOADER), LOADER, framework=FakeAdaptor(), output_dir=tmp_path)
 
 
-class Loss:
-    """A lower-is-better metric: 1 - the fake accuracy."""
+class Loss(FakeScore):
+    """A lower-is-better metric: 1 - the fake accuracy, per sample."""
 
     higher_is_better = False
 
-    def __init__(self, adaptor):
-        self.adaptor = adaptor
-
-    def reset(self):
-        pass
+    def sample_scores(self, predictions, labels):
+        return 1.0 - super().sample_scores(predictions, labels)
 
 
 def test_criterion_direction_follows_a_lower_is_better_metric(tmp_path):
-    adaptor = FakeAdaptor(ops=3)
-
-    class LossAdaptor(FakeAdaptor):
-        def evaluate(self, model, dataloader, metric):
-            return 1.0 - adaptor.accuracy(model.config)
-
-    res = tune(FakeModel(None), LOADER, LOADER, Loss(adaptor), framework=LossAdaptor(ops=3), output_dir=tmp_path,
+    res = tune(FakeModel(None), LOADER, LOADER, Loss(), framework=FakeAdaptor(ops=3), output_dir=tmp_path,
                config={"accuracy_criterion": {"kind": "absolute", "tolerance": 0.02}})
     s = res.summary
     assert s["criterion"]["higher_is_better"] is False

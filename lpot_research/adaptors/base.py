@@ -2,42 +2,71 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from lpot_research.errors import DataError
+from lpot_research.batches import batch_len, batches, limited_batches
+from lpot_research.benchmark import Benchmark, Latency, measure
 from lpot_research.space import OpCapability, TuneConfig
 
-
-def count_batches(loader: Iterable[Any], what: str) -> Iterator[Any]:
-    """Iterate a dataloader, raising a clear error if it yields nothing."""
-    n = 0
-    for batch in loader:
-        n += 1
-        yield batch
-    if n == 0:
-        raise DataError(f"the {what} dataloader yielded no batch; give it at least one (inputs, labels) batch")
+__all__ = ["Adaptor", "CalibrationCache", "batch_len", "count_batches", "limited_batches", "numpy_inputs",
+           "take_numpy_inputs", "to_numpy"]
+T = TypeVar("T")
 
 
-def batch_len(inputs: Any) -> int:
-    """Samples in one batch of inputs (a tensor/array, or a tuple/list of them for several inputs)."""
-    return len(inputs[0] if isinstance(inputs, tuple | list) else inputs)
+class CalibrationCache:
+    """The one calibration cache of every back end: calibration statistics are computed once per key
+    (the model, the sampling size, the algorithm, ...) and reused by every trial that needs them, and
+    the passes and seconds spent are counted (each trial's cost report reads them).
+
+    `get(key, compute)` caches a whole result; `get_many(key, names, compute)` caches per-name entries
+    (e.g. tensor ranges) and computes only the names it does not hold yet."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._store: dict[Any, Any] = {}
+        self.passes = 0
+        self.seconds = 0.0
+
+    def _run(self, compute: Callable[[], T]) -> T:
+        t0 = time.perf_counter()
+        try:
+            return compute()
+        finally:
+            self.passes += 1
+            self.seconds += time.perf_counter() - t0
+
+    def get(self, key: Any, compute: Callable[[], T]) -> T:
+        if self.enabled and key in self._store:
+            return self._store[key]
+        value = self._run(compute)
+        if self.enabled:
+            self._store[key] = value
+        return value
+
+    def get_many(self, key: Any, names: Iterable[str], compute: Callable[[list[str]], dict[str, Any]],
+                 everything: Callable[[], Iterable[str]] | None = None) -> dict[str, Any]:
+        """Entries `names` of the table `key`; the missing ones come from `compute(missing)` (the
+        first pass computes `everything()` too, so later trials rarely need another)."""
+        table = self._store.setdefault(key, {}) if self.enabled else {}
+        wanted = list(dict.fromkeys(names))
+        missing = [n for n in wanted if n not in table]
+        if missing:
+            if self.enabled and not table and everything is not None:
+                missing = list(dict.fromkeys([*missing, *everything()]))
+            table.update(self._run(lambda: compute(missing)))
+        return {n: table[n] for n in wanted}
 
 
-def limited_batches(loader: Iterable[Any], limit: int, what: str) -> Iterator[Any]:
-    """The input batches of a dataloader of (inputs, labels), the last one cut, so that `limit`
-    samples come out (fewer when the dataloader holds fewer)."""
-    seen = 0
-    for inputs, _ in count_batches(loader, what):
-        take = min(batch_len(inputs), limit - seen)
-        yield type(inputs)(x[:take] for x in inputs) if isinstance(inputs, tuple | list) else inputs[:take]
-        seen += take
-        if seen >= limit:
-            return
+def count_batches(loader: Iterable[Any], what: str) -> Iterator[tuple[Any, Any]]:
+    """Iterate a dataloader's (inputs, labels) batches, raising a clear error if it yields nothing."""
+    return batches(loader, what)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -73,6 +102,20 @@ class Adaptor(ABC):
     name: str = "base"
     layout: str = "NCHW"  # how this framework wants image batches (YAML-described dataloaders follow it)
     approaches: tuple[str, ...] = ("post_training_static_quant", "post_training_dynamic_quant")
+    cache_calibration: bool = True
+
+    @property
+    def calibration(self) -> CalibrationCache:
+        """This adaptor's calibration cache (created on first use: constructors only store arguments)."""
+        cache = self.__dict__.get("_calibration_cache")
+        if cache is None:
+            cache = self.__dict__["_calibration_cache"] = CalibrationCache(bool(self.cache_calibration))
+        return cache
+
+    @property
+    def calibrations(self) -> int:
+        """How many calibration passes ran (private state: it does not enter the run key)."""
+        return self.calibration.passes
 
     def check_approach(self, approach: str) -> None:
         if approach not in self.approaches:
@@ -90,6 +133,18 @@ class Adaptor(ABC):
         """For quant_aware_training: the user's `train_func(model)` (or None) and the configured loop's
         settings (quantization.qat). Only adaptors that list quant_aware_training are called."""
         raise NotImplementedError(f"framework={self.name} lists quant_aware_training but has no set_training")
+
+    def fingerprint(self, model: Any) -> str:
+        """A hash of a prepared model's content (its weights and structure), so that a run dir of another
+        model is never resumed as this one's. Default: the hash of its pickle."""
+        import hashlib
+        import pickle
+
+        try:
+            blob = pickle.dumps(model)
+        except Exception as e:  # noqa: BLE001 - an unpicklable model needs the adaptor's own fingerprint
+            raise NotImplementedError(f"{type(self).__name__} cannot fingerprint a {type(model).__name__}: {e}") from e
+        return hashlib.sha256(blob).hexdigest()[:16]
 
     def prepare(self, model: Any, example_inputs: Any) -> Any:
         """Bring a user/built-in model into this framework's form (e.g. export). Default: as is."""
@@ -122,8 +177,27 @@ class Adaptor(ABC):
         return float(metric.result())
 
     @abstractmethod
+    def runner(self, model: Any, inputs: Any) -> Callable[[], Any]:
+        """A function that runs one inference of `model` on `inputs` (set up once: sessions, feeds,
+        converted inputs), for timing."""
+
     def latency_ms(self, model: Any, inputs: Any, warmup: int, iterations: int) -> float:
         """Median wall time of one inference on `inputs`, after warm-up."""
+        run = self.runner(model, inputs)
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(max(1, iterations)):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+    def measure_latency(self, model: Any, inputs: Any, bench: Benchmark, reference: Any = None) -> Latency:
+        """Latency of `model`, interleaved with `reference` (the FP32 model) when given, until stable
+        (lpot_research.benchmark)."""
+        ref = self.runner(reference, inputs) if reference is not None else None
+        return measure(self.runner(model, inputs), bench, ref)
 
     @abstractmethod
     def size_bytes(self, model: Any) -> int:

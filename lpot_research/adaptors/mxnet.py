@@ -66,19 +66,19 @@ also set, oneDNN's kernels in the engine's worker thread follow it rather than M
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -355,9 +355,7 @@ class MXNetAdaptor(Adaptor):
     def __init__(self, threads: int | None = None, cache_calibration: bool = True) -> None:
         self.threads = threads
         self.cache_calibration = cache_calibration
-        self._ranges: dict[tuple[str, int, str], dict[str, tuple[float, float]]] = {}
-        # calibration passes run, and samples seen by the last one (kept out of vars(): not configuration)
-        self._calibration = {"passes": 0, "samples": 0}
+        self._calibration_samples = 0  # samples seen by the last calibration pass (not configuration)
         self._warned_threads = False
 
     @classmethod
@@ -369,14 +367,9 @@ class MXNetAdaptor(Adaptor):
         return cls(threads, cache_calibration)
 
     @property
-    def calibrations(self) -> int:
-        """How many calibration passes over the data ran (each covers the tensors not yet cached)."""
-        return self._calibration["passes"]
-
-    @property
     def calibration_samples(self) -> int:
         """Samples the last calibration pass ran through the model."""
-        return self._calibration["samples"]
+        return self._calibration_samples
 
     def _mx(self) -> ModuleType:
         mx = import_mxnet(self.threads)
@@ -439,6 +432,16 @@ class MXNetAdaptor(Adaptor):
         names = [a for a in sym.list_arguments() if a not in params]
         return Source(sym, params, names)
 
+    def fingerprint(self, model: MXModel) -> str:
+        """The hash of the source symbol (JSON) and every parameter."""
+        self._mx()
+        h = hashlib.sha256(model.source.symbol.tojson().encode())
+        for name in sorted(model.source.params):
+            a = model.source.params[name].asnumpy()
+            h.update(f"{name}|{a.dtype}|{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()[:16]
+
     def capabilities(self, model: MXModel, approach: str, example_inputs: Any) -> list[OpCapability]:
         self._mx()
         self._static_only(approach)
@@ -468,12 +471,10 @@ class MXNetAdaptor(Adaptor):
 
     def _calibrated(self, source: Source, loader: Iterable[Any], sampling_size: int, algorithm: str,
                     tensors: list[str]) -> dict[str, tuple[float, float]]:
-        key = (source.key, sampling_size, algorithm)
-        cache = self._ranges.setdefault(key, {}) if self.cache_calibration else {}
-        missing = [t for t in tensors if t not in cache]
-        if missing:
-            if self.cache_calibration and not cache:  # first pass: every op's tensors, for later fallbacks
-                missing = list(dict.fromkeys([*missing, *(t for op in source.ops for t in (*op.inputs, op.output))]))
+        """Ranges of `tensors`, per (model, sampling size, algorithm); a pass covers every op's tensors
+        the first time, and only the missing ones after (e.g. the input of an op after a fallback)."""
+
+        def compute(missing: list[str]) -> dict[str, tuple[float, float]]:
             t0 = time.perf_counter()
             collector = _Collector(algorithm)
             seen = 0
@@ -482,11 +483,13 @@ class MXNetAdaptor(Adaptor):
                 seen += batch_len(next(iter(values.values())))
                 for t, v in values.items():
                     collector.add(t, v)
-            cache.update(collector.ranges())
-            self._calibration.update(passes=self._calibration["passes"] + 1, samples=seen)
+            self._calibration_samples = seen
             log.debug("calibrated %d tensor(s) (%s) on %d samples in %.1f s", len(missing), algorithm, seen,
                       time.perf_counter() - t0)
-        return {t: cache[t] for t in tensors}
+            return collector.ranges()
+
+        return self.calibration.get_many((source.key, sampling_size, algorithm), tensors, compute,
+                                         lambda: (t for op in source.ops for t in (*op.inputs, op.output)))
 
     # ------------------------------------------------------------------ quantization
     def quantize(self, model: MXModel, config: TuneConfig, calib_dataloader: Iterable[Any],
@@ -553,7 +556,7 @@ class MXNetAdaptor(Adaptor):
         outs = [o.asnumpy() for o in model.forward(model.nd_inputs(inputs))]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def latency_ms(self, model: MXModel, inputs: Any, warmup: int, iterations: int) -> float:
+    def runner(self, model: MXModel, inputs: Any) -> Callable[[], Any]:
         self._mx()
         block, xs = model.block(), model.nd_inputs(inputs)
 
@@ -561,14 +564,7 @@ class MXNetAdaptor(Adaptor):
             for o in model.forward(xs, block):
                 o.wait_to_read()
 
-        for _ in range(warmup):
-            once()
-        times = []
-        for _ in range(max(1, iterations)):
-            t0 = time.perf_counter()
-            once()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+        return once
 
     def size_bytes(self, model: MXModel) -> int:
         self._mx()

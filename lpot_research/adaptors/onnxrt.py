@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import logging
-import statistics
 import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,13 +174,6 @@ class OnnxRuntimeAdaptor(Adaptor):
         self.reduce_range = reduce_range  # None: decided by the CPU (see _reduce_range)
         self.cache_calibration = cache_calibration
         self.opset = opset
-        self._ranges: dict[tuple[str, int, str], Any] = {}  # (model id, sampling size, algorithm) -> ranges
-        self._calibrations = 0
-
-    @property
-    def calibrations(self) -> int:
-        """How many calibration passes ran (private state: it must not enter the run key)."""
-        return self._calibrations
 
     # ------------------------------------------------------------------ the CPU
     def _reduce_range(self) -> bool:
@@ -217,6 +210,9 @@ class OnnxRuntimeAdaptor(Adaptor):
                               f"got {type(model).__name__}")
         return OrtModel(normalize(proto), self.threads)
 
+    def fingerprint(self, model: OrtModel) -> str:
+        return hashlib.sha256(model.proto.SerializeToString(deterministic=True)).hexdigest()[:16]
+
     def capabilities(self, model: OrtModel, approach: str, example_inputs: Any) -> list[OpCapability]:
         inits = {i.name for i in model.proto.graph.initializer}
         gran = ("per_channel", "per_tensor") if self.quant_format == "QDQ" else ("per_channel",)
@@ -240,28 +236,27 @@ class OnnxRuntimeAdaptor(Adaptor):
 
     # ------------------------------------------------------------------ calibration (cached)
     def _calibrated(self, model: OrtModel, calib: Iterable[Any], sampling_size: int, algorithm: str) -> Any:
+        """Activation ranges of every quantizable node's tensors, per (model, sampling size, method)."""
         from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
-        key = (model.key, sampling_size, algorithm)
-        if self.cache_calibration and key in self._ranges:
-            return self._ranges[key]
-        method, options = CALIBRATION[algorithm]
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="lpot_calib_") as tmp, _quiet():
-            path = Path(tmp) / "model.onnx"
-            onnx.save(model.proto, str(path))
-            calibrator = create_calibrator(path, list(STATIC_TYPES), augmented_model_path=str(Path(tmp) / "aug.onnx"),
-                                           calibrate_method=getattr(CalibrationMethod, method),
-                                           extra_options=dict(options))
-            # our session: the thread count of this run and no spinning (the calibrator's own uses all cores)
-            calibrator.infer_session = make_session(str(calibrator.augmented_model_path), self.threads)
-            calibrator.collect_data(_Reader(model, calib, sampling_size))
-            ranges = _entropy_ranges(calibrator) if algorithm == "kl" else calibrator.compute_data()
-        self._calibrations += 1
-        log.debug("calibrated %s on %d samples in %.1f s", algorithm, sampling_size, time.perf_counter() - t0)
-        if self.cache_calibration:
-            self._ranges[key] = ranges
-        return ranges
+        def compute() -> Any:
+            method, options = CALIBRATION[algorithm]
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="lpot_calib_") as tmp, _quiet():
+                path = Path(tmp) / "model.onnx"
+                onnx.save(model.proto, str(path))
+                calibrator = create_calibrator(path, list(STATIC_TYPES),
+                                               augmented_model_path=str(Path(tmp) / "aug.onnx"),
+                                               calibrate_method=getattr(CalibrationMethod, method),
+                                               extra_options=dict(options))
+                # our session: the thread count of this run and no spinning (the calibrator's own uses all cores)
+                calibrator.infer_session = make_session(str(calibrator.augmented_model_path), self.threads)
+                calibrator.collect_data(_Reader(model, calib, sampling_size))
+                ranges = _entropy_ranges(calibrator) if algorithm == "kl" else calibrator.compute_data()
+            log.debug("calibrated %s on %d samples in %.1f s", algorithm, sampling_size, time.perf_counter() - t0)
+            return ranges
+
+        return self.calibration.get((model.key, sampling_size, algorithm), compute)
 
     # ------------------------------------------------------------------ quantization
     def quantize(self, model: OrtModel, config: TuneConfig, calib_dataloader: Iterable[Any],
@@ -341,16 +336,9 @@ class OnnxRuntimeAdaptor(Adaptor):
     def predict(self, model: OrtModel, inputs: Any) -> Any:
         return model.run(inputs)
 
-    def latency_ms(self, model: OrtModel, inputs: Any, warmup: int, iterations: int) -> float:
+    def runner(self, model: OrtModel, inputs: Any) -> Callable[[], Any]:
         sess, feed = model.session(), model.feed(inputs)
-        for _ in range(warmup):
-            sess.run(None, feed)
-        times = []
-        for _ in range(max(1, iterations)):
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+        return lambda: sess.run(None, feed)
 
     def size_bytes(self, model: OrtModel) -> int:
         return model.proto.ByteSize()

@@ -9,13 +9,13 @@ back really removes all quantization error at that op.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import hashlib
 import io
 import logging
-import statistics
-import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,14 @@ from torch.ao.quantization.observer import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
+    ObserverBase,
     PerChannelMinMaxObserver,
     PlaceholderObserver,
 )
 
 from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches
 from lpot_research.adaptors.torch_observers import KLHistogramObserver
+from lpot_research.config import QAT
 from lpot_research.cpu import cpu_info
 from lpot_research.errors import ConfigError
 from lpot_research.objectives import peak_rss_increase
@@ -111,7 +113,6 @@ def _qconfig(choice: OpChoice, reduce_range: bool) -> QConfig:
     return QConfig(activation=aobs, weight=wobs)
 
 
-QAT_DEFAULTS = {"epochs": 1, "lr": 1e-4, "momentum": 0.9, "loss": "cross_entropy", "seed": 0}
 LOSSES = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss}
 
 
@@ -124,18 +125,12 @@ class PyTorchAdaptor(Adaptor):
         self.threads = threads
         self.reduce_range = reduce_range  # None: decided by the CPU (see _reduce_range)
         self._train_func: Any = None
-        self._qat: dict[str, Any] = dict(QAT_DEFAULTS)
+        self._qat: dict[str, Any] = dataclasses.asdict(QAT())
 
     def set_training(self, train_func: Any, settings: dict[str, Any]) -> None:
-        bad = [k for k in settings if k not in QAT_DEFAULTS]
-        if bad:
-            raise ConfigError(f"quantization.qat.{bad[0]} is not a known key; valid keys: {list(QAT_DEFAULTS)}")
-        qat = {**QAT_DEFAULTS, **settings}
-        if qat["loss"] not in LOSSES:
-            raise ConfigError(f"quantization.qat.loss={qat['loss']!r} is unknown; valid choices: {list(LOSSES)}")
-        if not (isinstance(qat["epochs"], int) and qat["epochs"] >= 0):
-            raise ConfigError(f"quantization.qat.epochs={qat['epochs']!r} must be an int >= 0")
-        self._train_func, self._qat = train_func, qat
+        """The user's train_func (or None) and the configured loop's settings (quantization.qat, checked by
+        lpot_research.config.QAT)."""
+        self._train_func, self._qat = train_func, dataclasses.asdict(QAT(**settings))
 
     # ------------------------------------------------------------------ the CPU
     def _reduce_range(self) -> bool:
@@ -258,7 +253,7 @@ class PyTorchAdaptor(Adaptor):
             else:
                 prepared = prepare_fx(m, qmap, as_tuple(example_inputs))
             if config.approach == "post_training_static_quant":
-                self._calibrate(prepared, calib_dataloader, config.sampling_size)
+                self._calibrate(model, prepared, calib_dataloader, config.sampling_size)
             converted = convert_fx(prepared)
         for name, choice in config.ops:
             if choice.dtype == "bf16":
@@ -285,32 +280,69 @@ class PyTorchAdaptor(Adaptor):
                 steps += 1
         log.debug("quantization-aware training: %d step(s) of SGD (lr %g)", steps, qat["lr"])
 
+    @staticmethod
+    def _observers(prepared: nn.Module) -> dict[str, nn.Module]:
+        """The activation observers of a prepared model, keyed by what they observe: the graph node
+        (names come from the traced model, so they are the same whatever the configuration) and the
+        observer's class (minmax / kl / histogram keep different statistics)."""
+        modules = dict(prepared.named_modules())
+        out = {}
+        for node in prepared.graph.nodes:
+            mod = modules.get(node.target) if node.op == "call_module" else None
+            if mod is not None and isinstance(mod, ObserverBase) and node.args:
+                observed = node.args[0]
+                out[f"{getattr(observed, 'name', observed)}|{type(mod).__qualname__}"] = mod
+        return out
+
     @torch.inference_mode()
-    def _calibrate(self, prepared: nn.Module, loader: Iterable[Any], sampling_size: int) -> None:
-        seen = 0
-        for inputs in limited_batches(loader, sampling_size, "calibration"):
-            prepared(*as_tuple(inputs))
-            seen += batch_len(inputs)
-        if seen < sampling_size:
-            log.debug("calibration: the dataloader gave %d samples, fewer than sampling_size=%d", seen,
-                      sampling_size)
+    def _calibrate(self, model: nn.Module, prepared: nn.Module, loader: Iterable[Any], sampling_size: int) -> None:
+        """Fill the prepared model's observers: their statistics are cached per (model, sampling size)
+        and per observed tensor, so a trial only runs calibration data through the model when it
+        observes a tensor no earlier trial did (calibration observes FP32 activations, the same for every
+        configuration)."""
+        observers = self._observers(prepared)
+
+        def compute(missing: list[str]) -> dict[str, Any]:
+            seen = 0
+            for inputs in limited_batches(loader, sampling_size, "calibration"):
+                prepared(*as_tuple(inputs))
+                seen += batch_len(inputs)
+            if seen < sampling_size:
+                log.debug("calibration: the dataloader gave %d samples, fewer than sampling_size=%d", seen,
+                          sampling_size)
+            return {k: copy.deepcopy(obs.state_dict()) for k, obs in observers.items()}
+
+        states = self.calibration.get_many((self.fingerprint(model), sampling_size), list(observers), compute)
+        for k, obs in observers.items():
+            obs.load_state_dict(states[k])
+
+    def fingerprint(self, model: nn.Module) -> str:
+        """A hash of the model's class and every parameter and buffer (names, dtypes, shapes, values)."""
+        cached = self.__dict__.setdefault("_fingerprints", {}).get(id(model))
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+        for name, t in model.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        key = h.hexdigest()[:16]
+        self.__dict__["_fingerprints"][id(model)] = (model, key)
+        return key
 
     # ------------------------------------------------------------------ running and measuring
     @torch.inference_mode()
     def predict(self, model: nn.Module, inputs: Any) -> Any:
         return model(*as_tuple(inputs))
 
-    @torch.inference_mode()
-    def latency_ms(self, model: nn.Module, inputs: Any, warmup: int, iterations: int) -> float:
+    def runner(self, model: nn.Module, inputs: Any) -> Callable[[], Any]:
         args = as_tuple(inputs)
-        for _ in range(warmup):
-            model(*args)
-        times = []
-        for _ in range(max(1, iterations)):
-            t0 = time.perf_counter()
-            model(*args)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+
+        @torch.inference_mode()
+        def once() -> Any:
+            return model(*args)
+
+        return once
 
     def size_bytes(self, model: nn.Module) -> int:
         buf = io.BytesIO()

@@ -29,7 +29,6 @@ import io
 import logging
 import os
 import re
-import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -177,13 +176,6 @@ class TensorFlowAdaptor(Adaptor):
         self.per_channel = per_channel
         self.threads = threads
         self.cache_calibration = cache_calibration
-        self._calibrated: dict[tuple[str, int], bytes] = {}
-        self._calibrations = 0
-
-    @property
-    def calibrations(self) -> int:
-        """How many calibration passes ran (private state: it must not enter the run key)."""
-        return self._calibrations
 
     # ------------------------------------------------------------------ models
     def prepare(self, model: Any, example_inputs: Any) -> TFModel:
@@ -209,6 +201,10 @@ class TensorFlowAdaptor(Adaptor):
         km = model
         return TFModel(lambda: tf.lite.TFLiteConverter.from_keras_model(km), names, self.threads)
 
+    def fingerprint(self, model: TFModel) -> str:
+        """The hash of the float TFLite model the converter makes of it (weights and graph)."""
+        return hashlib.sha256(model.float.content).hexdigest()[:16]
+
     def capabilities(self, model: TFModel, approach: str, example_inputs: Any) -> list[OpCapability]:
         gran = ("per_channel",) if self.per_channel else ("per_tensor",)
         weight = {"dtype": ("int8",), "scheme": ("sym",), "granularity": gran, "algorithm": ("minmax",)}
@@ -219,26 +215,26 @@ class TensorFlowAdaptor(Adaptor):
 
     # ------------------------------------------------------------------ quantization
     def _calibrate(self, model: TFModel, loader: Iterable[Any], sampling_size: int) -> bytes:
-        key = (model.key, sampling_size)
-        if self.cache_calibration and key in self._calibrated:
-            return self._calibrated[key]
-        samples: list[list[np.ndarray]] = []
-        for inputs in limited_batches(loader, sampling_size, "calibration"):
-            arrays = numpy_inputs(inputs, float32=True)
-            samples += [[a[i:i + 1] for a in arrays] for i in range(batch_len(inputs))]
-        t0 = time.perf_counter()
-        converter = model.make_converter()
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: iter(samples)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        converter._experimental_calibrate_only = True  # noqa: SLF001 - calibrate once, quantize per trial
-        with _quiet():
-            calibrated = converter.convert()
-        self._calibrations += 1
-        log.debug("calibrated on %d samples in %.1f s", len(samples), time.perf_counter() - t0)
-        if self.cache_calibration:
-            self._calibrated[key] = calibrated
-        return calibrated
+        """The converter's calibrated (not yet quantized) model, per (model, sampling size)."""
+
+        def compute() -> bytes:
+            samples: list[list[np.ndarray]] = []
+            for inputs in limited_batches(loader, sampling_size, "calibration"):
+                arrays = numpy_inputs(inputs, float32=True)
+                samples += [[a[i:i + 1] for a in arrays] for i in range(batch_len(inputs))]
+            t0 = time.perf_counter()
+            converter = model.make_converter()
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: iter(samples)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
+            converter._experimental_calibrate_only = True  # noqa: SLF001 - calibrate once, quantize per trial
+            with _quiet():
+                calibrated = converter.convert()
+            log.debug("calibrated on %d samples in %.1f s", len(samples), time.perf_counter() - t0)
+            return calibrated
+
+        return self.calibration.get((model.key, sampling_size), compute)
 
     def quantize(self, model: TFModel, config: TuneConfig, calib_dataloader: Iterable[Any],
                  example_inputs: Any) -> TFLiteModel:
@@ -280,16 +276,9 @@ class TensorFlowAdaptor(Adaptor):
         outs = self._tflite(model).outputs(numpy_inputs(inputs, float32=True))
         return outs[0] if len(outs) == 1 else outs
 
-    def latency_ms(self, model: Any, inputs: Any, warmup: int, iterations: int) -> float:
+    def runner(self, model: Any, inputs: Any) -> Callable[[], Any]:
         m, arrays = self._tflite(model), numpy_inputs(inputs, float32=True)
-        for _ in range(warmup):
-            m.run(arrays)
-        times = []
-        for _ in range(max(1, iterations)):
-            t0 = time.perf_counter()
-            m.run(arrays)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+        return lambda: m.run(arrays)
 
     def size_bytes(self, model: Any) -> int:
         return len(self._tflite(model).content)

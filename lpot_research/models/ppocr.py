@@ -85,12 +85,23 @@ class TextMatch:
         self.char_score = 0.0
         self.total = 0
 
-    def update(self, predictions: Any, labels: Any) -> None:
+    sample_range = (0.0, 1.0)
+
+    def _pairs(self, predictions: Any, labels: Any) -> list[tuple[str, str]]:
         if self.chars is None:
             raise DataError("TextMatch needs the recognizer's character list")
         texts = ctc_decode(to_numpy(predictions), self.chars)
-        for got, want in zip(texts, labels, strict=True):
-            got, want = got.strip(), str(want).strip()
+        return [(got.strip(), str(want).strip()) for got, want in zip(texts, labels, strict=True)]
+
+    def sample_scores(self, predictions: Any, labels: Any) -> np.ndarray:
+        """Per line: 1/0 for an exact match, or 1 - edit distance / label length for character accuracy."""
+        pairs = self._pairs(predictions, labels)
+        if self.kind == "exact":
+            return np.array([float(g == w) for g, w in pairs])
+        return np.array([max(0.0, 1 - edit_distance(g, w) / max(1, len(w))) for g, w in pairs])
+
+    def update(self, predictions: Any, labels: Any) -> None:
+        for got, want in self._pairs(predictions, labels):
             self.exact += got == want
             self.char_score += max(0.0, 1 - edit_distance(got, want) / max(1, len(want)))
             self.total += 1

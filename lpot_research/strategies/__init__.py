@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lpot_research._lazy import load_object
+from lpot_research.config import DEFAULT_SEED
 from lpot_research.errors import ConfigError
 from lpot_research.strategies.base import Result, Strategy, StrategyContext, rank_key, select_best
 
@@ -18,10 +19,11 @@ BUILTIN = {
     "tpe": "lpot_research.strategies.tpe:TPEStrategy",
 }
 
-__all__ = ["BUILTIN", "Result", "Strategy", "StrategyContext", "make_strategy", "rank_key", "select_best"]
+STRATEGIES = BUILTIN
+__all__ = ["BUILTIN", "STRATEGIES", "Result", "Strategy", "StrategyContext", "make_strategy", "rank_key", "select_best"]
 
 
-def make_strategy(name: str, seed: int = 9527, **options: Any) -> Strategy:
+def make_strategy(name: str, seed: int = DEFAULT_SEED, **options: Any) -> Strategy:
     if name not in BUILTIN:
         raise ConfigError(f"unknown strategy {name!r}; valid strategies: {', '.join(BUILTIN)}")
     return load_object(BUILTIN[name])(seed=seed, **options)

@@ -1,27 +1,36 @@
 """The strategy protocol.
 
 A strategy is a generator: it yields the next `TuneConfig` to try and receives that config's
-`Result` back (`result = yield config`). It keeps no state but what it derives from the results it
-is sent, owns its RNG (seeded), and returns when it has nothing left to propose. The tuner answers
-configs that were already evaluated from its records without spending a trial, and enforces the exit
-policy, so a strategy never needs to track trials, time or duplicates itself.
+`Result` back (`result = yield config`), or yields a list of configs it already knows it will try
+and receives their results in the same order (`results = yield [a, b, c]`: the tuner may evaluate
+them in parallel); an `UntilPass([...])` batch stops at its first passing config. It keeps no state
+but what it derives from the results it is sent, owns its RNG (seeded), and returns when it has
+nothing left to propose (it may return a sentence saying why: the run's stop reason). The tuner
+answers configs that were already evaluated from its records without spending a trial, and enforces
+the exit policy, so a strategy never needs to track trials, time or duplicates itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from lpot_research.config import DEFAULT_SEED
 from lpot_research.criterion import AccuracyCriterion
+from lpot_research.ranking import rank_key, score, select_best
 from lpot_research.space import TuneConfig, TuningSpace
+
+__all__ = ["Proposals", "Result", "Strategy", "StrategyContext", "UntilPass", "rank_key", "select_best"]
 
 
 @dataclass(frozen=True)
 class Result:
-    """What a strategy learns about one configuration."""
+    """What a strategy learns about one configuration. For a config that failed the criterion,
+    `accuracy` is its ranking accuracy (lpot_research.evaluation): the same whether or not its
+    evaluation stopped early; `objective` is None until measured (failing configs usually are not)."""
 
     config: TuneConfig
     ok: bool  # False when quantization or evaluation failed
@@ -43,43 +52,22 @@ class StrategyContext:
     first_pass_ends: bool = False
     # Per-op output error of a quantized config vs FP32 ({op: normalized mse}); used by mse.
     op_errors: Callable[[TuneConfig], dict[str, float]] | None = None
+    # How much falling back each op alone to a dtype brings a config's output closer to FP32's
+    # ({op: fraction of the output error removed}), measured without trials; used by basic's stage 2.
+    impact: Callable[[TuneConfig, str, list[str]], dict[str, float]] | None = None
 
     def score(self, r: Result) -> float | None:
-        """One number to maximize, for model-based strategies. A passing config scores in [0, 10]:
-        10 minus its objective relative to FP32 (capped at 10x), so faster is higher; a failing one
-        scores below -1, lower the further it misses the accuracy threshold; so every passing config
-        outranks every failing one. None for errored trials."""
-        if not r.ok or r.accuracy is None:
-            return None
-        if r.passed:
-            obj = r.objective if r.objective is not None else 1.0
-            base = self.baseline_objective
-            ratio = obj / base if base and base > 0 else obj
-            return 10.0 - min(max(ratio, 0.0), 10.0)
-        thr = self.criterion.threshold(self.baseline_accuracy)
-        miss = (thr - r.accuracy) if self.criterion.hib else (r.accuracy - thr)
-        return -1.0 - 100.0 * max(miss, 0.0) / max(abs(self.baseline_accuracy), 1e-12)
+        """One number to maximize, for model-based strategies (lpot_research.ranking.score)."""
+        return score(r, self.criterion.threshold(self.baseline_accuracy), self.baseline_accuracy,
+                     self.baseline_objective, self.criterion.hib)
 
 
-Proposals = Generator[TuneConfig, Result, None]
+class UntilPass(list):
+    """A batch of configs in order of preference whose evaluation stops at the first one that meets the
+    criterion: the results sent back end with it (or cover the whole batch when none passes)."""
 
 
-def rank_key(r: Result, higher_is_better: bool = True) -> tuple[Any, ...]:
-    """Sort key, best first: passing before failing-the-criterion before errored; among passing the
-    lower objective wins (then higher accuracy); otherwise the better accuracy wins."""
-    acc = r.accuracy if r.accuracy is not None else float("-inf") if higher_is_better else float("inf")
-    signed = -acc if higher_is_better else acc
-    obj = r.objective if r.objective is not None else float("inf")
-    if not r.ok:
-        return (2, 0.0, 0.0, r.trial)
-    if r.passed:
-        return (0, obj, signed, r.trial)
-    return (1, signed, obj, r.trial)
-
-
-def select_best(results: Iterable[Result], higher_is_better: bool = True) -> Result | None:
-    ok = [r for r in results if r.ok]
-    return min(ok, key=lambda r: rank_key(r, higher_is_better)) if ok else None
+Proposals = Generator[TuneConfig | list[TuneConfig], Any, str | None]
 
 
 class Strategy:
@@ -93,7 +81,7 @@ class Strategy:
         if "name" not in cls.__dict__:  # user subclasses are named after their class
             cls.name = cls.__name__
 
-    def __init__(self, seed: int = 9527, **options: Any) -> None:
+    def __init__(self, seed: int = DEFAULT_SEED, **options: Any) -> None:
         self.seed = int(seed)
         self.options = options
 

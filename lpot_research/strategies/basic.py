@@ -1,27 +1,30 @@
 """The seed's basic strategy, in its three stages, plus a block stage that is ours.
 
-1. every model-wise configuration;
-2. from the best of them, each op alone falls back to a higher precision (bf16 before fp32; ops taken
-   bottom-up), and the accuracy of each such config is recorded as that op's impact;
-2b. if no single op's fallback passed: the first k ops in model order (the input side) fall back
-   together, for the smallest such k up to half of the ops. Quantization error often concentrates in
-   a network's first, high-resolution layers, spread over many of them, so that no single op's
-   fallback shows it and stage 3's impact order (from noisy single-op accuracies) falls back the
-   wrong ops first: measured on PP-OCRv4, no single conv recovers more than 4 of the 6 points lost
-   while the first 8-13 convs together recover all of them. k grows one at a time when the first
-   passing config ends the run (timeout 0), so the first pass is the smallest block; otherwise it
-   is bisected (about log2(n) trials);
-3. ops fall back cumulatively, most helpful first, until the accuracy criterion is met.
+1. every model-wise configuration (proposed as one batch);
+2. from the best of them, each op's impact when it alone falls back to a higher precision (bf16 before
+   fp32). The seed spends one full trial per op on this (37 on MiniLM, 51 on PP-OCRv4). Here the impact
+   is measured without trials (`ctx.impact`): for each op, the fallback config is built and run on one
+   probe batch, and the impact is the share of the output error against FP32 that the fallback removes.
+   That is a continuous signal, where a trial's accuracy on a small or discrete metric is noisy (it
+   ranked PP-OCRv4's convs wrongly); without `ctx.impact` (a custom tuner) stage 2 runs a trial per op
+   as the seed does;
+2b. only where stage 2 ran trials (a custom tuner without `ctx.impact`, or mse) and no op alone passed:
+   the first k ops in model order fall back together, for the smallest such k up to half of the ops
+   (error spread over a network's first high-resolution layers hides from noisy single-op accuracies,
+   as on PP-OCRv4). k grows one at a time when the first passing config ends the run (timeout 0), else
+   it is bisected. With measured impact the stage is not needed: the continuous signal ranks those
+   layers first by itself;
+3. ops fall back cumulatively in impact order, most helpful first, until the criterion is met (one
+   batch: the configs are known in advance; the run stops at the first that passes).
 
 Stages 2, 2b and 3 run for bf16 first, then for fp32 if bf16 fallback did not suffice. If the best
 model-wise configuration already passes, fallback cannot improve the objective and the strategy ends.
-The strategy ends when stage 3 passes or every candidate op has fallen back.
 """
 
 from __future__ import annotations
 
 from lpot_research.space import FALLBACK_DTYPES, OpChoice, TuneConfig
-from lpot_research.strategies.base import Proposals, Result, Strategy, StrategyContext, select_best
+from lpot_research.strategies.base import Proposals, Strategy, StrategyContext, UntilPass, select_best
 
 
 class BasicStrategy(Strategy):
@@ -29,12 +32,10 @@ class BasicStrategy(Strategy):
 
     def proposals(self, ctx: StrategyContext) -> Proposals:
         model_wise = ctx.space.model_wise_configs()
-        results: list[Result] = []
-        for cfg in model_wise:
-            results.append((yield cfg))
+        results = yield model_wise
         best = select_best(results, ctx.criterion.hib)
-        if best is not None and best.passed:  # fallback cannot improve on a passing config
-            return
+        if best is not None and best.passed:
+            return "the best model-wise configuration meets the criterion; fallback cannot improve on it"
         # If every model-wise config failed to quantize, fallback may still route around the op that
         # breaks: start from the first (recommended) one.
         base = best.config if best is not None else model_wise[0]
@@ -42,35 +43,12 @@ class BasicStrategy(Strategy):
             ops = self.candidates(ctx, base, dtype)
             if not ops:
                 continue
-            order, single_passed = yield from self.rank_ops(ctx, base, dtype, ops)
-            if not single_passed:
+            order, blocks = yield from self.rank_ops(ctx, base, dtype, ops)
+            if blocks:  # with a time budget, stage 3 follows in case it needs fewer fallbacks
                 yield from self.block_fallback(ctx, base, dtype, ops[::-1])
             if (yield from self.accumulate(base, dtype, order)):
-                return
-
-    @staticmethod
-    def block_fallback(ctx: StrategyContext, base: TuneConfig, dtype: str, ops: list[str]) -> Proposals:
-        """Stage 2b: look for the smallest k (2 <= k <= half of `ops`, in model order; k = 1 is stage
-        2's) such that the first k ops falling back to `dtype` passes."""
-        hi = len(ops) // 2
-
-        def first(k: int) -> TuneConfig:
-            return base.with_ops({n: OpChoice(dtype) for n in ops[:k]}, f"stage 2b: first {k} ops -> {dtype}")
-
-        if ctx.first_pass_ends:  # the first pass ends the run: try the smallest blocks first
-            for k in range(2, hi + 1):
-                if (yield first(k)).passed:
-                    return
-            return
-        if hi < 2 or not (yield first(hi)).passed:
-            return
-        lo = 1  # stage 2 tried the first op alone
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if (yield first(mid)).passed:
-                hi = mid
-            else:
-                lo = mid
+                return f"cumulative {dtype} fallback meets the criterion"
+        return "every candidate op has fallen back without meeting the criterion"
 
     @staticmethod
     def candidates(ctx: StrategyContext, base: TuneConfig, dtype: str) -> list[str]:
@@ -81,26 +59,47 @@ class BasicStrategy(Strategy):
         ]
 
     def rank_ops(self, ctx: StrategyContext, base: TuneConfig, dtype: str, ops: list[str]) -> Proposals:
-        """Stage 2: fall back each op alone; return the ops ordered by the accuracy that buys, best
-        first (errored trials last, ties in bottom-up order), and whether any of them passed."""
+        """Stage 2: the ops ordered by the impact of their fallback, most helpful first (ties in bottom-up
+        order), and whether stage 2b should run (no single-op trial passed)."""
+        if ctx.impact is not None:
+            impact = ctx.impact(base, dtype, ops)
+            order = sorted(range(len(ops)), key=lambda i: (-impact[ops[i]], i))
+            return [ops[i] for i in order], False
         hib = ctx.criterion.hib
-        scored: list[tuple[float, int, str]] = []
-        passed = False
-        for i, name in enumerate(ops):
-            r = yield base.with_ops({name: OpChoice(dtype)}, f"stage 2: {name} -> {dtype} alone")
-            passed = passed or r.passed
-            if r.ok and r.accuracy is not None:
-                scored.append((-r.accuracy if hib else r.accuracy, i, name))
+        results = yield [base.with_ops({n: OpChoice(dtype)}, f"stage 2: {n} -> {dtype} alone") for n in ops]
+        scored = [((-r.accuracy if hib else r.accuracy) if r.ok and r.accuracy is not None else float("inf"), i)
+                  for i, r in enumerate(results)]
+        return [ops[i] for _, i in sorted(scored)], not any(r.passed for r in results)
+
+    @staticmethod
+    def block_fallback(ctx: StrategyContext, base: TuneConfig, dtype: str, ops: list[str]) -> Proposals:
+        """Stage 2b: the smallest k (2 <= k <= half of `ops`, in model order) such that the first k ops
+        falling back to `dtype` passes; True when one did."""
+        hi = len(ops) // 2
+
+        def first(k: int) -> TuneConfig:
+            return base.with_ops({n: OpChoice(dtype) for n in ops[:k]}, f"stage 2b: first {k} ops -> {dtype}")
+
+        if ctx.first_pass_ends:  # the first pass ends the run: the smallest blocks first, as one batch
+            results = yield UntilPass(first(k) for k in range(2, hi + 1))
+            return any(r.passed for r in results)
+        if hi < 2 or not (yield first(hi)).passed:
+            return False
+        lo = 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if (yield first(mid)).passed:
+                hi = mid
             else:
-                scored.append((float("inf"), i, name))
-        return [name for _, _, name in sorted(scored)], passed
+                lo = mid
+        return True
 
     @staticmethod
     def accumulate(base: TuneConfig, dtype: str, order: list[str]) -> Proposals:
-        """Stage 3: fall back ops one more at a time in `order`; return True once a config passes."""
-        cfg = base
+        """Stage 3: fall back ops one more at a time in `order`; True once a config passes."""
+        configs, cfg = [], base
         for k, name in enumerate(order, 1):
             cfg = cfg.with_ops({name: OpChoice(dtype)}, f"stage 3: +{name} -> {dtype} ({k}/{len(order)} ops)")
-            if (yield cfg).passed:
-                return True
-        return False
+            configs.append(cfg)
+        results = yield UntilPass(configs)
+        return any(r.passed for r in results)

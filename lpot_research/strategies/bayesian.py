@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 from scipy.stats import norm
 
+from lpot_research.config import DEFAULT_SEED
 from lpot_research.space import TuneConfig
 from lpot_research.strategies.base import Proposals, Strategy, StrategyContext
 
@@ -28,7 +29,7 @@ def expected_improvement(mu: np.ndarray, sigma: np.ndarray, best: float, xi: flo
 class BayesianStrategy(Strategy):
     name = "bayesian"
 
-    def __init__(self, seed: int = 9527, n_init: int = 4, pool: int = 2048, **options: object) -> None:
+    def __init__(self, seed: int = DEFAULT_SEED, n_init: int = 4, pool: int = 2048, **options: object) -> None:
         super().__init__(seed, **options)
         self.n_init, self.pool = int(n_init), int(pool)
 
@@ -69,7 +70,7 @@ class BayesianStrategy(Strategy):
             order = sorted(range(len(ys)), key=lambda i: -(ys[i] if ys[i] is not None else -np.inf))
             cands = self.candidates(ctx, rng, seen, [configs[i] for i in order])
             if not cands:
-                return
+                return "its space is exhausted: no unevaluated candidate is left"
             if k == 0 and first.id not in seen:
                 pick, how = first, "initial: model-wise"
             elif k < self.n_init:

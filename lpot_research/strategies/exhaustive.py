@@ -27,3 +27,4 @@ class ExhaustiveStrategy(Strategy):
                         size, ctx.max_trials, ctx.max_trials)
         for k, index in enumerate(itertools.product(range(len(space.sampling_sizes)), *per_op), 1):
             yield space.config_at(index, f"exhaustive {k}/{size}")
+        return f"all {size} quantized configuration(s) were tried"

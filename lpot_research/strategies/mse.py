@@ -23,5 +23,5 @@ class MSEStrategy(BasicStrategy):
             raise LpotError("the mse strategy needs per-op output inspection, which this tuner does not provide")
         errors = ctx.op_errors(base)
         position = {n: i for i, n in enumerate(ops)}
-        return sorted(ops, key=lambda n: (-errors.get(n, 0.0), position[n])), False
+        return sorted(ops, key=lambda n: (-errors.get(n, 0.0), position[n])), True  # no single-op trial: 2b follows
         yield  # a generator that proposes nothing: the ranking costs no trial

@@ -20,7 +20,7 @@ class RandomStrategy(Strategy):
         if size <= PERMUTE_BELOW:
             for k, flat in enumerate(rng.permutation(size), 1):
                 yield space.config_at_flat(int(flat), f"random {k}")
-            return
+            return f"its space is exhausted: all {size} configuration(s) were tried"
         seen: set[str] = set()
         k = 0
         while len(seen) < size:
@@ -30,3 +30,4 @@ class RandomStrategy(Strategy):
             seen.add(cfg.id)
             k += 1
             yield cfg.with_note(f"random {k}")
+        return f"its space is exhausted: all {size} configuration(s) were tried"

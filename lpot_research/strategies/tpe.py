@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+from lpot_research.config import DEFAULT_SEED
 from lpot_research.strategies.base import Proposals, Strategy, StrategyContext
 
 SAMPLING = "__sampling_size__"
@@ -18,7 +19,7 @@ SAMPLING = "__sampling_size__"
 class TPEStrategy(Strategy):
     name = "tpe"
 
-    def __init__(self, seed: int = 9527, n_startup_trials: int = 5, multivariate: bool = True,
+    def __init__(self, seed: int = DEFAULT_SEED, n_startup_trials: int = 5, multivariate: bool = True,
                  max_repeats: int = 10, **options: object) -> None:
         super().__init__(seed, **options)
         self.n_startup_trials, self.multivariate, self.max_repeats = int(n_startup_trials), multivariate, max_repeats
@@ -60,6 +61,7 @@ class TPEStrategy(Strategy):
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(trial, score)
+        return f"its space is exhausted: all {space.size} configuration(s) were seen"
 
     @staticmethod
     def _unseen(space, rng, seen: dict[str, float]) -> list[int] | None:

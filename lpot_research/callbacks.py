@@ -1,0 +1,125 @@
+"""What watches a run: the tuner calls each callback at the start, after the baseline, after every
+trial and at the end (in the manner of Optuna's `optimize(..., callbacks=)`). A callback reads; the
+history is the run's state. Built in: the progress log, the experiment tracker (W&B) and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from lpot_research.history import TrialRecord, metric_ratio
+from lpot_research.tracking import TensorBoardDump, Tracker, trial_row
+
+log = logging.getLogger("lpot_research")
+
+
+class Callback:
+    """Override any of these. `run` is the tuner (its history, space, criterion, objective, names)."""
+
+    def on_start(self, run: Any) -> None:
+        """Before the baseline."""
+
+    def on_baseline(self, run: Any, baseline: dict[str, Any]) -> None:
+        """The FP32 baseline (measured now or read from the history of a resumed run)."""
+
+    def on_trial(self, run: Any, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool) -> None:
+        """A finished trial (`replayed`: one of a resumed run, read from its history; `model` None)."""
+
+    def on_finish(self, run: Any, summary: dict[str, Any]) -> None:
+        """The run's summary, once it is written."""
+
+    def close(self, failed: bool) -> None:
+        """Always called last, also when the run raised."""
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+class ProgressLog(Callback):
+    """One line per trial: accuracy against FP32 (or where a rejected evaluation stopped), pass/fail,
+    the objective, the latency ratio, the best so far and the trial's seconds."""
+
+    def on_trial(self, run: Any, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool) -> None:
+        if replayed:
+            return
+        base = run.baseline["accuracy"]
+        if rec.ok and rec.rejected:
+            body = (f"acc <= {rec.accuracy_bound:.4f} fail (stopped after {rec.samples}/{run.evaluator.samples} "
+                    f"samples: cannot reach {run.criterion.threshold(base):.4f})")
+        elif rec.ok:
+            delta = (rec.accuracy - base) / abs(base) if base else float("nan")
+            body = f"acc {rec.accuracy:.4f} ({delta:+.2%}) {'PASS' if rec.passed else 'fail'}"
+            if rec.passed:
+                ratio = metric_ratio(rec, run.baseline, "latency_ms")
+                spread = rec.metrics.get("latency_spread")
+                body += (f" | {run.objective.format(rec.objective)} | latency {_fmt_ratio(ratio)} fp32"
+                         + (f" +-{spread:.0%}" if spread is not None and spread < 1 else ""))
+        else:
+            body = f"FAILED: {rec.error}"
+        best_s = "best -"
+        if best is not None:
+            acc = f"acc {best.accuracy:.4f}" if best.accuracy is not None else f"acc <= {best.accuracy_bound:.4f}"
+            best_s = f"best #{best.trial} {acc}" + (f" {run.objective.format(best.objective)}" if best.passed
+                                                     else " (not passing)")
+        log.info("[%d/%d] %s | %s | %s | %.1fs", rec.trial, run.exit.max_trials, rec.note or rec.config_id, body,
+                 best_s, rec.duration_s)
+
+
+class TrackerCallback(Callback):
+    """An experiment `Tracker` (lpot_research.tracking) fed by the run: start, baseline, every trial
+    (a resumed run replays its finished ones, so the curve is whole), the summary, finish."""
+
+    def __init__(self, tracker: Tracker, config: dict[str, Any], run_dir: Path) -> None:
+        self.tracker, self.config, self.run_dir = tracker, config, run_dir
+
+    def on_start(self, run: Any) -> None:
+        self.tracker.start(run.names, self.config, self.run_dir)
+
+    def on_baseline(self, run: Any, baseline: dict[str, Any]) -> None:
+        self.tracker.log_baseline({k: v for k, v in baseline.items() if not isinstance(v, dict)})
+
+    def on_trial(self, run: Any, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool) -> None:
+        self.tracker.log_trial(trial_row(rec, best, run.baseline))
+
+    def on_finish(self, run: Any, summary: dict[str, Any]) -> None:
+        self.tracker.log_summary(summary)
+
+    def close(self, failed: bool) -> None:
+        self.tracker.finish(failed=failed)
+
+
+class TensorBoardCallback(Callback):
+    """`tensorboard: true`: histograms of every op's output on the probe batch, for the FP32 reference
+    build (step 0) and for each trial's model (its trial number), plus accuracy scalars."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.dump: TensorBoardDump | None = None
+
+    def _add(self, run: Any, step: int, model: Any, accuracy: float | None) -> None:
+        space = run.space
+        try:
+            if model is None:
+                model = run.inspector.fp32_build(space.model_wise_configs()[0])
+            outputs = run.inspector.outputs(model, space.op_names, space.sampling_sizes[0])
+        except Exception as e:  # a debugging aid must not end the run
+            log.warning("tensorboard: per-op inspection failed at step %d (%s: %s)", step, type(e).__name__, e)
+            return
+        assert self.dump is not None
+        self.dump.add(step, outputs, accuracy)
+
+    def on_baseline(self, run: Any, baseline: dict[str, Any]) -> None:
+        self.dump = TensorBoardDump(self.logdir)
+        self._add(run, 0, None, baseline["accuracy"])
+
+    def on_trial(self, run: Any, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool) -> None:
+        if model is not None and self.dump is not None:
+            self._add(run, rec.trial, model, rec.shown_accuracy)
+
+    def close(self, failed: bool) -> None:
+        if self.dump is not None:
+            self.dump.close()
+            self.dump = None

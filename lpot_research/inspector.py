@@ -1,0 +1,125 @@
+"""Looking inside models without a trial: per-op outputs (the mse strategy, TensorBoard) and how far a
+model's output is from FP32's (basic's per-op impact), on one fixed batch of calibration data.
+
+Results that a resumed run would otherwise recompute are kept in the history as analysis records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from lpot_research.history import History
+from lpot_research.space import OpChoice, TuneConfig
+
+log = logging.getLogger("lpot_research")
+
+PROBE_SAMPLES = 32
+
+
+def _flat(outputs: Any) -> np.ndarray:
+    """A model's outputs (an array, a tensor, or a tuple/list/dict of them) as one float64 vector."""
+    from lpot_research.adaptors.base import to_numpy
+
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if isinstance(outputs, tuple | list):
+        return np.concatenate([_flat(o) for o in outputs]) if outputs else np.zeros(0)
+    if hasattr(outputs, "dequantize") and getattr(outputs, "is_quantized", False):
+        outputs = outputs.dequantize()
+    return np.asarray(to_numpy(outputs), dtype=np.float64).ravel()
+
+
+def normalized_mse(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(np.mean((ref - got) ** 2) / (np.mean(ref ** 2) + 1e-12))
+
+
+class Inspector:
+    def __init__(self, adaptor: Any, model: Any, calib: Iterable[Any], example_inputs: Any, history: History) -> None:
+        self.adaptor, self.model, self.calib, self.example_inputs = adaptor, model, calib, example_inputs
+        self.history = history
+        self._probes: dict[int, Any] = {}
+        self._reference: dict[int, np.ndarray] = {}
+
+    def probe(self, sampling_size: int) -> Any:
+        """The fixed calibration batch (at most PROBE_SAMPLES samples) outputs are compared on."""
+        if sampling_size not in self._probes:
+            self._probes[sampling_size] = self.adaptor.take_inputs(self.calib, min(sampling_size, PROBE_SAMPLES),
+                                                                   "calibration")
+        return self._probes[sampling_size]
+
+    def quantize(self, cfg: TuneConfig) -> Any:
+        return self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
+
+    def fp32_build(self, cfg: TuneConfig) -> Any:
+        """`cfg`'s graph with every op in FP32: the reference adaptors define for inspection (the same
+        rewrites, e.g. fusions, with no quantization)."""
+        return self.quantize(cfg.with_ops({n: OpChoice("fp32") for n, _ in cfg.ops}))
+
+    # ------------------------------------------------------------------ per-op outputs
+    def op_errors(self, cfg: TuneConfig) -> dict[str, float]:
+        """Normalized MSE of each quantized op's output in `cfg` against the same op in an all-FP32 build
+        of the same graph, on the probe batch (the mse strategy's ranking)."""
+        key = f"op_errors:{cfg.id}"
+        if key in self.history.analysis:
+            return dict(self.history.analysis[key])
+        t0 = time.perf_counter()
+        names = [n for n, c in cfg.ops if c.quantized]
+        try:
+            inputs = self.probe(cfg.sampling_size)
+            ref = self.adaptor.inspect(self.fp32_build(cfg), inputs, names)
+            got = self.adaptor.inspect(self.quantize(cfg), inputs, names)
+        except Exception as e:  # e.g. the config does not quantize: no ranking rather than no run
+            log.warning("per-op output inspection failed (%s: %s); falling back in model order", type(e).__name__, e)
+            return {}
+        errors = {n: normalized_mse(np.asarray(ref[n], np.float64).ravel(), np.asarray(got[n], np.float64).ravel())
+                  for n in names}
+        self.history.add_analysis(key, errors)
+        top = sorted(errors.items(), key=lambda kv: -kv[1])[:5]
+        log.info("per-op output error vs FP32 (%.1f s), largest: %s", time.perf_counter() - t0,
+                 ", ".join(f"{n} {e:.2e}" for n, e in top))
+        return errors
+
+    def outputs(self, model: Any, ops: list[str], sampling_size: int) -> dict[str, Any]:
+        """Per-op outputs of `model` (None = the FP32 reference build) on the probe batch."""
+        return self.adaptor.inspect(model, self.probe(sampling_size), ops)
+
+    # ------------------------------------------------------------------ per-op impact (basic's stage 2)
+    def distance(self, model: Any, sampling_size: int) -> float:
+        """Normalized MSE of `model`'s output against the FP32 model's, on the probe batch."""
+        if sampling_size not in self._reference:
+            self._reference[sampling_size] = _flat(self.adaptor.predict(self.model, self.probe(sampling_size)))
+        ref = self._reference[sampling_size]
+        return normalized_mse(ref, _flat(self.adaptor.predict(model, self.probe(sampling_size))))
+
+    def impact(self, base: TuneConfig, dtype: str, ops: list[str]) -> dict[str, float]:
+        """How much falling each op alone back to `dtype` brings `base`'s output closer to FP32's:
+        the drop in output error (normalized MSE on the probe batch) as a fraction of `base`'s error.
+        One quantization and one probe batch per op instead of a trial each; kept in the history."""
+        key = f"impact:{base.id}:{dtype}"
+        known = dict(self.history.analysis.get(key) or {})
+        missing = [n for n in ops if n not in known]
+        if missing:
+            t0 = time.perf_counter()
+            try:
+                d_base = self.distance(self.quantize(base), base.sampling_size)
+            except Exception as e:  # the base does not build: a fallback that does removes all its error
+                log.debug("impact: %s does not build (%s)", base.note or base.id, e)
+                d_base = float("inf")
+            for n in missing:
+                try:
+                    d = self.distance(self.quantize(base.with_ops({n: OpChoice(dtype)})), base.sampling_size)
+                    known[n] = 1.0 if d_base == float("inf") else (d_base - d) / d_base if d_base > 0 else 0.0
+                except Exception as e:  # an op whose fallback does not build ranks last
+                    log.debug("impact of %s -> %s: %s", n, dtype, e)
+                    known[n] = float("-inf")
+            self.history.add_analysis(key, known)
+            top = sorted(known.items(), key=lambda kv: -kv[1])[:5]
+            log.info("per-op impact of %s fallback (output error vs FP32 on %d probe samples, %d ops in %.1f s), "
+                     "largest: %s", dtype, PROBE_SAMPLES, len(missing), time.perf_counter() - t0,
+                     ", ".join(f"{n} {v:+.1%}" for n, v in top))
+        return {n: known[n] for n in ops}

@@ -1,0 +1,174 @@
+"""The end of a run: summary.json, the closing table and lines (each telling the truth about what was
+done), where the time went, and the best model and its configuration in the run dir."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from lpot_research.cpu import cpu_summary
+from lpot_research.history import TrialRecord, metric_ratio
+from lpot_research.ranking import pareto_front, within_noise
+from lpot_research.space import TuneConfig, TuningSpace
+
+log = logging.getLogger("lpot_research")
+COSTS = ("calibrate_s", "quantize_s", "evaluate_s", "benchmark_s")
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def fallback_ops(space: TuningSpace, config: dict[str, Any]) -> dict[str, str]:
+    """Ops the framework could quantize that this configuration keeps in BF16/FP32 (by the strategy's
+    choice or an op_wise constraint); an op it cannot quantize, e.g. a conv under dynamic INT8, is not
+    a fallback."""
+    return {n: d for n, d in TuneConfig.from_dict(config).fallback_ops.items() if n in space.quantizable}
+
+
+def cost_totals(trials: list[TrialRecord], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per step over the whole run (baseline included), samples evaluated, full evaluations."""
+    totals = {k: sum(t.costs.get(k, 0.0) for t in trials) for k in COSTS}
+    for k, v in (baseline.get("costs") or {}).items():
+        totals[k] = totals.get(k, 0.0) + v
+    ok = [t for t in trials if t.ok]
+    return {**{k: round(v, 3) for k, v in totals.items()},
+            "samples_evaluated": sum(t.samples or 0 for t in ok) or None,
+            "full_evaluations": sum(t.accuracy is not None for t in ok),
+            "rejected_early": sum(t.rejected for t in ok),
+            "benchmarked": sum("latency_ms" in t.metrics for t in trials)}
+
+
+class Reporter:
+    def __init__(self, run: Any) -> None:
+        self.run = run
+
+    def summary(self, best: TrialRecord | None, stop_reason: str, elapsed: float, model_path: Path | None
+                ) -> dict[str, Any]:
+        run = self.run
+        b, trials, space = run.baseline, run.history.trials, run.space
+        baseline = {k: b[k] for k in ("accuracy", "latency_ms", "latency_spread", "size_bytes", run.objective.key)
+                    if k in b}
+        best_d: dict[str, Any] | None = None
+        if best is not None:
+            fb = fallback_ops(space, best.config)
+            best_d = {
+                "trial": best.trial, "config_id": best.config_id, "accuracy": best.accuracy,
+                **{k: best.metrics.get(k) for k in ("latency_ms", "latency_spread", "size_bytes")},
+                "objective": best.objective,
+                "latency_ratio": metric_ratio(best, b, "latency_ms"),
+                "size_ratio": metric_ratio(best, b, "size_bytes"),
+                "quantized_ops": sum(1 for _, c in TuneConfig.from_dict(best.config).ops if c.quantized),
+                "fallback_ops": list(fb), "fallback_dtypes": fb,
+                "unquantizable_ops": [n for n in space.op_names if n not in space.quantizable],
+                "passed": best.passed,
+                "model_path": str(model_path) if model_path else None,
+            }
+        ratio = best_d["latency_ratio"] if best_d else None
+        return {
+            **run.names,
+            "objective": run.objective.name,
+            "criterion": {"kind": run.criterion.kind, "tolerance": run.criterion.tolerance,
+                          "higher_is_better": run.criterion.hib, "threshold": run.criterion.threshold(b["accuracy"])},
+            "baseline": baseline,
+            "best": best_d,
+            "trials": len(trials),
+            "failed_trials": sum(not t.ok for t in trials),
+            "met_criterion": bool(best and best.passed),
+            "faster_than_fp32": bool(ratio is not None and ratio < 1.0 and best_d and best_d["quantized_ops"]),
+            "stop_reason": stop_reason,
+            "stopped_trials": run.history.stopped,
+            "elapsed_s": round(elapsed, 3),
+            "costs": cost_totals(trials, b),
+            "evaluation": {"kind": run.evaluator.kind, "samples": run.evaluator.samples,
+                           "ranking_samples": run.evaluator.ranking_size,
+                           "early_stop": run.evaluator.early_stop and run.evaluator.per_sample},
+            "cpu": cpu_summary(),
+            "cpu_notes": run.adaptor.cpu_notes(),
+            "space_size": space.size,
+            "pareto_front": [{"trial": r.trial, "accuracy": r.accuracy, "objective": r.objective, "note": r.note}
+                             for r in pareto_front(trials, run.criterion.hib)],
+            "run_dir": str(run.out),
+        }
+
+    def write(self, summary: dict[str, Any], best: TrialRecord | None, best_model: Any) -> Path | None:
+        """summary.json and best_config.yaml; the best model in its framework's format (returns its path)."""
+        run = self.run
+        path = None
+        if best is not None and best_model is not None:
+            path = run.adaptor.save(best_model, run.out / "best_model", run.example_inputs)
+            summary["best"]["model_path"] = str(path)
+            _write_yaml(run.out / "best_config.yaml", {"config_id": best.config_id, "trial": best.trial,
+                                                        "accuracy": best.accuracy, **best.config})
+        with open(run.out / "summary.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        return path
+
+    def log(self, s: dict[str, Any], best: TrialRecord | None) -> None:
+        run = self.run
+        b = run.baseline
+        rows = [("FP32", "baseline", b["accuracy"], b.get("latency_ms"), 1.0, b.get("size_bytes"), "")]
+        shown = {best.trial} if best else set()
+        if best:
+            rows.append((f"#{best.trial}", "best", best.shown_accuracy, best.metrics.get("latency_ms"),
+                         metric_ratio(best, b, "latency_ms"), best.metrics.get("size_bytes"), best.note))
+        for p in pareto_front(run.history.trials, run.criterion.hib):
+            if p.trial not in shown:
+                shown.add(p.trial)
+                rows.append((f"#{p.trial}", "pareto", p.accuracy, p.metrics.get("latency_ms"),
+                             metric_ratio(p, b, "latency_ms"), p.metrics.get("size_bytes"), p.note))
+        lines = [f"{'trial':>6} {'role':<8} {'accuracy':>9} {'latency ms':>11} {'vs fp32':>8} {'size MB':>8}  config"]
+        for t, role, acc, lat, ratio, size, note in rows:
+            lines.append(f"{t:>6} {role:<8} {acc if acc is not None else float('nan'):>9.4f} "
+                         f"{lat if lat is not None else float('nan'):>11.3f} {_fmt_ratio(ratio):>8} "
+                         f"{(size or 0) / 1e6:>8.3f}  {note}")
+        c = s["costs"]
+        lines.append(f"time: calibration {c['calibrate_s']:.1f} s, quantization {c['quantize_s']:.1f} s, evaluation "
+                     f"{c['evaluate_s']:.1f} s ({c['full_evaluations']} full, {c['rejected_early']} stopped early"
+                     + (f", {c['samples_evaluated']} samples" if c["samples_evaluated"] else "")
+                     + f"), benchmark {c['benchmark_s']:.1f} s ({c['benchmarked']} trials)")
+        log.info("tuning finished: %s; %d trial(s) (%d failed) in %.1f s\n%s", s["stop_reason"], s["trials"],
+                 s["failed_trials"], s["elapsed_s"], "\n".join(lines))
+        if best is None:
+            log.warning("no trial produced a working quantized model; the FP32 model is the result")
+            return
+        if s["met_criterion"]:
+            log.info("best: trial %d meets the criterion: accuracy %.4f vs FP32 %.4f (threshold %.4f)",
+                     best.trial, best.accuracy, b["accuracy"], s["criterion"]["threshold"])
+        else:
+            log.warning("NO configuration met the criterion (threshold %.4f); best effort: trial %d with accuracy "
+                        "%.4f. See the Pareto front in summary.json", s["criterion"]["threshold"], best.trial,
+                        best.shown_accuracy)
+        d = s["best"]
+        if not d["quantized_ops"]:
+            log.warning("the best configuration quantizes no op (every op stays FP32/BF16): it is not an INT8 "
+                        "model, and no speed-up from quantization can be claimed")
+        elif run.objective.key == "size_bytes" and d["size_ratio"] is not None:
+            log.info("INT8/FP32 model size ratio: %.2fx (%.1f MB vs %.1f MB)", d["size_ratio"],
+                     (d["size_bytes"] or 0) / 1e6, b["size_bytes"] / 1e6)
+        ratio = d["latency_ratio"]
+        if ratio is not None and d["quantized_ops"]:
+            spread = d.get("latency_spread")
+            noise = f" +-{spread:.0%}" if spread is not None and spread < 1 else ""
+            if within_noise(ratio, spread, 1.0, 0.0):
+                log.warning("the tuned model is as fast as FP32 within measurement noise: latency ratio %.2fx%s",
+                            ratio, noise)
+            elif ratio < 1.0:
+                log.info("INT8/FP32 latency ratio: %.2fx%s (%.1fx faster than FP32)", ratio, noise, 1 / ratio)
+            else:
+                log.warning("the tuned model is SLOWER than FP32: latency ratio %.2fx%s (%.3f ms vs %.3f ms); "
+                            "it is not an optimized model", ratio, noise, best.metrics["latency_ms"],
+                            best.metrics.get("fp32_latency_ms", b["latency_ms"]))
+        if d["fallback_ops"]:
+            log.info("fallback ops: %s", d["fallback_dtypes"])
+        if d["unquantizable_ops"]:
+            log.info("not quantizable by %s with %s (left FP32): %s", run.adaptor.name, run.space.approach,
+                     ", ".join(d["unquantizable_ops"]))
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+    from omegaconf import OmegaConf
+
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))

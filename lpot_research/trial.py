@@ -1,0 +1,132 @@
+"""One trial: quantize a configuration, evaluate it (stopping early when it cannot pass), and measure
+what decides something; with the seconds each step took.
+
+A trial that meets the criterion is measured at once (its objective ranks it); a failing one only when
+a report needs it (`measure`, later). Size is always read (it costs a serialization).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+from lpot_research.benchmark import Benchmark
+from lpot_research.criterion import AccuracyCriterion
+from lpot_research.deadline import TrialTimeout
+from lpot_research.evaluation import Evaluator, Outcome
+from lpot_research.history import RunRecordError, TrialRecord
+from lpot_research.objectives import MEASUREMENTS, Objective
+from lpot_research.space import TuneConfig
+
+log = logging.getLogger("lpot_research")
+
+
+def one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"
+
+
+class TrialRunner:
+    """Runs trials of one model: everything a trial needs, built once per job."""
+
+    def __init__(self, adaptor: Any, model: Any, calib: Iterable[Any], example_inputs: Any, evaluator: Evaluator,
+                 criterion: AccuracyCriterion, objective: Objective, bench: Benchmark, bench_inputs: Any) -> None:
+        self.adaptor, self.model, self.calib, self.example_inputs = adaptor, model, calib, example_inputs
+        self.evaluator, self.criterion, self.objective = evaluator, criterion, objective
+        self.bench, self.bench_inputs = bench, bench_inputs
+        self.baseline: dict[str, Any] = {}
+
+    def quantize(self, cfg: TuneConfig) -> tuple[Any, dict[str, float]]:
+        cal0, t0 = self.adaptor.calibration.seconds, time.perf_counter()
+        qmodel = self.adaptor.quantize(self.model, cfg, self.calib, self.example_inputs)
+        calibrate = self.adaptor.calibration.seconds - cal0
+        return qmodel, {"calibrate_s": calibrate, "quantize_s": time.perf_counter() - t0 - calibrate}
+
+    def run(self, cfg: TuneConfig, n: int, elapsed: float) -> tuple[TrialRecord, Any, Outcome | None]:
+        """Trial `n` of `cfg`. A failure of the configuration (it does not quantize, its metric is NaN)
+        is recorded; the budget running out (TrialTimeout), Ctrl-C and the run's own record errors are
+        not the configuration's and propagate."""
+        t0 = time.perf_counter()
+        qmodel, outcome, metrics, costs, err = None, None, {}, {}, None
+        base = self.baseline["accuracy"]
+        try:
+            qmodel, costs = self.quantize(cfg)
+            t1 = time.perf_counter()
+            outcome = self.evaluator.evaluate(qmodel, f"trial {n} model", self.criterion.threshold(base),
+                                              self.criterion.hib)
+            costs["evaluate_s"] = time.perf_counter() - t1
+            metrics["size_bytes"] = float(self.adaptor.size_bytes(qmodel))
+        except (TrialTimeout, KeyboardInterrupt, SystemExit, RunRecordError):
+            raise
+        except Exception as e:  # one configuration failing must not end the run
+            err = one_line(e)
+            log.warning("trial %d failed (%s): %s", n, cfg.note or cfg.id, err)
+            log.debug("trial %d traceback:\n%s", n, traceback.format_exc())
+            qmodel, outcome = None, None
+        ok = err is None and outcome is not None
+        rec = TrialRecord(
+            trial=n, config_id=cfg.id, config=cfg.to_dict(), status="ok" if ok else "failed",
+            accuracy=outcome.accuracy if ok else None,
+            passed=bool(ok and not outcome.rejected and self.criterion.passes(outcome.accuracy, base)),
+            rank_accuracy=outcome.rank_accuracy if ok else None, rejected=bool(ok and outcome.rejected),
+            accuracy_bound=outcome.bound if ok else None, samples=outcome.samples if ok else None,
+            metrics=metrics, costs=costs, note=cfg.note, error=err,
+        )
+        if rec.passed:  # its objective decides its rank among passing configs: measure it now
+            self.measure(rec, qmodel)
+        rec.objective = self.objective_value(rec)
+        rec.duration_s = time.perf_counter() - t0
+        rec.elapsed_s = elapsed + rec.duration_s
+        return rec, qmodel, outcome
+
+    def needs(self) -> tuple[str, ...]:
+        """The measurements a passing trial gets: latency always (every report shows it), plus the
+        objective's."""
+        return tuple(dict.fromkeys(("latency_ms", *self.objective.needs())))
+
+    def measure(self, rec: TrialRecord, qmodel: Any, keys: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Measure what `rec` still lacks of `keys` (default: `needs()`); returns the new values."""
+        t0 = time.perf_counter()
+        new: dict[str, float] = {}
+        for key in keys or self.needs():
+            if key in rec.metrics:
+                continue
+            if key == "latency_ms":
+                lat = self.adaptor.measure_latency(qmodel, self.bench_inputs, self.bench, reference=self.model)
+                new.update(lat.as_metrics())
+            elif key == "size_bytes":
+                new[key] = float(self.adaptor.size_bytes(qmodel))
+            else:
+                measurer = self.objective if key == self.objective.key else MEASUREMENTS[key]()
+                new[key] = float(measurer.measure(self.adaptor, qmodel, self.bench_inputs, self.bench))
+        rec.metrics.update(new)
+        rec.costs["benchmark_s"] = rec.costs.get("benchmark_s", 0.0) + time.perf_counter() - t0
+        return new
+
+    def objective_value(self, rec: TrialRecord) -> float | None:
+        """The objective of a trial, when everything it reads is measured."""
+        if not rec.ok or any(k not in rec.metrics for k in self.objective.needs()):
+            return None
+        acc = rec.accuracy if rec.accuracy is not None else rec.rank_accuracy
+        return float(self.objective.value(rec.metrics, acc, self.baseline, self.criterion.hib))
+
+    def measure_baseline(self) -> dict[str, Any]:
+        """The FP32 model's accuracy (scores kept for the evaluation order) and measurements."""
+        t0 = time.perf_counter()
+        out = self.evaluator.evaluate(self.model, "FP32 model")
+        t1 = time.perf_counter()
+        lat = self.adaptor.measure_latency(self.model, self.bench_inputs, self.bench)
+        b: dict[str, Any] = {"accuracy": out.accuracy, "latency_ms": lat.latency_ms, "latency_spread": lat.spread,
+                             "size_bytes": float(self.adaptor.size_bytes(self.model)), "samples": out.samples}
+        for key in self.objective.needs():
+            if key not in b:
+                measurer = self.objective if key == self.objective.key else MEASUREMENTS[key]()
+                b[key] = float(measurer.measure(self.adaptor, self.model, self.bench_inputs, self.bench))
+        b[self.objective.key] = float(self.objective.value(b, out.accuracy, b, self.criterion.hib))
+        b["costs"] = {"evaluate_s": t1 - t0, "benchmark_s": time.perf_counter() - t1}
+        b["duration_s"] = time.perf_counter() - t0
+        self.baseline = b
+        return {**b, "_scores": out.scores}
