@@ -8,8 +8,8 @@ Three kinds of evaluation:
     disagree most come first, then those FP32 gets wrong, and the ones every model gets right last
     (the order holds for the whole run);
   - a ranking subset: a failing configuration is ranked by its accuracy on the first
-    `ranking_samples` samples of that order, a number that does not depend on where its evaluation
-    stopped;
+    `ranking_samples` samples of that order (at most half the set, so that early rejection can save
+    the other half of a small set), a number that does not depend on where its evaluation stopped;
   - exact early rejection: after the ranking subset, a trial stops as soon as the criterion cannot be
     met whatever the remaining samples score (the best possible mean is already below the threshold).
     A passing trial is always scored on the whole set, so pass/fail and every ranking decision are
@@ -105,9 +105,12 @@ class Evaluator:
             return self._load()[2]
         return sum(batch_len(x) for x, _ in batches(self.dataloader, "evaluation"))
 
+    def _ranking(self, n: int) -> int:
+        return max(1, min(self.ranking_samples, n // 2))
+
     @property
     def ranking_size(self) -> int | None:
-        return min(self.ranking_samples, self._load()[2]) if self.per_sample else None
+        return self._ranking(self._load()[2]) if self.per_sample else None
 
     def set_order(self, order: Iterable[int]) -> None:
         n = self._load()[2]
@@ -155,7 +158,7 @@ class Evaluator:
     def _per_sample(self, model: Any, what: str, threshold: float | None, hib: bool) -> Outcome:
         n = self._load()[2]
         ranked = self.order if self.order is not None else np.arange(n)
-        r = min(self.ranking_samples, n)
+        r = self._ranking(n)
         can_stop = (self.early_stop and threshold is not None and self.order is not None
                     and self.sample_range is not None)
         lo, hi = self.sample_range or (0.0, 1.0)
@@ -184,4 +187,4 @@ class Evaluator:
         """The ranking accuracy of fully scored samples under the current order."""
         n = len(scores)
         ranked = self.order if self.order is not None else np.arange(n)
-        return float(np.mean(scores[ranked[:min(self.ranking_samples, n)]]))
+        return float(np.mean(scores[ranked[:self._ranking(n)]]))

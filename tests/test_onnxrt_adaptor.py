@@ -144,15 +144,15 @@ def test_dynamic_quantization(adaptor, bundle, model):
 
 def test_calibration_runs_once_per_sampling_size_and_method(bundle, model):
     a = OnnxRuntimeAdaptor(threads=1)
-    s = space(a, model, model_wise={"activation": {"algorithm": ["minmax", "kl"]}})
+    s = space(a, model, model_wise={"activation": {"algorithm": ["minmax", "kl", "mse"]}})
     mw = s.model_wise_configs()
     for cfg in mw:
         a.quantize(model, cfg, bundle.calib_dataloader, None)
-    assert len(mw) == 8 and a.calibrations == 2  # (64, minmax) and (64, kl)
+    assert len(mw) == 12 and a.calibrations == 2  # (64, minmax) and (64, histograms: kl and mse share them)
     off = OnnxRuntimeAdaptor(threads=1, cache_calibration=False)
     for cfg in mw:
         off.quantize(model, cfg, bundle.calib_dataloader, None)
-    assert off.calibrations == 8
+    assert off.calibrations == 12
 
 
 def test_cached_calibration_matches_quantize_static(adaptor, bundle, model, tmp_path):
@@ -213,12 +213,21 @@ def test_saved_model_is_plain_onnx(adaptor, bundle, model, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
-def test_entropy_ranges_are_narrower_than_minmax(bundle, model):
+def test_histogram_ranges_stay_inside_minmax_and_never_quantize_worse(bundle, model):
+    from lpot_research.calibration import quantization_mse
+
     a = OnnxRuntimeAdaptor(threads=1)
     mm = a._calibrated(model, bundle.calib_dataloader, 64, "minmax").data
-    kl = a._calibrated(model, bundle.calib_dataloader, 64, "kl").data
-    widths = [(float(kl[t].highest - kl[t].lowest), float(mm[t].highest - mm[t].lowest)) for t in mm]
-    assert all(k <= m + 1e-6 for k, m in widths) and any(k < 0.9 * m for k, m in widths)
+    for algorithm in ("kl", "mse"):
+        got = a._calibrated(model, bundle.calib_dataloader, 64, algorithm).data
+        assert set(got) == set(mm)
+        for t, r in got.items():
+            lo, hi = float(mm[t].lowest), float(mm[t].highest)
+            assert lo - 1e-6 <= float(r.lowest) <= float(r.highest) <= hi + 1e-6
+            centers = (r.hist_edges[:-1] + r.hist_edges[1:]) / 2
+            err = quantization_mse(r.hist, centers, float(r.lowest), float(r.highest))
+            assert err <= quantization_mse(r.hist, centers, lo, hi) * (1 + 1e-9)
+    assert a.calibrations == 2  # one MinMax pass, one histogram pass for both
 
 
 def test_bad_format_is_named(bundle):

@@ -34,18 +34,20 @@ class CalibrationCache:
         self.passes = 0
         self.seconds = 0.0
 
-    def _run(self, compute: Callable[[], T]) -> T:
+    def _run(self, compute: Callable[[], T], data_pass: bool = True) -> T:
         t0 = time.perf_counter()
         try:
             return compute()
         finally:
-            self.passes += 1
+            self.passes += data_pass
             self.seconds += time.perf_counter() - t0
 
-    def get(self, key: Any, compute: Callable[[], T]) -> T:
+    def get(self, key: Any, compute: Callable[[], T], data_pass: bool = True) -> T:
+        """`data_pass=False`: `compute` derives from cached statistics (e.g. a window search on cached
+        histograms) and is not counted as a pass over the calibration data."""
         if self.enabled and key in self._store:
             return self._store[key]
-        value = self._run(compute)
+        value = self._run(compute, data_pass)
         if self.enabled:
             self._store[key] = value
         return value
