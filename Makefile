@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip install -q -c constraints.txt
 ARGS ?=
 
-.PHONY: tune test test-fast lint clean
+.PHONY: tune test test-fast test-avx2 lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,23 @@ $(VENV)/.installed-all: pyproject.toml constraints.txt | $(VENV)/bin/python
 tune: $(VENV)/.installed-pytorch
 	$(PY) tune.py $(ARGS)
 
+# The tests whose outcome depends on the CPU class run a second time with the AVX2 class's real
+# kernels (LPOT_CPU_ISA=avx2, see lpot_research/cpu.py), so a machine of a newer class tests both;
+# the slow end-to-end tests cover both classes themselves.
+CPU_TESTS := tests/test_cpu.py tests/test_pytorch_adaptor.py tests/test_onnxrt_adaptor.py \
+	tests/test_mxnet_adaptor.py tests/test_qat.py tests/test_api.py
+
 test: $(VENV)/.installed-all
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	LPOT_CPU_ISA=avx2 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) $(CPU_TESTS)
 
-# skips the slow end-to-end runs (the hard model takes ~5 min)
+# skips the slow end-to-end runs (the hard model, the fault suite, the random searches)
 test-fast: $(VENV)/.installed-all
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# the CPU-dependent tests with the AVX2 class's kernels only
+test-avx2: $(VENV)/.installed-all
+	LPOT_CPU_ISA=avx2 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) $(CPU_TESTS)
 
 lint: $(VENV)/.installed-all
 	$(VENV)/bin/ruff check lpot_research tests scripts tune.py

@@ -26,7 +26,7 @@ from lpot_research.objectives import OBJECTIVES, Objective
 from lpot_research.space import stable_hash
 from lpot_research.strategies import STRATEGIES, Strategy, make_strategy
 from lpot_research.tracking import Tracker
-from lpot_research.trial import TrialRunner
+from lpot_research.trial import TrialRunner, one_line
 from lpot_research.tuner import ExitPolicy, Tuner, TuneResult
 
 log = logging.getLogger("lpot_research")
@@ -203,6 +203,14 @@ def tune(
     if example_inputs is None:
         example_inputs = first
     prepared = adaptor.prepare(model, example_inputs)
+    try:  # a model that does not run on the data fails here, in one line, not in every trial
+        adaptor.predict(prepared, first)
+    except Exception as e:  # noqa: BLE001 - any framework's shape/dtype error
+        from lpot_research.adaptors.base import describe_inputs
+        from lpot_research.errors import DataError
+
+        raise DataError(f"the model does not run on the calibration data's inputs ({describe_inputs(first)}): "
+                        f"{one_line(e)}") from None
     bench = settings.benchmark.build(bench_batch_size if bench_batch_size is not None else 32)
     bench_inputs = (adaptor.take_inputs(eval_dataloader, bench.batch_size, "evaluation") if eval_dataloader is not None
                     else adaptor.take_inputs(calib_dataloader, bench.batch_size, "calibration"))

@@ -64,8 +64,12 @@ class ProgressLog(Callback):
             acc = f"acc {best.accuracy:.4f}" if best.accuracy is not None else f"acc <= {best.accuracy_bound:.4f}"
             best_s = f"best #{best.trial} {acc}" + (f" {run.objective.format(best.objective)}" if best.passed
                                                      else " (not passing)")
-        log.info("[%d/%d] %s | %s | %s | %.1fs", rec.trial, run.exit.max_trials, rec.note or rec.config_id, body,
-                 best_s, rec.duration_s)
+        budget = ""
+        if run.exit.timeout > 0:  # where the run stands against its time budget
+            used = rec.elapsed_s / run.exit.timeout
+            budget = f" | budget {min(used, 1):.0%} used, {max(run.exit.timeout - rec.elapsed_s, 0):.0f} s left"
+        log.info("[%d/%d] %s | %s | %s | %.1fs%s", rec.trial, run.exit.max_trials, rec.note or rec.config_id, body,
+                 best_s, rec.duration_s, budget)
 
 
 class TrackerCallback(Callback):

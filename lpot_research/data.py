@@ -12,10 +12,12 @@ from lpot_research.errors import ConfigError, DataError
 
 
 class ArrayLoader:
-    """Yields (inputs, labels) batches in order; `inputs` may be one array or a tuple of arrays."""
+    """Yields (inputs, labels) batches in order; `inputs` may be one array, a tuple of arrays (several
+    inputs) or a dict of them (input name -> array)."""
 
     def __init__(self, inputs: Any, labels: Any, batch_size: int = 64) -> None:
-        n = len(inputs[0]) if isinstance(inputs, tuple) else len(inputs)
+        n = len(next(iter(inputs.values()))) if isinstance(inputs, dict) else (
+            len(inputs[0]) if isinstance(inputs, tuple) else len(inputs))
         if n != len(labels):
             raise ValueError(f"inputs have {n} samples but labels have {len(labels)}")
         if batch_size < 1:
@@ -28,7 +30,10 @@ class ArrayLoader:
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         for i in range(0, self.n, self.batch_size):
             s = slice(i, i + self.batch_size)
-            x = tuple(a[s] for a in self.inputs) if isinstance(self.inputs, tuple) else self.inputs[s]
+            if isinstance(self.inputs, dict):
+                x: Any = {k: a[s] for k, a in self.inputs.items()}
+            else:
+                x = tuple(a[s] for a in self.inputs) if isinstance(self.inputs, tuple) else self.inputs[s]
             yield x, self.labels[s]
 
 
@@ -110,40 +115,78 @@ def _image_folder(root: str, extensions: tuple[str, ...] = (".png", ".jpg", ".jp
     return images, np.asarray(labels, np.int64)
 
 
-def _npz(path: str, inputs: str = "x", labels: str = "y") -> tuple[Any, Any]:
-    with np.load(path) as f:
-        missing = [k for k in (inputs, labels) if k not in f]
+def _load_image(f: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(f) as im:
+        a = np.asarray(im.convert("L" if im.mode in ("L", "I", "F", "1") else "RGB"), np.float32) / 255.0
+    return a[..., None] if a.ndim == 2 else a
+
+
+def _files(path: str, file: str = "file", label: str = "label") -> tuple[list, Any]:
+    """A CSV (with a header) or JSON-lines file of (image file, label) pairs; image paths are relative
+    to the list's directory; labels are integers (class ids) or strings (texts, e.g. for OCR)."""
+    import csv
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"dataset files path={path!r} is not a file")
+    if p.suffix.lower() in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    else:
+        with open(p, newline="") as f:
+            rows = list(csv.DictReader(f))
+    missing = [k for k in (file, label) if rows and k not in rows[0]]
+    if missing:
+        raise ConfigError(f"dataset files {path!r} has no column {missing[0]!r}; columns: {list(rows[0])}")
+    images, labels = [], []
+    for row in rows:
+        f = p.parent / str(row[file])
+        if not f.is_file():
+            raise DataError(f"dataset files {path!r}: image {str(row[file])!r} does not exist ({f})")
+        images.append(_load_image(f))
+        labels.append(row[label])
+    ints = all(isinstance(x, int) or str(x).lstrip("-").isdigit() for x in labels)
+    return images, (np.asarray([int(x) for x in labels], np.int64) if ints else [str(x) for x in labels])
+
+
+def _npz(path: str, inputs: Any = "x", labels: str = "y") -> tuple[Any, Any]:
+    """Arrays of an .npz file: `inputs` names one array, a list of them (several inputs) or a mapping
+    of the model's input names to arrays."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"dataset npz path={path!r} is not a file")
+    with np.load(p) as f:
+        names = list(inputs.values()) if isinstance(inputs, Mapping) else (
+            [inputs] if isinstance(inputs, str) else list(inputs))
+        missing = [k for k in (*names, labels) if k not in f]
         if missing:
             raise ConfigError(f"dataset npz {path!r} has no array {missing[0]!r}; arrays: {list(f.keys())}")
-        x = f[inputs].astype(np.float32)
-        return list(x if x.ndim == 4 else x[..., None]), f[labels]
+        if isinstance(inputs, Mapping):
+            x: Any = {k: f[v] for k, v in inputs.items()}
+        else:
+            x = f[inputs] if isinstance(inputs, str) else tuple(f[k] for k in inputs)
+        return x, f[labels]
 
 
-DATASETS = {"digits": _digits, "image_folder": _image_folder, "npz": _npz}
+IMAGE_DATASETS = {"digits": _digits, "image_folder": _image_folder, "files": _files}
+DATASETS = {**IMAGE_DATASETS, "npz": _npz}
 
 
-def build_dataloader(spec: Mapping[str, Any], layout: str = "NCHW") -> ArrayLoader:
-    """A dataloader from its YAML description (see above); every bad name is an error naming the
-    valid choices."""
-    spec = dict(spec)
-    unknown = [k for k in spec if k not in ("dataset", "transform", "batch_size")]
-    if unknown:
-        raise ConfigError(f"calibration.dataloader.{unknown[0]} is not a known key; "
-                          "valid keys: ['dataset', 'transform', 'batch_size']")
-    ds = dict(spec.get("dataset") or {})
-    name = ds.pop("name", None)
-    if name not in DATASETS:
-        raise ConfigError(f"calibration.dataloader.dataset.name={name!r} is unknown; valid choices: {list(DATASETS)}")
-    try:
-        images, labels = DATASETS[name](**ds)
-    except TypeError as e:
-        raise ConfigError(f"dataset {name!r}: {e}") from None
-    if not len(images):
-        raise DataError(f"the calibration dataset {name!r} ({ds}) holds no image")
+def _as_images(x: Any) -> list[np.ndarray]:
+    """An array of images (N, H, W) or (N, H, W, C) as HWC float32 images."""
+    a = np.asarray(x, np.float32)
+    if a.ndim not in (3, 4):
+        raise ConfigError(f"transforms apply to images: the inputs have shape {a.shape}, not (N, H, W[, C])")
+    return list(a if a.ndim == 4 else a[..., None])
+
+
+def _transform(images: list[np.ndarray], transform: Mapping[str, Any] | None, layout: str) -> np.ndarray:
     steps = []
-    for t, args in (spec.get("transform") or {}).items():
+    for t, args in (transform or {}).items():
         if t not in TRANSFORMS:
-            raise ConfigError(f"calibration.dataloader.transform {t!r} is unknown; valid choices: {list(TRANSFORMS)}")
+            raise ConfigError(f"transform {t!r} is unknown; valid choices: {list(TRANSFORMS)}")
         steps.append((t, dict(args or {})))
     out = []
     for img in images:
@@ -156,4 +199,124 @@ def build_dataloader(spec: Mapping[str, Any], layout: str = "NCHW") -> ArrayLoad
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise ConfigError(f"the transformed images have different shapes {sorted(shapes)[:3]}; add a Resize/CenterCrop")
-    return ArrayLoader(np.stack(out), np.asarray(labels), int(spec.get("batch_size", 32)))
+    return np.stack(out)
+
+
+def load_dataset(dataset: Mapping[str, Any], transform: Mapping[str, Any] | None, layout: str,
+                 where: str = "dataset") -> tuple[Any, Any]:
+    """(inputs, labels) of a dataset description; images come out transformed, in `layout`."""
+    ds = dict(dataset)
+    name = ds.pop("name", None)
+    if name not in DATASETS:
+        raise ConfigError(f"{where}.name={name!r} is unknown; valid choices: {list(DATASETS)}")
+    try:
+        x, labels = DATASETS[name](**ds)
+    except TypeError as e:
+        raise ConfigError(f"{where} {name!r}: {e}") from None
+    if not len(labels):
+        raise DataError(f"the {where} {name!r} ({ds}) holds no sample")
+    if name in IMAGE_DATASETS or transform:
+        x = _transform(x if name in IMAGE_DATASETS else _as_images(x), transform, layout)
+    return x, labels
+
+
+def _select(x: Any, idx: np.ndarray) -> Any:
+    if isinstance(x, dict):
+        return {k: np.asarray(v)[idx] for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(np.asarray(v)[idx] for v in x)
+    if isinstance(x, list):
+        return [x[i] for i in idx]
+    return np.asarray(x)[idx]
+
+
+def build_dataloader(spec: Mapping[str, Any], layout: str = "NCHW") -> ArrayLoader:
+    """A calibration dataloader from its YAML description (see above); every bad name is an error
+    naming the valid choices."""
+    spec = dict(spec)
+    unknown = [k for k in spec if k not in ("dataset", "transform", "batch_size")]
+    if unknown:
+        raise ConfigError(f"calibration.dataloader.{unknown[0]} is not a known key; "
+                          "valid keys: ['dataset', 'transform', 'batch_size']")
+    x, labels = load_dataset(dict(spec.get("dataset") or {}), spec.get("transform"), layout,
+                             "calibration.dataloader.dataset")
+    return ArrayLoader(x, np.asarray(labels) if not isinstance(labels, list) else labels,
+                       int(spec.get("batch_size", 32)))
+
+
+class DataSpec:
+    """Your own evaluation (and calibration) data, described in YAML (`data=npz|image_folder|files`):
+
+        data: {kind: npz, path: eval.npz, inputs: x, labels: y, batch_size: 32,
+               calibration: [0, 100], evaluation: [100, null], transform: {...}}
+
+    `calibration` and `evaluation` are [start, stop) index ranges of the samples (null = open); by
+    default the first min(100, n/2) samples calibrate and the rest evaluate, so the two never share a
+    sample. A calibration dataloader in quantization.calibration.dataloader replaces this one's."""
+
+    KINDS = ("npz", "image_folder", "files", "digits")
+
+    def __init__(self, kind: str = "npz", path: str | None = None, inputs: Any = "x", labels: str = "y",
+                 batch_size: int = 32, transform: Mapping[str, Any] | None = None, calibration: Any = None,
+                 evaluation: Any = None, layout: str | None = None) -> None:
+        if kind not in self.KINDS:
+            raise ConfigError(f"data.kind={kind!r} is unknown; valid choices: {list(self.KINDS)}")
+        if kind != "digits":
+            what = "directory" if kind == "image_folder" else "file"
+            if not path:
+                raise ConfigError(f"data.path is required for data={kind} (a {what})")
+            p = Path(str(path))
+            if kind == "image_folder" and not p.is_dir():
+                raise ConfigError(f"data.path={str(path)!r} is not a directory (image_folder: root/<class>/<image>)")
+            if kind != "image_folder" and not p.is_file():
+                raise ConfigError(f"data.path={str(path)!r} is not a file")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size!r} must be an int >= 1")
+        for key, r in (("calibration", calibration), ("evaluation", evaluation)):
+            if r is not None and (len(r) != 2 or any(v is not None and (not isinstance(v, int) or v < 0) for v in r)):
+                raise ConfigError(f"data.{key}={list(r)!r} must be a [start, stop) range of sample indices "
+                                  "(null = open)")
+        if layout not in (None, "NCHW", "NHWC"):
+            raise ConfigError(f"data.layout={layout!r} is unknown; valid choices: [null, 'NCHW', 'NHWC']")
+        self.kind, self.path, self.inputs, self.labels = kind, path, inputs, labels
+        self.batch_size, self.transform = batch_size, dict(transform) if transform else None
+        self.calibration = list(calibration) if calibration is not None else None
+        self.evaluation = list(evaluation) if evaluation is not None else None
+        self.layout = layout
+
+    def _dataset(self) -> dict[str, Any]:
+        if self.kind == "npz":
+            return {"name": "npz", "path": self.path, "inputs": self.inputs, "labels": self.labels}
+        if self.kind == "image_folder":
+            return {"name": "image_folder", "root": self.path}
+        if self.kind == "files":
+            return {"name": "files", "path": self.path}
+        return {"name": "digits", "split": "all"}
+
+    def loaders(self, layout: str = "NCHW") -> tuple[ArrayLoader, ArrayLoader]:
+        """(calibration, evaluation) dataloaders; disjoint unless the ranges say otherwise."""
+        x, labels = load_dataset(self._dataset(), self.transform, self.layout or layout, "data")
+        n = len(labels)
+        cal, ev = self.calibration, self.evaluation
+        if cal is None and ev is None:
+            k = min(100, max(1, n // 2))
+            cal, ev = [0, k], [k, None]
+        elif cal is None:  # calibrate on the samples evaluation leaves out (before it, else after it)
+            cal = [0, ev[0]] if ev[0] else [ev[1] if ev[1] is not None else n, None]
+        elif ev is None:
+            ev = [cal[1] if cal[1] is not None else n, None] if not cal[0] else [0, cal[0]]
+        ranges = {}
+        for key, (a, b) in (("calibration", cal), ("evaluation", ev)):
+            a, b = a or 0, n if b is None else min(b, n)
+            if a >= b:
+                raise DataError(f"data.{key} range [{a}, {b}) of the {n} sample(s) of {self.path or self.kind} is "
+                                "empty")
+            ranges[key] = np.arange(a, b)
+        overlap = len(set(ranges["calibration"]) & set(ranges["evaluation"]))
+        if overlap:
+            import logging
+
+            logging.getLogger("lpot_research").warning("data: %d sample(s) both calibrate and evaluate", overlap)
+        lab = labels if isinstance(labels, list) else np.asarray(labels)
+        return tuple(ArrayLoader(_select(x, r), _select(lab, r), self.batch_size)  # type: ignore[return-value]
+                     for r in (ranges["calibration"], ranges["evaluation"]))

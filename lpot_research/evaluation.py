@@ -43,6 +43,16 @@ class Outcome:
     scores: np.ndarray | None = None  # per-sample scores by sample index (NaN where not scored)
 
 
+def progress(items: Any, what: str, total: int | None = None) -> Any:
+    """A progress bar over evaluation batches on a terminal, shown when the evaluation lasts more than a
+    few seconds (none in logs and CI: tqdm turns itself off when stderr is not a terminal)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with optuna
+        return items
+    return tqdm(items, desc=what, total=total, delay=3, leave=False, disable=None, unit="batch")
+
+
 def check_metric(metric: Any) -> None:
     missing = [m for m in ("reset", "update", "result") if not callable(getattr(metric, m, None))]
     if missing:
@@ -148,7 +158,7 @@ class Evaluator:
             return Outcome(acc, acc)
         if not self.per_sample:
             self.metric.reset()
-            for inputs, labels in batches(self.dataloader, "evaluation"):
+            for inputs, labels in progress(batches(self.dataloader, "evaluation"), what):
                 deadline.check()
                 self.metric.update(self.adaptor.predict(model, inputs), labels)
             acc = as_accuracy(self.metric.result(), what)
@@ -164,7 +174,7 @@ class Evaluator:
         lo, hi = self.sample_range or (0.0, 1.0)
         scores = np.full(n, np.nan)
         seen, total = 0, 0.0
-        for ids, inputs, labels in self._batches():
+        for ids, inputs, labels in progress(self._batches(), what):
             deadline.check()
             s = np.asarray(self.metric.sample_scores(self.adaptor.predict(model, inputs), labels), dtype=np.float64)
             s = s.reshape(-1)

@@ -10,7 +10,7 @@ Lines, each a JSON object with a `kind`:
 - `trial`: one finished trial (`TrialRecord`), numbered 1, 2, ... without gaps.
 - `measure`: measurements (or a completed evaluation) added to a trial later, when a report needs them.
 - `stopped`: a trial stopped by the time budget or Ctrl-C (not finished: a resume runs it again).
-- `analysis`: a result that is not a trial (e.g. basic's per-op impact, the evaluation order), keyed,
+- `analysis`: a result that is not a trial (e.g. basic's per-op sensitivity, the evaluation order), keyed,
   so a resumed run reuses it instead of recomputing it.
 """
 

@@ -1,5 +1,5 @@
 """Looking inside models without a trial: per-op outputs (the mse strategy, TensorBoard) and how far a
-model's output is from FP32's (basic's per-op impact), on one fixed batch of calibration data.
+model's output is from FP32's (basic's per-op sensitivity), on one fixed batch of calibration data.
 
 Results that a resumed run would otherwise recompute are kept in the history as analysis records.
 """
@@ -88,7 +88,7 @@ class Inspector:
         """Per-op outputs of `model` (None = the FP32 reference build) on the probe batch."""
         return self.adaptor.inspect(model, self.probe(sampling_size), ops)
 
-    # ------------------------------------------------------------------ per-op impact (basic's stage 2)
+    # ------------------------------------------------------------------ per-op sensitivity (basic's stage 2)
     def distance(self, model: Any, sampling_size: int) -> float:
         """Normalized MSE of `model`'s output against the FP32 model's, on the probe batch."""
         if sampling_size not in self._reference:
@@ -96,30 +96,34 @@ class Inspector:
         ref = self._reference[sampling_size]
         return normalized_mse(ref, _flat(self.adaptor.predict(model, self.probe(sampling_size))))
 
-    def impact(self, base: TuneConfig, dtype: str, ops: list[str]) -> dict[str, float]:
-        """How much falling each op alone back to `dtype` brings `base`'s output closer to FP32's:
-        the drop in output error (normalized MSE on the probe batch) as a fraction of `base`'s error.
-        One quantization and one probe batch per op instead of a trial each; kept in the history."""
-        key = f"impact:{base.id}:{dtype}"
+    def sensitivity(self, base: TuneConfig, ops: list[str]) -> dict[str, float]:
+        """How much each op, quantized alone as `base` quantizes it (every other op FP32), moves the
+        model's output away from FP32's: the normalized MSE on the probe batch, as a share of the sum
+        over `ops` (an op that does not quantize: inf). One small quantization and one probe batch per
+        op instead of a trial each; kept in the history.
+
+        Why alone: quantization error spread over many ops (PP-OCRv4's first stage: no single conv's
+        fallback recovers it, and the output error each fallback removes ranked those convs last) shows
+        op by op when each is the only one quantized (they then rank first); on MiniLM both views agree
+        (the FFN output projections first)."""
+        key = f"sensitivity:{base.id}"
         known = dict(self.history.analysis.get(key) or {})
         missing = [n for n in ops if n not in known]
         if missing:
             t0 = time.perf_counter()
-            try:
-                d_base = self.distance(self.quantize(base), base.sampling_size)
-            except Exception as e:  # the base does not build: a fallback that does removes all its error
-                log.debug("impact: %s does not build (%s)", base.note or base.id, e)
-                d_base = float("inf")
+            fp32 = {n: OpChoice("fp32") for n, _ in base.ops}
             for n in missing:
+                alone = base.with_ops({m: c for m, c in fp32.items() if m != n})
                 try:
-                    d = self.distance(self.quantize(base.with_ops({n: OpChoice(dtype)})), base.sampling_size)
-                    known[n] = 1.0 if d_base == float("inf") else (d_base - d) / d_base if d_base > 0 else 0.0
-                except Exception as e:  # an op whose fallback does not build ranks last
-                    log.debug("impact of %s -> %s: %s", n, dtype, e)
-                    known[n] = float("-inf")
+                    known[n] = self.distance(self.quantize(alone), base.sampling_size)
+                except Exception as e:  # an op that does not quantize: it falls back first
+                    log.debug("sensitivity of %s: %s", n, e)
+                    known[n] = float("inf")
             self.history.add_analysis(key, known)
+            total = sum(v for v in known.values() if v != float("inf")) or 1.0
             top = sorted(known.items(), key=lambda kv: -kv[1])[:5]
-            log.info("per-op impact of %s fallback (output error vs FP32 on %d probe samples, %d ops in %.1f s), "
-                     "largest: %s", dtype, PROBE_SAMPLES, len(missing), time.perf_counter() - t0,
-                     ", ".join(f"{n} {v:+.1%}" for n, v in top))
-        return {n: known[n] for n in ops}
+            log.info("per-op sensitivity (output error vs FP32 with the op alone quantized, on %d probe samples; "
+                     "%d ops in %.1f s), largest: %s", PROBE_SAMPLES, len(missing), time.perf_counter() - t0,
+                     ", ".join(f"{n} {v / total:.1%}" for n, v in top))
+        total = sum(v for n, v in known.items() if n in ops and v != float("inf")) or 1.0
+        return {n: known[n] / total for n in ops}

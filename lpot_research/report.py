@@ -94,17 +94,38 @@ class Reporter:
         }
 
     def write(self, summary: dict[str, Any], best: TrialRecord | None, best_model: Any) -> Path | None:
-        """summary.json and best_config.yaml; the best model in its framework's format (returns its path)."""
+        """summary.json and best_config.yaml; the best model in its framework's format (returns its path),
+        with best_model_check.npz: inputs and the tuned model's outputs on them, so that
+        scripts/verify_saved_model.py can check the saved file on any run (an API run too)."""
         run = self.run
         path = None
         if best is not None and best_model is not None:
             path = run.adaptor.save(best_model, run.out / "best_model", run.example_inputs)
             summary["best"]["model_path"] = str(path)
+            self._write_check(best_model)
             _write_yaml(run.out / "best_config.yaml", {"config_id": best.config_id, "trial": best.trial,
                                                         "accuracy": best.accuracy, **best.config})
         with open(run.out / "summary.json", "w") as f:
             json.dump(summary, f, indent=2)
+        write_report(run.out, summary, run.history.trials)
         return path
+
+    def _write_check(self, model: Any) -> None:
+        import numpy as np
+
+        from lpot_research.adaptors.base import numpy_inputs
+        from lpot_research.batches import first
+
+        run = self.run
+        inputs = first(run.runner.bench_inputs, 16)
+        outputs = run.adaptor.predict(model, inputs)
+        arrays = {}
+        names = list(inputs) if isinstance(inputs, dict) else None
+        for i, a in enumerate(numpy_inputs(inputs)):
+            arrays[f"input:{names[i]}" if names else f"input{i}"] = a
+        for i, o in enumerate(outputs if isinstance(outputs, tuple | list) else (outputs,)):
+            arrays[f"output{i}"] = numpy_inputs(o)[0]
+        np.savez(run.out / "best_model_check.npz", **arrays)
 
     def log(self, s: dict[str, Any], best: TrialRecord | None) -> None:
         run = self.run
@@ -172,3 +193,90 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> None:
     from omegaconf import OmegaConf
 
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+
+
+def _acc(t: TrialRecord) -> str:
+    if not t.ok:
+        return "failed"
+    return f"{t.accuracy:.4f}" if t.accuracy is not None else f"<= {t.accuracy_bound:.4f} (stopped at {t.samples})"
+
+
+def tuning_curve(path: Path, summary: dict[str, Any], trials: list[TrialRecord]) -> None:
+    """Best-so-far accuracy against the threshold, and the accuracy of each trial, per trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hib = summary["criterion"]["higher_is_better"]
+    xs, each, best, b = [], [], [], None
+    for t in trials:
+        a = t.accuracy if t.accuracy is not None else t.accuracy_bound
+        if t.ok and a is not None and (b is None or (a > b if hib else a < b)):
+            b = a
+        xs.append(t.trial)
+        each.append(a if t.ok else float("nan"))
+        best.append(b if b is not None else float("nan"))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(xs, each, "o", ms=3, alpha=0.5, label="trial (a stopped one at its bound)")
+    ax.plot(xs, best, "-", label="best so far")
+    ax.axhline(summary["criterion"]["threshold"], ls="--", c="gray", label="threshold")
+    ax.axhline(summary["baseline"]["accuracy"], ls=":", c="black", label="FP32")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{summary['strategy']} / {summary['framework']} / {summary['model']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(out: Path, s: dict[str, Any], trials: list[TrialRecord]) -> None:
+    """report.md: the run for people, with the numbers of summary.json and the tuning curve."""
+    b, best, c = s["baseline"], s["best"], s["costs"]
+    curve = "(one trial: no tuning curve)\n"
+    if len(trials) > 1:
+        try:
+            tuning_curve(out / "tuning_curve.png", s, trials)
+            curve = "![tuning curve](tuning_curve.png)\n"
+        except Exception as e:  # noqa: BLE001 - a picture must not cost the run its report
+            curve = f"(no tuning curve: {type(e).__name__}: {e})\n"
+    ratio = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
+    lines = [
+        f"# {s['strategy']} / {s['framework']} / {s['model']}",
+        "",
+        f"- CPU: {s['cpu']['model']} [{s['cpu']['class']}: {s['cpu']['features']}]"
+        + (f", capped from {s['cpu']['capped_from']}" if s["cpu"].get("capped_from") else ""),
+        f"- {s['framework']}: {'; '.join(s['cpu_notes']) or 'nothing depends on the CPU class'}",
+        f"- criterion: {s['criterion']['kind']} {s['criterion']['tolerance']} "
+        f"(threshold {s['criterion']['threshold']:.4f}), objective: {s['objective']}",
+        f"- result: {'met the criterion' if s['met_criterion'] else 'did NOT meet the criterion'}; "
+        f"{s['trials']} trial(s), {s['failed_trials']} failed, in {s['elapsed_s']:.1f} s; stop: {s['stop_reason']}",
+        "",
+        "| | accuracy | latency ms | vs FP32 | size MB | size vs FP32 |",
+        "|---|---|---|---|---|---|",
+        f"| FP32 baseline | {b['accuracy']:.4f} | {b.get('latency_ms', float('nan')):.3f} | 1.00x | "
+        f"{b['size_bytes'] / 1e6:.3f} | 1.00x |",
+    ]
+    if best:
+        lat = best.get("latency_ms")
+        spread = best.get("latency_spread")
+        lines.append(f"| best (trial {best['trial']}) | {best['accuracy']:.4f} | "
+                     f"{'-' if lat is None else f'{lat:.3f}'} | {ratio(best['latency_ratio'])}"
+                     + (f" +-{spread:.0%}" if spread is not None and spread < 1 else "")
+                     + f" | {(best['size_bytes'] or 0) / 1e6:.3f} | {ratio(best['size_ratio'])} |")
+        lines += ["", f"Quantized ops: {best['quantized_ops']}; fallback ops: "
+                  + (", ".join(f"`{n}` ({d})" for n, d in best["fallback_dtypes"].items()) or "none")]
+    lines += ["", curve, "## Where the time went", "",
+              f"calibration {c['calibrate_s']:.1f} s, quantization {c['quantize_s']:.1f} s, evaluation "
+              f"{c['evaluate_s']:.1f} s ({c['full_evaluations']} whole-set evaluations, {c['rejected_early']} stopped "
+              f"early, {c['samples_evaluated'] or '-'} samples), benchmark {c['benchmark_s']:.1f} s "
+              f"({c['benchmarked']} trials timed)", "", "## Trials", "",
+              "| trial | configuration | accuracy | passed | latency vs FP32 | seconds |", "|---|---|---|---|---|---|"]
+    for t in trials:
+        lines.append(f"| {t.trial} | {t.note or t.config_id} | {_acc(t)} | {'yes' if t.passed else 'no'} | "
+                     f"{ratio(metric_ratio(t, b, 'latency_ms'))} | {t.duration_s:.1f} |")
+    if s.get("stopped_trials"):
+        lines += ["", "Stopped (not finished, run again on resume): "
+                  + "; ".join(f"trial {x['trial']} ({x['reason']})" for x in s["stopped_trials"])]
+    (out / "report.md").write_text("\n".join(lines) + "\n")

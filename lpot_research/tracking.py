@@ -58,6 +58,8 @@ class WandbTracker(Tracker):
     The W&B files go under the job's own run directory, so parallel jobs never share them.
     """
 
+    requires = ("wandb",)  # the wandb extra (imported when the run starts)
+
     def __init__(self, project: str = "lpot-research", entity: str | None = None, group: str | None = None,
                  name: str | None = None, tags: list[str] | None = None, mode: str | None = None) -> None:
         self.project, self.entity, self.group, self.name = project, entity, group, name

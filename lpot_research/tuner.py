@@ -1,7 +1,7 @@
 """The tuning loop: the FP32 baseline once, then the strategy's proposals until the exit policy says stop.
 
 The parts, each with one job: `TrialRunner` (quantize, evaluate, measure: lpot_research.trial),
-`Evaluator` (accuracy, early rejection), `Inspector` (per-op outputs and impact), `ranking` (the one
+`Evaluator` (accuracy, early rejection), `Inspector` (per-op outputs and sensitivity), `ranking` (the one
 ordering of results), `History` (the run's state on disk), `Reporter` (summary, table, saved model)
 and callbacks for whatever watches (progress log, W&B, TensorBoard). Every finished trial is in the
 history before the next starts; a resumed run replays the strategy against it, so no finished trial
@@ -170,7 +170,7 @@ class Tuner:
     def _loop(self) -> str:
         ctx = StrategyContext(self.space, self.criterion, self.baseline["accuracy"],
                               baseline_objective=self.baseline.get(self.objective.key), max_trials=self.exit.max_trials,
-                              op_errors=self.inspector.op_errors, impact=self.inspector.impact,
+                              op_errors=self.inspector.op_errors, sensitivity=self.inspector.sensitivity,
                               first_pass_ends=self.exit.timeout == 0)
         gen, records, repeats = self.strategy.proposals(ctx), self.history.by_id(), 0
         try:

@@ -14,7 +14,6 @@ budget is spent.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from _common import load_bundle
 
 import lpot_research  # noqa: E402
+from lpot_research.history import History  # noqa: E402
 from lpot_research.strategies import BUILTIN  # noqa: E402
 
 
@@ -59,15 +59,14 @@ def main() -> int:
                                  example_inputs=bundle.example_inputs, model_name=bundle.name,
                                  bench_batch_size=bundle.bench_batch_size)
         wall = time.perf_counter() - t0
-        lines = [json.loads(x) for x in (out / name / "history.jsonl").read_text().splitlines()]
-        base = next(x for x in lines if x.get("kind") == "baseline")
-        trials = [x for x in lines if x.get("kind") == "trial"]
-        first = next((t for t in trials if t["passed"]), None)
+        history = History.read(out / name)
+        base, trials = history.baseline, history.trials
+        first = next((t for t in trials if t.passed), None)
         best = res.summary["best"] or {}
         rows.append({
             "strategy": name,
-            "to_goal": first["trial"] if first else None,
-            "s_to_goal": first["elapsed_s"] - base["duration_s"] if first else None,
+            "to_goal": first.trial if first else None,
+            "s_to_goal": first.elapsed_s - base["duration_s"] if first else None,
             "best_acc": best.get("accuracy"),
             "ratio": best.get("latency_ratio"),
             "trials": res.summary["trials"],

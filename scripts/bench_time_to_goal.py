@@ -10,8 +10,11 @@ and in this checkout, one after the other (the earlier code first, so a warm cac
 more than the old), each in a fresh process with one thread. Reported per run: trials, trials
 evaluated on the whole evaluation set, samples evaluated, seconds spent benchmarking latency, wall
 time, the best accuracy against FP32 and its latency ratio. The new code reports its costs in
-summary.json; the old code's benchmark seconds are read from a cProfile of its run (its
-`latency_ms` calls), its samples from its trial count times the evaluation set.
+summary.json. The earlier code benchmarked every trial (and the baseline) with 5 warm-up and 30 timed
+runs at the benchmark batch: its benchmark seconds are estimated as that count times the median time of
+one inference of its best model, measured by this script afterwards (profiling the run itself would
+slow its Python-heavy quantizer and distort its wall time); its samples are its trial count times the
+evaluation set.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pstats
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from lpot_research.history import History
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = {
@@ -35,12 +40,9 @@ SCENARIOS = {
 DEFAULT_BEFORE = "0fad390"  # the last commit before the time-to-goal work (issue 14)
 
 
-def run(tree: Path, args: list[str], out: Path, profile: bool) -> dict:
+def run(tree: Path, args: list[str], out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable]
-    if profile:
-        cmd += ["-m", "cProfile", "-o", str(out / "profile.out")]
-    cmd += [str(tree / "tune.py"), *args, f"hydra.run.dir={out}"]
+    cmd = [sys.executable, str(tree / "tune.py"), *args, f"hydra.run.dir={out}"]
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
@@ -49,21 +51,59 @@ def run(tree: Path, args: list[str], out: Path, profile: bool) -> dict:
     if r.returncode != 0:
         raise SystemExit(f"{tree.name}: tune.py {' '.join(args)} failed:\n{r.stderr[-3000:]}")
     s = json.loads((out / "summary.json").read_text())
-    lines = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines() if x.strip()]
-    trials = [t for t in lines if t.get("kind") == "trial"]
-    ok = [t for t in trials if t["status"] == "ok"]
+    ok = [t for t in History.read(out).trials if t.ok]  # the earlier code's history reads the same way
     costs = s.get("costs")
     if costs is not None:  # this code: its own accounting
         full, samples, bench = costs["full_evaluations"], costs["samples_evaluated"], costs["benchmark_s"]
     else:  # the earlier code evaluated every trial whole and benchmarked every one
         n = _eval_samples(out)
         full, samples = len(ok), (len(ok) * n if n else None)
-        stats = pstats.Stats(str(out / "profile.out"))
-        bench = sum(v[3] for k, v in stats.stats.items() if k[2] == "latency_ms")
+        bench = (len(ok) + 1) * 35 * _one_inference_s(out)
     best = s["best"] or {}
     return {"trials": s["trials"], "full": full, "samples": samples, "bench_s": bench, "wall_s": wall,
             "accuracy": best.get("accuracy"), "baseline": s["baseline"]["accuracy"], "met": s["met_criterion"],
             "latency_ratio": best.get("latency_ratio"), "fallback": len(best.get("fallback_ops") or [])}
+
+
+def _build(out: Path) -> tuple[Any, Any, Any, Any]:
+    """(adaptor, FP32 model, best quantized model, benchmark inputs) of a finished run, rebuilt with this
+    code from its resolved config and best configuration."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lpot_research.space import TuneConfig
+
+    cfg = OmegaConf.load(out / "config_resolved.yaml")
+    adaptor = instantiate(cfg.framework)
+    bundle = instantiate(cfg.model).load(framework=adaptor.name)
+    batch = cfg.benchmark.batch_size or bundle.bench_batch_size
+    model = adaptor.prepare(bundle.model, bundle.example_inputs)
+    best = OmegaConf.to_container(OmegaConf.load(out / "best_config.yaml"))
+    cfg_best = TuneConfig.from_dict({k: best[k] for k in ("approach", "sampling_size", "ops")})
+    q = adaptor.quantize(model, cfg_best, bundle.calib_dataloader, bundle.example_inputs)
+    return adaptor, model, q, adaptor.take_inputs(bundle.eval_dataloader, batch)
+
+
+def remeasure(outs: list[Path]) -> list[float]:
+    """The latency ratio of each run's best model against FP32, measured now, side by side by one method
+    (runs interleaved with FP32 until stable, rounds alternating between the runs): the runs' own ratios
+    were taken at different times under different load, by different methods."""
+    from lpot_research.benchmark import Benchmark
+
+    built = [_build(o) for o in outs]
+    bench = Benchmark(batch_size=1, warmup=5, iterations=200, min_iterations=30, tolerance=0.02)
+    ratios: list[list[float]] = [[] for _ in outs]
+    for _ in range(3):
+        for i, (adaptor, fp32, q, x) in enumerate(built):
+            ratios[i].append(adaptor.measure_latency(q, x, bench, reference=fp32).ratio)
+    return [sorted(r)[1] for r in ratios]
+
+
+def _one_inference_s(out: Path) -> float:
+    """Median seconds of one inference of the run's best model at its benchmark batch, with this code's
+    adaptor (the same framework runtime the earlier code used)."""
+    adaptor, _, q, x = _build(out)
+    return adaptor.latency_ms(q, x, 5, 30) / 1e3
 
 
 def _eval_samples(out: Path) -> int | None:
@@ -82,9 +122,19 @@ def main() -> int:
     ap.add_argument("--before", default=DEFAULT_BEFORE, help="the earlier commit to compare with")
     ap.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
     ap.add_argument("--out", default=None, help="where the runs go (default: a temporary directory)")
+    ap.add_argument("--remeasure", type=Path, default=None,
+                    help="only re-measure the latency ratios of the runs of an earlier --out directory")
     args = ap.parse_args()
 
     from lpot_research.cpu import cpu_info
+
+    if args.remeasure is not None:
+        for name in args.scenarios:
+            dirs = [args.remeasure / name / "before", args.remeasure / name / "after"]
+            if all((d / "best_config.yaml").exists() for d in dirs):
+                b, a = remeasure(dirs)
+                print(f"{name}: best latency ratio re-measured side by side: before {b:.2f}x, after {a:.2f}x")
+        return 0
 
     work = Path(args.out or tempfile.mkdtemp(prefix="lpot_ttg_"))
     before = work / f"worktree-{args.before}"
@@ -96,8 +146,7 @@ def main() -> int:
         for name in args.scenarios:
             for label, tree in ((f"before ({args.before})", before), ("after (this code)", ROOT)):
                 print(f"# {name}: {label} ...", file=sys.stderr, flush=True)
-                res = run(tree, SCENARIOS[name], work / name / ("before" if tree != ROOT else "after"),
-                          profile=tree != ROOT)
+                res = run(tree, SCENARIOS[name], work / name / ("before" if tree != ROOT else "after"))
                 rows.append((name, label, res))
                 print(f"# {name}: {label}: {res}", file=sys.stderr, flush=True)
     finally:
@@ -115,8 +164,10 @@ def main() -> int:
     by = {(n, lbl.split()[0]): r for n, lbl, r in rows}
     for name in args.scenarios:
         b, a = by[(name, "before")], by[(name, "after")]
+        lat = remeasure([work / name / "before", work / name / "after"]) if a["met"] and b["met"] else None
         print(f"{name}: wall time after/before {a['wall_s'] / b['wall_s']:.2f}x, trials {a['trials']} vs "
-              f"{b['trials']}")
+              f"{b['trials']}" + (f"; best latency ratio re-measured side by side: before {lat[0]:.2f}x, after "
+                                  f"{lat[1]:.2f}x" if lat else ""))
     return 0
 
 

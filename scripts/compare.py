@@ -19,19 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lpot_research.history import History
+
 
 def load_run(run_dir: Path) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
-    trials = []
-    for line in (run_dir / "history.jsonl").read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line of a killed run
-            continue
-        if rec.get("kind") == "trial":
-            trials.append(rec)
-    trials.sort(key=lambda t: t["trial"])
-    return {"dir": run_dir, "summary": summary, "trials": trials}
+    return {"dir": run_dir, "summary": summary, "trials": History.read(run_dir).trials}
 
 
 def find_runs(sweep: Path) -> list[dict[str, Any]]:
@@ -47,11 +40,11 @@ def curves(run: dict[str, Any]) -> tuple[list[float], list[float]]:
     acc_curve, obj_curve = [], []
     best_acc, best_obj = math.nan, math.nan
     for t in run["trials"]:
-        if t["status"] == "ok" and t["accuracy"] is not None:
-            if math.isnan(best_acc) or (t["accuracy"] > best_acc if hib else t["accuracy"] < best_acc):
-                best_acc = t["accuracy"]
-            if t["passed"] and t["objective"] is not None:
-                ratio = t["objective"] / base_obj if base_obj else t["objective"]
+        if t.status == "ok" and t.accuracy is not None:
+            if math.isnan(best_acc) or (t.accuracy > best_acc if hib else t.accuracy < best_acc):
+                best_acc = t.accuracy
+            if t.passed and t.objective is not None:
+                ratio = t.objective / base_obj if base_obj else t.objective
                 best_obj = ratio if math.isnan(best_obj) else min(best_obj, ratio)
         acc_curve.append(best_acc)
         obj_curve.append(best_obj)

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Load a run's saved best model with its framework alone and re-evaluate it on the run's own evaluation data;
-print both accuracies and exit non-zero if they differ. Loaders: torch.jit.load (PyTorch), an onnxruntime
-InferenceSession (ONNX Runtime), the LiteRT interpreter (TensorFlow Lite), SymbolBlock.imports (MXNet).
+"""Load a run's saved best model with its framework alone and check it is the tuned model: its outputs on
+the inputs recorded at the end of the run (best_model_check.npz, every run has it, API runs included) and,
+for a tune.py run, its accuracy re-evaluated on the run's own evaluation data. Exit non-zero on a mismatch.
+Loaders: torch.jit.load (PyTorch), an onnxruntime InferenceSession (ONNX Runtime), the LiteRT interpreter
+(TensorFlow Lite), SymbolBlock.imports (MXNet).
 
     python scripts/verify_saved_model.py outputs/2026-11-22/10-00-00-123456
 """
@@ -26,8 +28,10 @@ def torch_runner(run_dir: Path, threads: int) -> Any:
     model = torch.jit.load(str(run_dir / "best_model.pt"))  # plain PyTorch: no package class needed
 
     def run(inputs: Any) -> Any:
+        arrays = tuple(inputs.values()) if isinstance(inputs, dict) else inputs
+        arrays = tuple(torch.as_tensor(a) for a in (arrays if isinstance(arrays, tuple) else (arrays,)))
         with torch.inference_mode():
-            return model(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+            return model(*arrays)
 
     return run
 
@@ -42,6 +46,8 @@ def onnx_runner(run_dir: Path, threads: int) -> Any:
     names = [i.name for i in sess.get_inputs()]
 
     def run(inputs: Any) -> Any:
+        if isinstance(inputs, dict):
+            return sess.run(None, {n: np.asarray(a) for n, a in inputs.items()})[0]
         arrays = inputs if isinstance(inputs, tuple) else (inputs,)
         feed = {n: np.asarray(a.numpy() if hasattr(a, "numpy") else a) for n, a in zip(names, arrays, strict=True)}
         return sess.run(None, feed)[0]
@@ -56,6 +62,7 @@ def tflite_runner(run_dir: Path, threads: int) -> Any:
     interpreters: dict[tuple[tuple[int, ...], ...], Any] = {}
 
     def run(inputs: Any) -> Any:
+        inputs = tuple(inputs.values()) if isinstance(inputs, dict) else inputs
         arrays = [np.asarray(a) for a in (inputs if isinstance(inputs, tuple) else (inputs,))]
         key = tuple(a.shape for a in arrays)
         if key not in interpreters:  # one interpreter per batch shape (the last batch may be smaller)
@@ -86,6 +93,7 @@ def mxnet_runner(run_dir: Path, threads: int) -> Any:
     net = mx.gluon.SymbolBlock.imports(str(sym), names, str(run_dir / "best_model-0000.params"))
 
     def run(inputs: Any) -> Any:
+        inputs = tuple(inputs.values()) if isinstance(inputs, dict) else inputs
         arrays = inputs if isinstance(inputs, tuple) else (inputs,)
         out = net(*(mx.nd.array(np.asarray(a), dtype="float32") for a in arrays))
         return (out[0] if isinstance(out, list | tuple) else out).asnumpy()
@@ -96,20 +104,66 @@ def mxnet_runner(run_dir: Path, threads: int) -> Any:
 RUNNERS = {"pytorch": torch_runner, "onnxrt": onnx_runner, "tensorflow": tflite_runner, "mxnet": mxnet_runner}
 
 
+def to_numpy(x: Any) -> Any:
+    import numpy as np
+
+    x = x[0] if isinstance(x, tuple | list) else x
+    return np.asarray(x.detach().numpy() if hasattr(x, "detach") else x)
+
+
+def check_outputs(run_dir: Path, run: Any) -> str | None:
+    """The saved model's outputs against those the run recorded for the tuned model; None if they match."""
+    import numpy as np
+
+    path = run_dir / "best_model_check.npz"
+    if not path.exists():
+        return f"{path} is missing (a run of an older lpot-research): the outputs cannot be checked"
+    with np.load(path) as f:
+        keys = sorted((k for k in f.files if k.startswith("input")), key=lambda k: (len(k), k))
+        named = [k for k in keys if k.startswith("input:")]
+        inputs: Any = ({k.split(":", 1)[1]: f[k] for k in named} if named else
+                       tuple(f[k] for k in keys) if len(keys) > 1 else f[keys[0]])
+        want = f["output0"]
+    got = to_numpy(run(inputs))
+    scale = float(np.abs(want).max()) or 1.0
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4 * scale):
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape else "shape"
+        return f"the saved model's outputs differ from the tuned model's (max |difference| {diff})"
+    print(f"saved model outputs on {len(want)} recorded samples: MATCH")
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--atol", type=float, default=1e-9, help="allowed accuracy difference")
     args = ap.parse_args()
-    summary = json.loads((args.run_dir / "summary.json").read_text())
-    cfg = OmegaConf.load(args.run_dir / "config_resolved.yaml")
+    try:
+        summary = json.loads((args.run_dir / "summary.json").read_text())
+    except (OSError, ValueError) as e:
+        print(f"error: {args.run_dir} holds no finished run ({args.run_dir / 'summary.json'}: {e})", file=sys.stderr)
+        return 2
     adaptor = summary["framework"]
     if adaptor not in RUNNERS:
-        print(f"error: no loader for {adaptor}; valid: {', '.join(RUNNERS)}", file=sys.stderr)
+        print(f"error: no loader for framework {adaptor}; valid: {', '.join(RUNNERS)}", file=sys.stderr)
         return 2
-    run = RUNNERS[adaptor](args.run_dir, int(cfg.get("threads") or 1))
-    bundle = instantiate(cfg.model).load(framework=summary["framework"])  # the run's evaluation data and metric
-    metric = bundle.metric
+    if not summary.get("best") or not summary["best"].get("model_path"):
+        print("error: the run saved no quantized model (no trial succeeded)", file=sys.stderr)
+        return 2
+    config = args.run_dir / "config_resolved.yaml"
+    cfg = OmegaConf.load(config) if config.exists() else None
+    run = RUNNERS[adaptor](args.run_dir, int((cfg.get("threads") if cfg else None) or 1))
+    problem = check_outputs(args.run_dir, run)
+    if problem:
+        print(f"MISMATCH: {problem}")
+        return 1
+    if cfg is None:
+        print("no config_resolved.yaml (an API run): the accuracy needs your evaluation, the outputs are checked")
+        return 0
+    bundle = instantiate(cfg.model).load(framework=adaptor)  # the run's evaluation data and metric
+    if cfg.get("data") is not None:
+        bundle.eval_dataloader = instantiate(cfg.data).loaders(bundle_layout(adaptor))[1]
+    metric = instantiate(cfg.metric) if cfg.get("metric") is not None else bundle.metric
     metric.reset()
     for inputs, labels in bundle.eval_dataloader:
         metric.update(run(inputs), labels)
@@ -117,6 +171,10 @@ def main() -> int:
     ok = abs(got - reported) <= args.atol
     print(f"reported accuracy {reported:.6f}, saved model re-evaluated {got:.6f}: {'MATCH' if ok else 'MISMATCH'}")
     return 0 if ok else 1
+
+
+def bundle_layout(framework: str) -> str:
+    return "NHWC" if framework == "tensorflow" else "NCHW"
 
 
 if __name__ == "__main__":

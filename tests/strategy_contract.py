@@ -6,12 +6,12 @@ second. A user's own strategy can reuse it: `class TestMine(StrategyContract): s
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from lpot_research.history import History
 from tests.fakes import FakeAdaptor
 from tests.helpers import run_fake
 
@@ -21,9 +21,9 @@ NO_PASS = {"quantization": {"model_wise": {"activation": {"dtype": ["uint8", "bf
 LONG = {"exit_policy": {"timeout": 3600, "max_trials": 12}}
 
 
-def trials(res) -> list[dict[str, Any]]:
-    lines = [json.loads(x) for x in (res.output_dir / "history.jsonl").read_text().splitlines()]
-    return [t for t in lines if t.get("kind") == "trial"]
+def trials(res) -> list[Any]:
+    """The run's trial records, read through History."""
+    return History.read(res.output_dir).trials
 
 
 def merge(*cfgs: dict) -> dict:
@@ -47,8 +47,8 @@ class StrategyContract:
     def test_same_seed_same_sequence(self, tmp_path):
         a = run_fake(tmp_path / "a", self.landscape(), self.make(11), merge(NO_PASS, LONG))
         b = run_fake(tmp_path / "b", self.landscape(), self.make(11), merge(NO_PASS, LONG))
-        ids = [t["config_id"] for t in trials(a)]
-        assert len(ids) >= 5 and ids == [t["config_id"] for t in trials(b)]
+        ids = [t.config_id for t in trials(a)]
+        assert len(ids) >= 5 and ids == [t.config_id for t in trials(b)]
 
     def test_same_sequence_in_another_process(self, tmp_path):
         here = run_fake(tmp_path / "here", self.landscape(), self.make(5), merge(NO_PASS, LONG))
@@ -57,14 +57,14 @@ class StrategyContract:
                 "from tests.strategy_contract import NO_PASS, LONG, merge, trials\n"
                 "from tests.helpers import run_fake\n"
                 f"t = T(); r = run_fake({str(tmp_path / 'there')!r}, t.landscape(), t.make(5), merge(NO_PASS, LONG))\n"
-                "print(' '.join(x['config_id'] for x in trials(r)))")
+                "print(' '.join(x.config_id for x in trials(r)))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.split() == [t["config_id"] for t in trials(here)]
+        assert out.stdout.split() == [t.config_id for t in trials(here)]
 
     def test_evaluated_configs_never_cost_a_trial(self, tmp_path):
         res = run_fake(tmp_path, self.landscape(), self.make(), merge(NO_PASS, LONG))
-        ids = [t["config_id"] for t in trials(res)]
+        ids = [t.config_id for t in trials(res)]
         assert len(ids) == len(set(ids)) == res.summary["trials"]
 
     def test_max_trials_is_respected(self, tmp_path):
@@ -94,5 +94,5 @@ class StrategyContract:
         full = run_fake(tmp_path / "full", self.landscape(), self.make(3), cfg)
         run_fake(tmp_path / "run", self.landscape(), self.make(3), merge(cfg, {"exit_policy": {"max_trials": 5}}))
         resumed = run_fake(tmp_path / "run", self.landscape(), self.make(3), cfg)
-        assert [t["config_id"] for t in trials(resumed)] == [t["config_id"] for t in trials(full)]
+        assert [t.config_id for t in trials(resumed)] == [t.config_id for t in trials(full)]
         assert resumed.summary["best"]["config_id"] == full.summary["best"]["config_id"]

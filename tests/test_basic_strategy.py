@@ -20,12 +20,11 @@ def test_stage_order_and_stop_when_met(tmp_path):
     notes = history_notes(res)
     # stage 1: the four model-wise configs (weight sym/per_channel x act asym|sym x minmax|kl)
     assert all(n.startswith("model-wise") for n in notes[:4]) and len(notes[:4]) == 4
-    # stage 2 costs no trial: the impact of each op's bf16 fallback from the best model-wise config
-    # (kl, accuracy 0.95) is measured on a probe batch and kept in the history
-    impact = next(v for k, v in History.read(tmp_path).analysis.items() if k.startswith("impact:"))
+    # stage 2 costs no trial: each op quantized alone as in the best model-wise config (kl, accuracy 0.95)
+    # runs on a probe batch; how far that moves the output from FP32 is kept in the history
+    impact = next(v for k, v in History.read(tmp_path).analysis.items() if k.startswith("sensitivity:"))
     assert sorted(impact, key=lambda n: -impact[n]) == ["op3", "op2", "op1", "op0"]
-    # op3 alone removes 62% of the output error: no block stage; stage 3 falls back op3, op2, op1
-    # (0.969, 0.983, 0.992 >= 0.99) and the first pass ends the run
+    # stage 3 falls back op3, op2, op1 (0.969, 0.983, 0.992 >= 0.99) and the first pass ends the run
     assert notes[4:] == [f"stage 3: +op{i} -> bf16 ({k}/4 ops)" for k, i in ((1, 3), (2, 2), (3, 1))]
     s = res.summary
     assert s["met_criterion"] and s["trials"] == 7
@@ -33,8 +32,8 @@ def test_stage_order_and_stop_when_met(tmp_path):
     assert set(s["best"]["fallback_dtypes"].values()) == {"bf16"}
     assert s["best"]["accuracy"] == 0.992
     assert "fallback meets the criterion" not in s["stop_reason"]  # the tuner stopped it at the first pass
-    # the probe quantizations happen outside trials: 4 model-wise + 1 base + 4 fallbacks + 3 stage-3 trials
-    assert len(adaptor.quantize_calls) == 4 + 1 + 4 + 3
+    # the probe quantizations happen outside trials: 4 model-wise + 4 ops alone + 3 stage-3 trials
+    assert len(adaptor.quantize_calls) == 4 + 4 + 3
 
 
 def test_a_resumed_run_reuses_the_recorded_impact(tmp_path):
@@ -44,7 +43,7 @@ def test_a_resumed_run_reuses_the_recorded_impact(tmp_path):
     assert res.summary["trials"] == 7
     # only the two new stage-3 trials quantize (the best is the last, in memory): no probe ran again
     assert len(again.quantize_calls) == 2
-    lines = (tmp_path / "history.jsonl").read_text().count('"kind": "analysis", "key": "impact:')
+    lines = (tmp_path / "history.jsonl").read_text().count('"kind": "analysis", "key": "sensitivity:')
     assert lines == 1
 
 
@@ -52,7 +51,7 @@ class TrialRanked(BasicStrategy):
     """basic as the seed runs it: stage 2 costs one trial per op (a tuner that measures no impact)."""
 
     def rank_ops(self, ctx, base, dtype, ops):
-        return (yield from super().rank_ops(dataclasses.replace(ctx, impact=None), base, dtype, ops))
+        return (yield from super().rank_ops(dataclasses.replace(ctx, sensitivity=None), base, dtype, ops))
 
 
 def test_without_measured_impact_stage2_runs_a_trial_per_op(tmp_path):
@@ -90,8 +89,9 @@ def test_block_stage_bisects_with_a_time_budget(tmp_path):
     assert sorted(res.summary["best"]["fallback_ops"]) == ["op0", "op1", "op2"]
 
 
-def test_measured_impact_finds_the_spread_error_without_a_block_stage(tmp_path):
-    # each of the first four ops carries the same error: impact ranks them first, stage 3 takes them
+def test_measured_sensitivity_finds_the_spread_error_without_a_block_stage(tmp_path):
+    # each of the first four ops carries the same error: quantized alone, each moves the output most, so
+    # they rank first and stage 3 takes them
     res = run_fake(tmp_path, FakeAdaptor(**BLOCK), BasicStrategy())
     notes = history_notes(res)
     assert all(n.startswith("stage 3") for n in notes[4:]) and len(notes) == 4 + 3
@@ -136,8 +136,8 @@ def test_first_pass_stops_with_timeout_zero(tmp_path):
 
 
 def test_failing_op_is_routed_around(tmp_path):
-    # every config with op0 in INT8 fails to quantize: stage 1 fails entirely; op0's fallback is the
-    # only one that builds, so it has the whole impact and falls back first
+    # every config with op0 in INT8 fails to quantize: stage 1 fails entirely; op0 alone does not build
+    # either, so it ranks first (infinitely sensitive) and falls back first
     res = run_fake(tmp_path, FakeAdaptor(ops=3, fail_ops=["op0"]), BasicStrategy())
     s = res.summary
     assert s["failed_trials"] == 4 and s["met_criterion"]

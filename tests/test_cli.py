@@ -13,13 +13,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from lpot_research.history import History
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FAKE = [f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "framework=fake", "model=fake"]
 
 
-def tune(*args, timeout=600, **kw):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def tune(*args, timeout=600, env=None, **kw):
+    env = {**(env if env is not None else os.environ), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / "tune.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=timeout, **kw)
 
@@ -40,11 +42,18 @@ def test_every_config_composes_and_instantiates(hydra_conf):
     from lpot_research.cli import register_resolvers
 
     register_resolvers()
+    from lpot_research.config import load_settings
+
     for group, choices in groups().items():
         for choice in choices:
             cfg = compose("tune", overrides=[f"{group}={choice}"])
+            if "_target_" not in cfg[group]:  # a settings group (accuracy_criterion): the schema takes it
+                assert load_settings({group: cfg[group]}).accuracy_criterion.kind == choice
+                continue
             obj = instantiate(cfg[group])  # cheap: constructors only store arguments
-            assert obj is not None, (group, choice)
+            cls = f"{type(obj).__module__}.{type(obj).__qualname__}"
+            target = cfg[group]._target_
+            assert target == cls or target.startswith(cls + "."), (group, choice, cls)  # or a classmethod of it
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -75,7 +84,8 @@ def test_default_job_runs_end_to_end(tmp_path):
     assert s["best"]["accuracy"] >= s["criterion"]["threshold"]
     assert s["best"]["latency_ratio"] is not None
     log = r.stderr + r.stdout
-    assert "FP32 baseline: accuracy" in log and "INT8/FP32 latency ratio" in log or "SLOWER" in log
+    assert "CPU: " in log and "FP32 baseline: accuracy" in log
+    assert "INT8/FP32 latency ratio" in log or "SLOWER than FP32" in log or "as fast as FP32 within" in log
     for f in ("history.jsonl", "best_model.pt", "best_config.yaml", "config_resolved.yaml", ".hydra/config.yaml"):
         assert (tmp_path / f).exists(), f
     v = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_saved_model.py"), str(tmp_path)],
@@ -92,18 +102,11 @@ def test_debug_log_level_gives_detail(tmp_path):
 
 
 def _trials(run_dir):
-    p = Path(run_dir) / "history.jsonl"
-    if not p.exists():
+    """The trial records of a run dir so far (none before its history exists), read through History."""
+    try:
+        return History.read(run_dir).trials
+    except Exception:  # noqa: BLE001 - no history yet
         return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("kind") == "trial":
-            out.append(rec)
-    return out
 
 
 def test_killed_run_resumes_without_repeating_a_trial(tmp_path):
@@ -129,10 +132,10 @@ def test_killed_run_resumes_without_repeating_a_trial(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"{killed_at} finished trial(s) from" in res.stderr + res.stdout
     trials = _trials(run)
-    ids = [t["config_id"] for t in trials]
+    ids = [t.config_id for t in trials]
     assert len(ids) == len(set(ids)), "a trial was evaluated twice"
-    assert [t["trial"] for t in trials] == list(range(1, len(trials) + 1))
-    assert ids == [t["config_id"] for t in ref_trials]
+    assert [t.trial for t in trials] == list(range(1, len(trials) + 1))
+    assert ids == [t.config_id for t in ref_trials]
     s, s_ref = (json.loads((d / "summary.json").read_text()) for d in (run, tmp_path / "ref"))
     assert s["best"]["config_id"] == s_ref["best"]["config_id"] and s["met_criterion"] == s_ref["met_criterion"]
 
@@ -143,7 +146,7 @@ def test_custom_strategy_from_the_readme(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["strategy"] == "GreedyFallback" and s["met_criterion"]
-    notes = [t["note"] for t in _trials(tmp_path)]
+    notes = [t.note for t in _trials(tmp_path)]
     assert any(n.startswith("greedy: op5 -> fp32") for n in notes)
 
 
@@ -197,3 +200,23 @@ def test_launcher_configs_compose(launcher, plugin, target):
     r = tune(f"hydra/launcher={launcher}", "--cfg", "hydra", timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"_target_: {plugin}." in r.stdout and target in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["native", "avx2"])
+def test_random_search_has_no_trial_the_cpu_cannot_run(tmp_path, isa):
+    """Every option of the space runs on the CPU class it was built for: on AVX2, where activations are
+    7-bit, symmetric activations (which torch cannot range-reduce) are not offered."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LPOT_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS",
+                                                           "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    if isa != "native":
+        env["LPOT_CPU_ISA"] = isa
+    r = tune("strategy=random", "exit_policy.max_trials=20", "exit_policy.timeout=3600", f"hydra.run.dir={tmp_path}",
+             timeout=1200, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["trials"] == 20 and s["failed_trials"] == 0, [t.error for t in History.read(tmp_path).trials if t.error]
+    schemes = {c["activation"]["scheme"] for t in History.read(tmp_path).trials for c in t.config["ops"].values()
+               if c["dtype"] == "int8"}
+    assert schemes == ({"asym"} if isa == "avx2" or not s["cpu"]["class"].startswith(("AVX-512 VNNI", "AMX"))
+                       else {"asym", "sym"})

@@ -17,7 +17,7 @@ DIGITS = {"dataset": {"name": "digits", "split": "train"}, "batch_size": 32,
 
 
 def test_digits_spec_reproduces_the_built_in_preprocessing():
-    torch = pytest.importorskip("torch", reason="the built-in digits preprocessing is torch's")
+    pytest.importorskip("torch", reason="the built-in digits preprocessing is torch's")
     from lpot_research.models.digits import digits_arrays
 
     loader = build_dataloader(DIGITS)
@@ -25,7 +25,6 @@ def test_digits_spec_reproduces_the_built_in_preprocessing():
     assert loader.inputs.shape == (1257, 1, 32, 32) and len(loader) == 40
     np.testing.assert_allclose(loader.inputs, ref[:1257].numpy(), atol=1e-5)  # PIL bilinear = torch bilinear
     np.testing.assert_array_equal(loader.labels, labels[:1257].numpy())
-    assert torch is not None
 
 
 def test_nhwc_layout_and_center_crop():
@@ -49,7 +48,7 @@ def test_image_folder(tmp_path):
 
 @pytest.mark.parametrize("spec,error,needle", [
     ({"dataset": {"name": "imagenet"}}, ConfigError,
-     "'imagenet' is unknown; valid choices: ['digits', 'image_folder', 'npz']"),
+     "'imagenet' is unknown; valid choices: ['digits', 'image_folder', 'files', 'npz']"),
     ({**DIGITS, "transform": {"RandomCrop": {"size": 8}}}, ConfigError,
      "'RandomCrop' is unknown; valid choices: ['Resize'"),
     ({**DIGITS, "shuffle": True}, ConfigError, "shuffle is not a known key"),
@@ -63,7 +62,7 @@ def test_bad_specs_name_the_value(spec, error, needle):
 
 def test_an_empty_image_folder_is_a_data_error(tmp_path):
     (tmp_path / "cls").mkdir()
-    with pytest.raises(DataError, match="holds no image"):
+    with pytest.raises(DataError, match="holds no sample"):
         build_dataloader({"dataset": {"name": "image_folder", "root": str(tmp_path)}})
 
 

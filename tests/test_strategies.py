@@ -58,7 +58,7 @@ def test_exhaustive_walks_quantized_configs_in_order(tmp_path, caplog):
     t = trials(res)
     assert res.summary["stop_reason"].startswith("strategy finished")
     assert len(t) == res.space.quantized_size() == 16  # (2 act schemes x 2 algorithms)^2 ops
-    assert all(all(op["dtype"] == "int8" for op in x["config"]["ops"].values()) for x in t)
+    assert all(all(op["dtype"] == "int8" for op in x.config["ops"].values()) for x in t)
     assert "16 quantized configuration(s)" in caplog.text
 
 
@@ -71,8 +71,8 @@ def test_exhaustive_warns_when_space_exceeds_max_trials(tmp_path, caplog):
 def test_random_differs_by_seed_and_covers_fallbacks(tmp_path):
     a = run_fake(tmp_path / "a", FakeAdaptor(ops=5), RandomStrategy(seed=1), merge(NO_PASS, LONG))
     b = run_fake(tmp_path / "b", FakeAdaptor(ops=5), RandomStrategy(seed=2), merge(NO_PASS, LONG))
-    assert [t["config_id"] for t in trials(a)] != [t["config_id"] for t in trials(b)]
-    dtypes = {op["dtype"] for t in trials(a) for op in t["config"]["ops"].values()}
+    assert [t.config_id for t in trials(a)] != [t.config_id for t in trials(b)]
+    dtypes = {op["dtype"] for t in trials(a) for op in t.config["ops"].values()}
     assert dtypes == {"int8", "bf16"}
 
 

@@ -34,6 +34,5 @@ def make_adaptor(name: str, **kwargs: Any) -> Any:
     # find_spec checks installation without importing (mxnet cannot be imported before the adaptor
     # restores the numpy aliases it needs)
     if not installed(module):
-        raise ConfigError(f"framework {name!r} needs {module!r}, which is not installed "
-                          f"(pip install 'lpot-research[{extra}]')")
+        raise ConfigError(f"framework={name} needs {module}, which is not installed: pip install -e '.[{extra}]'")
     return load_object(target)(**{k: v for k, v in kwargs.items() if v is not None})

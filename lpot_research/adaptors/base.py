@@ -82,8 +82,11 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def numpy_inputs(inputs: Any, float32: bool = False) -> list[np.ndarray]:
-    """Model inputs (one tensor/array, or a tuple/list of them) as a list of numpy arrays; with
-    `float32`, floating inputs become float32 (what a float32 graph takes)."""
+    """Model inputs (one tensor/array, a tuple/list of them, or a dict name -> array, in the model's
+    input order) as a list of numpy arrays; with `float32`, floating inputs become float32 (what a
+    float32 graph takes)."""
+    if isinstance(inputs, dict):
+        inputs = tuple(inputs.values())
     arrays = [to_numpy(x) for x in (inputs if isinstance(inputs, tuple | list) else (inputs,))]
     if float32:
         arrays = [a.astype(np.float32, copy=False) if np.issubdtype(a.dtype, np.floating) else a for a in arrays]
@@ -92,8 +95,12 @@ def numpy_inputs(inputs: Any, float32: bool = False) -> list[np.ndarray]:
 
 def take_numpy_inputs(loader: Iterable[Any], n: int, what: str, float32: bool = False) -> Any:
     """The first `n` input samples of a dataloader of (inputs, labels) as one batch of numpy arrays
-    (a tuple of them for several inputs): `take_inputs` for the numpy-fed frameworks."""
-    parts = [numpy_inputs(b, float32) for b in limited_batches(loader, n, what)]
+    (a tuple of them for several inputs, a dict for named ones): `take_inputs` for the numpy-fed
+    frameworks."""
+    batches = list(limited_batches(loader, n, what))
+    if isinstance(batches[0], dict):
+        return {k: np.concatenate([numpy_inputs(b[k], float32)[0] for b in batches]) for k in batches[0]}
+    parts = [numpy_inputs(b, float32) for b in batches]
     joined = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
     return joined[0] if len(joined) == 1 else tuple(joined)
 
@@ -219,3 +226,11 @@ class Adaptor(ABC):
     @abstractmethod
     def save(self, model: Any, path: Path, example_inputs: Any) -> Path:
         """Save in the framework's own format, loadable without this package. Returns the file."""
+
+
+def describe_inputs(inputs: Any) -> str:
+    """A batch of inputs in a few words: shapes and dtypes (names for a dict)."""
+    if isinstance(inputs, dict):
+        return ", ".join(f"{k}: {tuple(np.shape(v))} {getattr(v, 'dtype', '')}" for k, v in inputs.items())
+    items = inputs if isinstance(inputs, tuple | list) else (inputs,)
+    return ", ".join(f"{tuple(np.shape(v))} {getattr(v, 'dtype', '')}" for v in items)

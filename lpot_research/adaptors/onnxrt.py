@@ -85,10 +85,22 @@ class OrtModel:
         return self._session
 
     def feed(self, inputs: Any) -> dict[str, np.ndarray]:
-        arrays = numpy_inputs(inputs)
-        if len(arrays) != len(self.input_names):
-            raise ValueError(f"the model takes inputs {self.input_names}, got {len(arrays)} array(s)")
-        return dict(zip(self.input_names, arrays, strict=True))
+        """The session's feed: a dict by the model's input names (checked), or arrays in input order;
+        float arrays are cast to what the model declares (float32 for a float graph)."""
+        if isinstance(inputs, dict):
+            unknown = [k for k in inputs if k not in self.input_names]
+            if unknown or len(inputs) != len(self.input_names):
+                raise ValueError(f"the inputs are named {list(inputs)}; the model takes {self.input_names}")
+            named = {k: numpy_inputs(v)[0] for k, v in inputs.items()}
+        else:
+            arrays = numpy_inputs(inputs)
+            if len(arrays) != len(self.input_names):
+                raise ValueError(f"the model takes inputs {self.input_names}, got {len(arrays)} array(s)")
+            named = dict(zip(self.input_names, arrays, strict=True))
+        types = {i.name: i.type.tensor_type.elem_type for i in self.proto.graph.input}
+        floats = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
+        return {k: v.astype(floats[types[k]], copy=False) if types.get(k) in floats and v.dtype.kind == "f" else v
+                for k, v in named.items()}
 
     def run(self, inputs: Any) -> Any:
         outs = self.session().run(None, self.feed(inputs))

@@ -33,6 +33,7 @@ from torch.ao.quantization.observer import (
     PerChannelMinMaxObserver,
     PlaceholderObserver,
 )
+from torch.ao.quantization.quantize_fx import prepare_fx
 
 from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches
 from lpot_research.adaptors.torch_observers import KLHistogramObserver
@@ -64,8 +65,15 @@ def bf16_supported() -> bool:
 BF16_MISSING = "BF16 needs a CPU with AVX512-BF16 or AMX-BF16 (slower than FP32 when emulated)"
 
 
+def is_script(model: Any) -> bool:
+    return isinstance(model, torch.jit.ScriptModule)
+
+
 def as_tuple(inputs: Any) -> tuple[Any, ...]:
-    """Model arguments as a tuple of tensors (numpy arrays from a dataloader are converted)."""
+    """Model arguments as a tuple of tensors (numpy arrays from a dataloader are converted; a dict's
+    values in its order, which must be the forward's)."""
+    if isinstance(inputs, dict):
+        inputs = tuple(inputs.values())
     items = tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
     return tuple(x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in items)
 
@@ -183,18 +191,38 @@ class PyTorchAdaptor(Adaptor):
             raise ConfigError(f"framework=pytorch needs a torch.nn.Module, got {type(model).__name__}{hint}")
         return model.eval()
 
-    def capabilities(self, model: nn.Module, approach: str, example_inputs: Any) -> list[OpCapability]:
+    def _ops(self, model: nn.Module) -> list[tuple[str, str]]:
+        """(name, module type) of each Conv/Linear op: in the order the traced graph calls them, or for
+        TorchScript in the order the modules are declared."""
+        if is_script(model):
+            names = {t.__name__ for t in QUANTIZABLE}
+            return [(n, m.original_name) for n, m in model.named_modules()
+                    if getattr(m, "original_name", None) in names]
         from torch.fx import symbolic_trace
 
         try:
             graph = symbolic_trace(model).graph
         except Exception as e:  # noqa: BLE001 - surfaced with the reason
             raise TypeError(f"the model cannot be traced by torch.fx ({type(e).__name__}: {e}); FX graph mode "
-                            "quantization needs a symbolically traceable model") from e
+                            "quantization needs a symbolically traceable model (or give it as TorchScript)") from e
         modules = dict(model.named_modules())
+        ops: dict[str, str] = {}
+        for node in graph.nodes:
+            if node.op == "call_module" and isinstance(modules.get(node.target), QUANTIZABLE):
+                ops.setdefault(node.target, type(modules[node.target]).__name__)
+        return list(ops.items())
+
+    def capabilities(self, model: nn.Module, approach: str, example_inputs: Any) -> list[OpCapability]:
+        script = is_script(model)
+        if script and approach == "quant_aware_training":
+            raise ConfigError("quantization.approach=quant_aware_training needs an nn.Module; a TorchScript model "
+                              "quantizes post-training (static or dynamic)")
         unavailable: dict[str, str] = {}
         fallback: tuple[str, ...] = ("bf16", "fp32")
-        if not bf16_supported():
+        if script:
+            fallback = ("fp32",)
+            unavailable["dtype=bf16"] = "a TorchScript model cannot run one op in BF16 (give an nn.Module)"
+        elif not bf16_supported():
             fallback = ("fp32",)
             unavailable["dtype=bf16"] = f"{BF16_MISSING}; this CPU: {cpu_info().describe()}"
         weight = {"dtype": ("int8",), "scheme": ("sym", "asym"), "granularity": ("per_channel", "per_tensor"),
@@ -212,21 +240,14 @@ class PyTorchAdaptor(Adaptor):
         if approach == "quant_aware_training":  # ranges are learned by moving averages while training
             act = {**act, "algorithm": ("moving_average",)}
             defaults = {"weight": {"scheme": ("sym",)}}
-        caps, seen = [], set()
-        for node in graph.nodes:
-            if node.op != "call_module" or node.target in seen:
-                continue
-            mod = modules.get(node.target)
-            if not isinstance(mod, QUANTIZABLE):
-                continue
-            seen.add(node.target)
+        caps = []
+        for name, kind in self._ops(model):
             if approach == "post_training_dynamic_quant":
-                dyn = isinstance(mod, DYNAMIC_QUANTIZABLE)
-                caps.append(OpCapability(node.target, type(mod).__name__, weight if dyn else None, None, fallback,
-                                         quantizable=dyn, defaults=defaults, unavailable=unavailable))
+                dyn = kind in {t.__name__ for t in DYNAMIC_QUANTIZABLE}
+                caps.append(OpCapability(name, kind, weight if dyn else None, None, fallback, quantizable=dyn,
+                                         defaults=defaults, unavailable=unavailable))
             else:
-                caps.append(OpCapability(node.target, type(mod).__name__, weight, act, fallback, defaults=defaults,
-                                         unavailable=unavailable))
+                caps.append(OpCapability(name, kind, weight, act, fallback, defaults=defaults, unavailable=unavailable))
         return caps
 
     # ------------------------------------------------------------------ quantization
@@ -235,9 +256,11 @@ class PyTorchAdaptor(Adaptor):
 
     def quantize(self, model: nn.Module, config: TuneConfig, calib_dataloader: Iterable[Any],
                  example_inputs: Any) -> nn.Module:
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
         self._setup()
+        if is_script(model):
+            return self._quantize_script(model, config, calib_dataloader)
         qat = config.approach == "quant_aware_training"
         m = copy.deepcopy(model)
         m = m.train() if qat else m.eval()
@@ -253,12 +276,35 @@ class PyTorchAdaptor(Adaptor):
             else:
                 prepared = prepare_fx(m, qmap, as_tuple(example_inputs))
             if config.approach == "post_training_static_quant":
+                self._choices = [c for _, c in config.ops if c.quantized and c.activation is not None]
+                self._example = as_tuple(example_inputs)
                 self._calibrate(model, prepared, calib_dataloader, config.sampling_size)
             converted = convert_fx(prepared)
         for name, choice in config.ops:
             if choice.dtype == "bf16":
                 converted.set_submodule(name, BF16Module(converted.get_submodule(name)))
         return converted
+
+    def _quantize_script(self, model: Any, config: TuneConfig, calib_dataloader: Iterable[Any]) -> Any:
+        """TorchScript: torch.ao's graph-mode (JIT) quantization, per submodule (calibration not cached)."""
+        from torch.ao.quantization.quantize_jit import quantize_dynamic_jit, quantize_jit
+
+        qconfigs: dict[str, Any] = {"": None}
+        qconfigs.update({n: self.qconfig(c) if c.quantized else None for n, c in config.ops})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if config.approach == "post_training_dynamic_quant":
+                return quantize_dynamic_jit(model, qconfigs)
+
+            @torch.inference_mode()
+            def calibrate(m: Any, loader: Iterable[Any]) -> None:
+                def run() -> None:
+                    for inputs in limited_batches(loader, config.sampling_size, "calibration"):
+                        m(*as_tuple(inputs))
+
+                self.calibration.get(object(), run)  # counted and timed, never reused: observers live in `m`
+
+            return quantize_jit(model, qconfigs, calibrate, [calib_dataloader])
 
     def _train(self, prepared: nn.Module, loader: Iterable[Any]) -> None:
         """Quantization-aware training of a model prepared with fake quantization: the user's
@@ -302,15 +348,40 @@ class PyTorchAdaptor(Adaptor):
         configuration)."""
         observers = self._observers(prepared)
 
-        def compute(missing: list[str]) -> dict[str, Any]:
+        def run(m: nn.Module) -> None:
             seen = 0
             for inputs in limited_batches(loader, sampling_size, "calibration"):
-                prepared(*as_tuple(inputs))
+                m(*as_tuple(inputs))
                 seen += batch_len(inputs)
             if seen < sampling_size:
                 log.debug("calibration: the dataloader gave %d samples, fewer than sampling_size=%d", seen,
                           sampling_size)
-            return {k: copy.deepcopy(obs.state_dict()) for k, obs in observers.items()}
+
+        def compute(missing: list[str]) -> dict[str, Any]:
+            """One pass per observer kind missing, over the model with *every* op quantized with it, so
+            the cache then holds every tensor any configuration observes with that kind (a config
+            quantizing one op, then another, costs no further pass)."""
+            states: dict[str, Any] = {}
+            kinds = {k.rsplit("|", 1)[1]: k for k in missing}
+            for kind, key in kinds.items():
+                qconfig = observers[key].__class__
+                choice = next((c for c in self._choices if type(_qconfig(c, self._reduce_range()).activation())
+                               is qconfig), None)
+                if choice is None:
+                    continue
+                qmap = QConfigMapping()
+                for name, _ in self._ops(model):
+                    qmap.set_module_name(name, self.qconfig(choice))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    full = prepare_fx(copy.deepcopy(model).eval(), qmap, self._example)
+                run(full)
+                states.update({k: copy.deepcopy(o.state_dict()) for k, o in self._observers(full).items()
+                               if k.endswith("|" + kind)})
+            if any(k not in states for k in missing):  # placements only this config has
+                run(prepared)
+                states.update({k: copy.deepcopy(o.state_dict()) for k, o in observers.items()})
+            return states
 
         states = self.calibration.get_many((self.fingerprint(model), sampling_size), list(observers), compute)
         for k, obs in observers.items():
@@ -346,7 +417,10 @@ class PyTorchAdaptor(Adaptor):
 
     def size_bytes(self, model: nn.Module) -> int:
         buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
+        if is_script(model):  # packed INT8 weights of a JIT-quantized model are not in its state_dict
+            torch.jit.save(model, buf)
+        else:
+            torch.save(model.state_dict(), buf)
         return buf.tell()
 
     def footprint_bytes(self, model: nn.Module, inputs: Any) -> int:
@@ -355,6 +429,9 @@ class PyTorchAdaptor(Adaptor):
 
     @torch.inference_mode()
     def inspect(self, model: nn.Module, inputs: Any, op_names: list[str]) -> dict[str, np.ndarray]:
+        if is_script(model):
+            raise NotImplementedError("per-op outputs of a TorchScript model cannot be read (no forward hooks): the "
+                                      "mse strategy and tensorboard need an nn.Module")
         modules = dict(model.named_modules())
         missing = [n for n in op_names if n not in modules]
         if missing:
@@ -376,6 +453,9 @@ class PyTorchAdaptor(Adaptor):
     def save(self, model: nn.Module, path: Path, example_inputs: Any) -> Path:
         """TorchScript: loads with plain `torch.jit.load`, no Python class of this package needed."""
         out = Path(path).with_suffix(".pt")
+        if is_script(model):  # a TorchScript model quantized in JIT mode already is TorchScript
+            torch.jit.save(model, str(out))
+            return out
         for p in model.parameters():  # an inference artifact: outputs should not carry autograd
             p.requires_grad_(False)
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -386,7 +466,7 @@ class PyTorchAdaptor(Adaptor):
 
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
         """The first `n` input samples of a dataloader of (inputs, labels), as one batch."""
-        parts = [as_tuple(b) for b in limited_batches(loader, n, what)]
+        parts = [as_tuple(b) for b in limited_batches(loader, n, what)]  # a dict's values, in its order
         joined = tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
         return joined[0] if len(joined) == 1 else joined
 

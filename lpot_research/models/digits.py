@@ -59,6 +59,8 @@ def digits_arrays(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 class DigitsCNN:
     """Spec of the digits_cnn bundle; `load()` trains (or loads cached weights) and builds data."""
 
+    frameworks = FRAMEWORKS
+
     def __init__(self, name: str = "digits_cnn", width: int = 16, image_size: int = 32, epochs: int = 8,
                  lr: float = 3e-3, seed: int = 0, train_size: int = 1257, eval_batch_size: int = 128,
                  calib_batch_size: int = 32, bench_batch_size: int = 32, metric: Any = None) -> None:

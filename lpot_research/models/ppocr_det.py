@@ -16,7 +16,7 @@ import numpy as np
 from lpot_research.data import ArrayLoader
 from lpot_research.metrics import COCOmAP, to_numpy
 from lpot_research.models import ModelBundle, check_framework
-from lpot_research.models.ppocr import ALPHABET, rapidocr_model
+from lpot_research.models.ppocr import ALPHABET, model_path
 
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -96,10 +96,14 @@ class DBPostprocess:
 class PPOCRDet:
     """Spec of the ppocr_det bundle (an ONNX model: use framework=onnxrt)."""
 
+    frameworks = ("onnxrt",)
+    requires = ("onnxruntime", "rapidocr_onnxruntime", "cv2", "PIL")  # the ocr and onnxrt extras
+
     def __init__(self, name: str = "ppocr_det", eval_size: int = 96, calib_size: int = 32, seed: int = 0,
                  height: int = 320, width: int = 320, eval_batch_size: int = 8, calib_batch_size: int = 8,
-                 bench_batch_size: int = 1, metric: Any = None) -> None:
-        self.name, self.eval_size, self.calib_size, self.seed = name, eval_size, calib_size, seed
+                 bench_batch_size: int = 1, metric: Any = None, path: str | None = None) -> None:
+        """`path`: any PP-OCR detector ONNX (default: rapidocr-onnxruntime's PP-OCRv4)."""
+        self.name, self.eval_size, self.calib_size, self.seed, self.path = name, eval_size, calib_size, seed, path
         self.height, self.width = height, width
         self.eval_batch_size, self.calib_batch_size, self.bench_batch_size = (eval_batch_size, calib_batch_size,
                                                                                bench_batch_size)
@@ -109,7 +113,7 @@ class PPOCRDet:
         import onnx
 
         check_framework(self.name, framework, ("onnxrt",))
-        path = rapidocr_model("ch_PP-OCRv4_det_infer.onnx", self.name)
+        path = model_path(self.path, "ch_PP-OCRv4_det_infer.onnx", self.name)
         ev_x, ev_y = render_pages(self.eval_size, self.seed, self.height, self.width)
         cal_x, cal_y = render_pages(self.calib_size, self.seed + 1, self.height, self.width)
         return ModelBundle(

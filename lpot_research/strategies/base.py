@@ -52,9 +52,9 @@ class StrategyContext:
     first_pass_ends: bool = False
     # Per-op output error of a quantized config vs FP32 ({op: normalized mse}); used by mse.
     op_errors: Callable[[TuneConfig], dict[str, float]] | None = None
-    # How much falling back each op alone to a dtype brings a config's output closer to FP32's
-    # ({op: fraction of the output error removed}), measured without trials; used by basic's stage 2.
-    impact: Callable[[TuneConfig, str, list[str]], dict[str, float]] | None = None
+    # How far each op quantized alone (as a config quantizes it, every other op FP32) moves the output
+    # from FP32's ({op: share of the total}), measured without trials; used by basic's stage 2.
+    sensitivity: Callable[[TuneConfig, list[str]], dict[str, float]] | None = None
 
     def score(self, r: Result) -> float | None:
         """One number to maximize, for model-based strategies (lpot_research.ranking.score)."""

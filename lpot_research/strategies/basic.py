@@ -1,20 +1,19 @@
 """The seed's basic strategy, in its three stages, plus a block stage that is ours.
 
 1. every model-wise configuration (proposed as one batch);
-2. from the best of them, each op's impact when it alone falls back to a higher precision (bf16 before
-   fp32). The seed spends one full trial per op on this (37 on MiniLM, 51 on PP-OCRv4). Here the impact
-   is measured without trials (`ctx.impact`): for each op, the fallback config is built and run on one
-   probe batch, and the impact is the share of the output error against FP32 that the fallback removes.
-   That is a continuous signal, where a trial's accuracy on a small or discrete metric is noisy (it
-   ranked PP-OCRv4's convs wrongly); without `ctx.impact` (a custom tuner) stage 2 runs a trial per op
-   as the seed does;
-2b. only where stage 2 ran trials (a custom tuner without `ctx.impact`, or mse) and no op alone passed:
-   the first k ops in model order fall back together, for the smallest such k up to half of the ops
-   (error spread over a network's first high-resolution layers hides from noisy single-op accuracies,
-   as on PP-OCRv4). k grows one at a time when the first passing config ends the run (timeout 0), else
-   it is bisected. With measured impact the stage is not needed: the continuous signal ranks those
-   layers first by itself;
-3. ops fall back cumulatively in impact order, most helpful first, until the criterion is met (one
+2. from the best of them, each op's impact on accuracy, to order the fallbacks. The seed spends one
+   full trial per op on this (each op alone falling back: 37 trials on MiniLM, 51 on PP-OCRv4). Here it is
+   measured without trials (`ctx.sensitivity`): each op quantized *alone* (every other op FP32) on one
+   probe batch, the impact being how far that moves the output from FP32's. Alone, because error spread
+   over many ops hides from single-op fallbacks: on PP-OCRv4 no conv's fallback recovers the first
+   stage's error, and both single-op accuracies (noisy, discrete) and the output error each fallback
+   removes ranked those convs last, while each of them quantized alone ranks first. Without
+   `ctx.sensitivity` (a custom tuner) stage 2 runs a trial per op as the seed does;
+2b. only where stage 2 ran trials (a custom tuner without `ctx.sensitivity`, or mse) and no op alone
+   passed: the first k ops in model order fall back together, for the smallest such k up to half of the
+   ops. k grows one at a time when the first passing config ends the run (timeout 0), else it is
+   bisected;
+3. ops fall back cumulatively in impact order, most sensitive first, until the criterion is met (one
    batch: the configs are known in advance; the run stops at the first that passes).
 
 Stages 2, 2b and 3 run for bf16 first, then for fp32 if bf16 fallback did not suffice. If the best
@@ -59,10 +58,10 @@ class BasicStrategy(Strategy):
         ]
 
     def rank_ops(self, ctx: StrategyContext, base: TuneConfig, dtype: str, ops: list[str]) -> Proposals:
-        """Stage 2: the ops ordered by the impact of their fallback, most helpful first (ties in bottom-up
-        order), and whether stage 2b should run (no single-op trial passed)."""
-        if ctx.impact is not None:
-            impact = ctx.impact(base, dtype, ops)
+        """Stage 2: the ops ordered by impact, most first (ties in bottom-up order), and whether stage 2b
+        should run (single-op trials ran and none passed)."""
+        if ctx.sensitivity is not None:
+            impact = ctx.sensitivity(base, ops)
             order = sorted(range(len(ops)), key=lambda i: (-impact[ops[i]], i))
             return [ops[i] for i in order], False
         hib = ctx.criterion.hib
