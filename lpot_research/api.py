@@ -135,7 +135,9 @@ def tune(
     Accuracy comes from `eval_func(model) -> float`, or from `metric` over `eval_dataloader` (batches of
     (inputs, labels); the metric defaults to top-1). `config` holds the same tuning keys as
     conf/tune.yaml (lpot_research.config.Settings: quantization, accuracy_criterion, exit_policy,
-    benchmark, evaluation, random_seed, threads, tensorboard); explicit keyword arguments win over it.
+    benchmark, evaluation, parallel, random_seed, threads, tensorboard); explicit keyword arguments win
+    over it. `config={"parallel": {"workers": 4}}` evaluates up to 4 trials at once on worker processes
+    (the model, data and adaptor must pickle: lpot_research.scheduler).
     A new run needs a new (or empty) `output_dir`; `resume=True` continues the run in it. With
     `quantization.approach: quant_aware_training`, `q_func(model)` trains the model prepared with fake
     quantization in place (else the configured loop of quantization.qat runs on the calibration data).
@@ -253,7 +255,8 @@ def tune(
                                   "model_wise": _asdict(q.model_wise), "op_wise": q.op_wise},
                   criterion=crit, objective=obj, exit=ex, example_inputs=example_inputs, out=out, names=names,
                   callbacks=watchers,
-                  resume_hint=resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)")
+                  resume_hint=resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)",
+                  parallel=settings.parallel, threads=settings.threads)
     failed = True
     try:
         result = tuner.run()

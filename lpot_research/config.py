@@ -143,6 +143,30 @@ class CriterionSettings:
         AccuracyCriterion(self.kind, self.tolerance, self.higher_is_better)
 
 
+BACKENDS = ("loky", "dask")
+
+
+@dataclass
+class Parallel:
+    """workers: trials evaluated at once (1 = in this process); backend: loky (processes on this machine)
+    or dask (a dask.distributed cluster: the one at `address`, else a local one of `workers` processes).
+    Each worker runs `threads` intra-op threads; latency is measured in the tuning process alone."""
+
+    workers: int = 1
+    backend: str = "loky"
+    address: Optional[str] = None  # noqa: UP045 - a dask scheduler, e.g. tcp://10.0.0.1:8786
+
+    def __post_init__(self) -> None:
+        w = self.workers
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+            raise ConfigError(f"parallel.workers={w!r} must be an int >= 1")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"parallel.backend={self.backend!r} is unknown; valid choices: {list(BACKENDS)}")
+        if self.address is not None and self.backend != "dask":
+            raise ConfigError(f"parallel.address={self.address!r} is a dask scheduler's; it needs "
+                              "parallel.backend=dask")
+
+
 @dataclass
 class Settings:
     """Every tuning key of conf/tune.yaml and of the API's `config` (the component groups aside)."""
@@ -152,6 +176,7 @@ class Settings:
     exit_policy: ExitPolicySettings = field(default_factory=ExitPolicySettings)
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     evaluation: Evaluation = field(default_factory=Evaluation)
+    parallel: Parallel = field(default_factory=Parallel)
     random_seed: int = DEFAULT_SEED
     threads: int = 1  # intra-op threads for tuning and benchmarks (the API's default too)
     tensorboard: bool = False  # per-op output histograms of FP32 and every trial in <run dir>/tensorboard

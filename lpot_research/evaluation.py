@@ -91,6 +91,9 @@ class Evaluator:
         self._data: tuple[Any, Any, int, int] | None = None  # (inputs, labels, n, batch size)
         self._ordered: list[tuple[np.ndarray, Any, Any]] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:  # to a worker process: the data once (its dataloader), not thrice
+        return {**self.__dict__, "_data": None, "_ordered": None}
+
     @property
     def kind(self) -> str:
         if self.eval_func is not None:

@@ -9,6 +9,9 @@ Lines, each a JSON object with a `kind`:
 - `baseline`: the FP32 model's accuracy and measurements.
 - `trial`: one finished trial (`TrialRecord`), numbered 1, 2, ... without gaps.
 - `measure`: measurements (or a completed evaluation) added to a trial later, when a report needs them.
+- `ahead`: a trial that finished on a worker before an earlier one (parallel runs take results in
+  proposal order); it becomes a `trial` line in its turn, and a resumed run takes it from here instead
+  of running it again.
 - `stopped`: a trial stopped by the time budget or Ctrl-C (not finished: a resume runs it again).
 - `analysis`: a result that is not a trial (e.g. basic's per-op sensitivity, the evaluation order), keyed,
   so a resumed run reuses it instead of recomputing it.
@@ -128,6 +131,8 @@ class History:
         self.baseline: dict[str, Any] | None = None
         self.trials: list[TrialRecord] = []
         self.stopped: list[dict[str, Any]] = []
+        self.ahead: dict[str, TrialRecord] = {}  # finished ahead of their turn, by config id
+        self.ahead_written = 0  # `ahead` lines in the file (most became trials since)
         self.analysis: dict[str, Any] = {}
         self._load()
 
@@ -190,13 +195,19 @@ class History:
                                   f"({describe_difference(rec.get('run') or {}, self.description)})")
         elif kind == "baseline":
             self.baseline = rec
-        elif kind == "trial":
+        elif kind in ("trial", "ahead"):
             bad = set(rec) - _TRIAL_FIELDS
             if bad:
                 raise self._corrupt(number, f"has unknown trial fields {sorted(bad)}")
             t = TrialRecord(**rec)
             if t.config_id != config_id(t.config):
                 raise self._corrupt(number, f"has a config that does not match its config_id {t.config_id}")
+            if kind == "ahead":
+                self.ahead_written += 1
+                if all(o.config_id != t.config_id for o in self.trials):
+                    self.ahead[t.config_id] = t
+                return
+            self.ahead.pop(t.config_id, None)
             if t.trial != len(self.trials) + 1:
                 raise self._corrupt(number, f"is trial {t.trial}, expected {len(self.trials) + 1}")
             if any(o.config_id == t.config_id for o in self.trials):
@@ -269,6 +280,13 @@ class History:
             raise RunRecordError(f"trial {rec.trial} is out of order: {len(self.trials)} on record")
         self._append(json.loads(rec.to_json()))
         self.trials.append(rec)
+        self.ahead.pop(rec.config_id, None)
+
+    def add_ahead(self, rec: TrialRecord) -> None:
+        """A trial finished before its turn (its number is provisional until `add`)."""
+        self._append({**json.loads(rec.to_json()), "kind": "ahead"})
+        self.ahead[rec.config_id] = rec
+        self.ahead_written += 1
 
     def measure(self, rec: TrialRecord, **values: Any) -> None:
         """Add measurements (metrics, objective, a completed accuracy) to a recorded trial."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -39,9 +39,14 @@ def normalized_mse(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 class Inspector:
-    def __init__(self, adaptor: Any, model: Any, calib: Iterable[Any], example_inputs: Any, history: History) -> None:
+    """`history` keeps what was computed (None in a worker process). `spread(base, names)`, when set (by a
+    tuner with parallel workers), computes `distances` on the workers."""
+
+    def __init__(self, adaptor: Any, model: Any, calib: Iterable[Any], example_inputs: Any,
+                 history: History | None) -> None:
         self.adaptor, self.model, self.calib, self.example_inputs = adaptor, model, calib, example_inputs
         self.history = history
+        self.spread: Callable[[TuneConfig, list[str]], dict[str, float]] | None = None
         self._probes: dict[int, Any] = {}
         self._reference: dict[int, np.ndarray] = {}
 
@@ -96,6 +101,19 @@ class Inspector:
         ref = self._reference[sampling_size]
         return normalized_mse(ref, _flat(self.adaptor.predict(model, self.probe(sampling_size))))
 
+    def distances(self, base: TuneConfig, names: list[str]) -> dict[str, float]:
+        """For each op of `names`: `distance` of `base` with only that op quantized (inf: it does not)."""
+        fp32 = {n: OpChoice("fp32") for n, _ in base.ops}
+        out = {}
+        for n in names:
+            alone = base.with_ops({m: c for m, c in fp32.items() if m != n})
+            try:
+                out[n] = self.distance(self.quantize(alone), base.sampling_size)
+            except Exception as e:  # an op that does not quantize: it falls back first
+                log.debug("sensitivity of %s: %s", n, e)
+                out[n] = float("inf")
+        return out
+
     def sensitivity(self, base: TuneConfig, ops: list[str]) -> dict[str, float]:
         """How much each op, quantized alone as `base` quantizes it (every other op FP32), moves the
         model's output away from FP32's: the normalized MSE on the probe batch, as a share of the sum
@@ -111,14 +129,7 @@ class Inspector:
         missing = [n for n in ops if n not in known]
         if missing:
             t0 = time.perf_counter()
-            fp32 = {n: OpChoice("fp32") for n, _ in base.ops}
-            for n in missing:
-                alone = base.with_ops({m: c for m, c in fp32.items() if m != n})
-                try:
-                    known[n] = self.distance(self.quantize(alone), base.sampling_size)
-                except Exception as e:  # an op that does not quantize: it falls back first
-                    log.debug("sensitivity of %s: %s", n, e)
-                    known[n] = float("inf")
+            known.update(self.spread(base, missing) if self.spread is not None else self.distances(base, missing))
             self.history.add_analysis(key, known)
             total = sum(v for v in known.values() if v != float("inf")) or 1.0
             top = sorted(known.items(), key=lambda kv: -kv[1])[:5]

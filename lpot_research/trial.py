@@ -45,10 +45,12 @@ class TrialRunner:
         calibrate = self.adaptor.calibration.seconds - cal0
         return qmodel, {"calibrate_s": calibrate, "quantize_s": time.perf_counter() - t0 - calibrate}
 
-    def run(self, cfg: TuneConfig, n: int, elapsed: float) -> tuple[TrialRecord, Any, Outcome | None]:
-        """Trial `n` of `cfg`. A failure of the configuration (it does not quantize, its metric is NaN)
-        is recorded; the budget running out (TrialTimeout), Ctrl-C and the run's own record errors are
-        not the configuration's and propagate."""
+    def run(self, cfg: TuneConfig, n: int, elapsed: float, measure: bool = True
+            ) -> tuple[TrialRecord, Any, Outcome | None]:
+        """Trial `n` of `cfg` (`measure=False`: the accuracy phase only, for a worker). A failure of the
+        configuration (it does not quantize, its metric is NaN) is recorded; the budget running out
+        (TrialTimeout), Ctrl-C and the run's own record errors are not the configuration's and
+        propagate."""
         t0 = time.perf_counter()
         qmodel, outcome, metrics, costs, err = None, None, {}, {}, None
         base = self.baseline["accuracy"]
@@ -75,7 +77,7 @@ class TrialRunner:
             accuracy_bound=outcome.bound if ok else None, samples=outcome.samples if ok else None,
             metrics=metrics, costs=costs, note=cfg.note, error=err,
         )
-        if rec.passed:  # its objective decides its rank among passing configs: measure it now
+        if rec.passed and measure:  # its objective decides its rank among passing configs: measure it now
             self.measure(rec, qmodel)
         rec.objective = self.objective_value(rec)
         rec.duration_s = time.perf_counter() - t0

@@ -4,8 +4,9 @@ The parts, each with one job: `TrialRunner` (quantize, evaluate, measure: lpot_r
 `Evaluator` (accuracy, early rejection), `Inspector` (per-op outputs and sensitivity), `ranking` (the one
 ordering of results), `History` (the run's state on disk), `Reporter` (summary, table, saved model)
 and callbacks for whatever watches (progress log, W&B, TensorBoard). Every finished trial is in the
-history before the next starts; a resumed run replays the strategy against it, so no finished trial
-is evaluated twice and the same seed ends as an uninterrupted run does.
+history as soon as it is known; a resumed run replays the strategy against it, so no finished trial
+is evaluated twice and the same seed ends as an uninterrupted run does. `TrialScheduler`
+(lpot_research.scheduler) runs each batch of proposals, one trial at a time or on parallel workers.
 """
 
 from __future__ import annotations
@@ -20,18 +21,17 @@ from typing import Any
 
 from lpot_research.callbacks import Callback
 from lpot_research.cpu import cpu_info
-from lpot_research.deadline import TrialTimeout, deadline
 from lpot_research.errors import ConfigError, LpotError
 from lpot_research.history import History, TrialRecord
 from lpot_research.inspector import Inspector
 from lpot_research.ranking import better, rank_key
 from lpot_research.report import Reporter
+from lpot_research.scheduler import Stop, TrialScheduler
 from lpot_research.space import TuneConfig, TuningSpace, build_space
 from lpot_research.strategies.base import Result, Strategy, StrategyContext, UntilPass
 from lpot_research.trial import TrialRunner, one_line
 
 log = logging.getLogger("lpot_research")
-MAX_CONSECUTIVE_REPEATS = 10_000  # a strategy re-proposing only evaluated configs this long is stuck
 PARETO_MEASURED = 3  # when nothing passes, the most accurate trials measured for the Pareto front
 
 
@@ -66,10 +66,6 @@ class TuneResult:
         return bool(self.summary["met_criterion"])
 
 
-class _Stop(Exception):  # noqa: N818 - control flow, not an error
-    pass
-
-
 @dataclass
 class Tuner:
     adaptor: Any
@@ -86,6 +82,8 @@ class Tuner:
     names: dict[str, str]
     callbacks: list[Callback] = field(default_factory=list)
     resume_hint: str = ""
+    parallel: Any = None  # lpot_research.config.Parallel (None: one trial at a time, in this process)
+    threads: int = 1
 
     def __post_init__(self) -> None:
         self.evaluator, self.best, self._best_model = self.runner.evaluator, None, None
@@ -116,16 +114,26 @@ class Tuner:
         log.debug("ops and options: %s", {n: [o.short() for o in opts] for n, opts in self.space.options})
         self._emit("on_start")
         self._baseline()
+        needs = self.runner.needs()
+        for rec in self.history.trials:  # a resumed run: a passing trial killed before its measurement gets it
+            if rec.passed and any(k not in rec.metrics for k in needs):
+                self._complete(rec)
         for rec in self.history.trials:  # a resumed run's watchers get the whole curve
             self.best = better(self.best, rec, self.criterion.hib)
             self._emit("on_trial", rec, self.best, None, True)
         self._elapsed0 = self.history.trials[-1].elapsed_s if self.history.trials else self.baseline["duration_s"]
         self._t0 = time.perf_counter()
+        self.trials = TrialScheduler(self.runner, self.history, self.exit, self._elapsed, self._on_record,
+                                     self.parallel, self.threads)
+        if self.trials.workers > 1:
+            self.inspector.spread = self.trials.spread
         interrupted = False
         try:
             stop_reason = self._loop()
         except KeyboardInterrupt:
             stop_reason, interrupted = "interrupted (Ctrl-C)", True
+        finally:
+            self.trials.close()
         return self._finish(stop_reason, interrupted)
 
     def _baseline(self) -> None:
@@ -147,96 +155,52 @@ class Tuner:
             self.evaluator.set_order(h.analysis["eval_order"])
         self._emit("on_baseline", self.baseline)
 
-    def _budget_spent(self) -> str | None:
-        if len(self.history.trials) >= self.exit.max_trials:
-            return f"max_trials ({self.exit.max_trials}) reached"
-        if self.exit.timeout > 0 and self._elapsed() >= self.exit.timeout:
-            return f"timeout ({self.exit.timeout:g} s) reached"
-        return None
-
     def _ask(self, gen: Any, value: Any) -> Any:
         """The strategy's next proposal; its end or its error ends the run (never the tuner's own)."""
         try:
             return gen.send(value)
         except StopIteration as e:
-            raise _Stop(f"strategy finished: {e.value}" if e.value else "strategy finished: it proposed nothing "
-                        "more") from None
+            raise Stop(f"strategy finished: {e.value}" if e.value else "strategy finished: it proposed nothing "
+                       "more") from None
         except Exception as e:
             log.error("the %s strategy raised %s; finishing with the %d trial(s) done", self.strategy.name,
                       one_line(e), len(self.history.trials))
             log.debug("strategy traceback:\n%s", traceback.format_exc())
-            raise _Stop(f"strategy error: {one_line(e)}") from None
+            raise Stop(f"strategy error: {one_line(e)}") from None
+
+    def _canonical(self, raw: Any) -> TuneConfig:
+        cfg = self.space.canonical(raw) if isinstance(raw, TuneConfig) else None
+        if cfg is None:
+            raise Stop(f"strategy error: {self.strategy.name!r} proposed {raw!r:.200}, which is not a configuration "
+                       "of the tuning space (a bug in the strategy)")
+        return cfg
 
     def _loop(self) -> str:
         ctx = StrategyContext(self.space, self.criterion, self.baseline["accuracy"],
                               baseline_objective=self.baseline.get(self.objective.key), max_trials=self.exit.max_trials,
                               op_errors=self.inspector.op_errors, sensitivity=self.inspector.sensitivity,
                               first_pass_ends=self.exit.timeout == 0)
-        gen, records, repeats = self.strategy.proposals(ctx), self.history.by_id(), 0
+        gen = self.strategy.proposals(ctx)
         try:
             proposal = self._ask(gen, None)
             while True:
                 batch = proposal if isinstance(proposal, list) else [proposal]
-                results = []
-                for raw in batch:
-                    cfg = self.space.canonical(raw) if isinstance(raw, TuneConfig) else None
-                    if cfg is None:
-                        raise _Stop(f"strategy error: {self.strategy.name!r} proposed {raw!r:.200}, which is not a "
-                                    "configuration of the tuning space (a bug in the strategy)")
-                    rec = records.get(cfg.id)
-                    if rec is not None:
-                        repeats += 1
-                        if repeats > MAX_CONSECUTIVE_REPEATS:
-                            raise _Stop(f"strategy stalled: {repeats} consecutive already-evaluated proposals")
-                    else:
-                        repeats = 0
-                        spent = self._budget_spent()  # also covers a resumed run whose budget is used up
-                        if spent:
-                            raise _Stop(spent)
-                        rec = records[cfg.id] = self._trial(cfg)
-                    results.append(self._result(rec))
-                    if self.exit.timeout == 0 and rec.passed:
-                        raise _Stop("met the criterion (timeout=0: stop at the first passing config)")
-                    if rec.passed and isinstance(proposal, UntilPass):
-                        break
-                spent = self._budget_spent()  # rather than make the strategy work on a proposal never run
+                records = self.trials.run([self._canonical(raw) for raw in batch], isinstance(proposal, UntilPass))
+                spent = self.trials.budget_spent()  # rather than make the strategy work on a proposal never run
                 if spent:
-                    raise _Stop(spent)
+                    raise Stop(spent)
+                results = [self._result(r) for r in records]
                 proposal = self._ask(gen, results if isinstance(proposal, list) else results[0])
-        except _Stop as stop:
+        except Stop as stop:
             return str(stop)
         finally:
             gen.close()
 
-    def _trial(self, cfg: TuneConfig) -> TrialRecord:
-        n = len(self.history.trials) + 1
-        left = self.exit.timeout - self._elapsed() if self.exit.timeout > 0 else None
-        try:
-            with deadline(left):
-                rec, qmodel, outcome = self.runner.run(cfg, n, self._elapsed())
-        except (TrialTimeout, KeyboardInterrupt) as e:
-            why = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else "timeout"
-            self.history.add_stopped({"trial": n, "config_id": cfg.id, "note": cfg.note, "reason": why,
-                                      "after_s": round(self._elapsed(), 3)})
-            log.warning("trial %d (%s) stopped: %s; it is not recorded as a result", n, cfg.note or cfg.id, why)
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            raise _Stop(f"timeout ({self.exit.timeout:g} s) reached during trial {n}, which was stopped") from None
-        ev = self.evaluator
-        if ev.per_sample and ev.order is None and rec.ok and outcome is not None and "fp32_scores" in \
-                self.history.analysis:  # the first INT8 scores decide the evaluation order, for good
-            import numpy as np
-
-            order = ev.informative_order(np.asarray(self.history.analysis["fp32_scores"]), outcome.scores)
-            ev.set_order(order)
-            self.history.add_analysis("eval_order", order.tolist())
-            rec.rank_accuracy = ev.rank_accuracy(outcome.scores)
-        self.history.add(rec)
+    def _on_record(self, rec: TrialRecord, model: Any) -> None:
         self.best = better(self.best, rec, self.criterion.hib)
-        if self.best is rec:
-            self._best_model = (rec.config_id, qmodel)
-        self._emit("on_trial", rec, self.best, qmodel, False)
-        return rec
+        if self.best is rec and model is not None:
+            self._best_model = (rec.config_id, model)
+        self._emit("on_trial", rec, self.best, model, False)
 
     # ---------------------------------------------------------------- the end
     def _model_of(self, rec: TrialRecord) -> Any:

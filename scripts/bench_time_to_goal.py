@@ -3,6 +3,7 @@
 
     python scripts/bench_time_to_goal.py                       # against the commit before the speed work
     python scripts/bench_time_to_goal.py --before 0fad390 --scenarios minilm digits
+    python scripts/bench_time_to_goal.py --after HEAD          # HEAD in a worktree: edit the checkout meanwhile
     LPOT_CPU_ISA=avx2 python scripts/bench_time_to_goal.py     # the AVX2 class's kernels (see lpot_research.cpu)
 
 Each scenario runs `tune.py` with the same arguments and seed in a `git worktree` of the earlier commit
@@ -121,6 +122,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=DEFAULT_BEFORE, help="the earlier commit to compare with")
     ap.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
+    ap.add_argument("--after", default=None,
+                    help="a later commit to run instead of this checkout (lets you edit the checkout meanwhile)")
     ap.add_argument("--out", default=None, help="where the runs go (default: a temporary directory)")
     ap.add_argument("--remeasure", type=Path, default=None,
                     help="only re-measure the latency ratios of the runs of an earlier --out directory")
@@ -137,20 +140,25 @@ def main() -> int:
         return 0
 
     work = Path(args.out or tempfile.mkdtemp(prefix="lpot_ttg_"))
-    before = work / f"worktree-{args.before}"
-    if not before.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True,
-                       capture_output=True)
+    trees = {"before": (f"before ({args.before})", work / f"worktree-{args.before}", args.before),
+             "after": ((f"after ({args.after})", work / f"worktree-{args.after}", args.after) if args.after
+                       else ("after (this code)", ROOT, None))}
+    for _, tree, commit in trees.values():
+        if commit and not tree.exists():
+            subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
+                           capture_output=True)
     rows = []
     try:
         for name in args.scenarios:
-            for label, tree in ((f"before ({args.before})", before), ("after (this code)", ROOT)):
+            for side, (label, tree, _) in trees.items():
                 print(f"# {name}: {label} ...", file=sys.stderr, flush=True)
-                res = run(tree, SCENARIOS[name], work / name / ("before" if tree != ROOT else "after"))
+                res = run(tree, SCENARIOS[name], work / name / side)
                 rows.append((name, label, res))
                 print(f"# {name}: {label}: {res}", file=sys.stderr, flush=True)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
+        for _, tree, commit in trees.values():
+            if commit:
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
     print(f"\nCPU: {cpu_info().describe()}; one thread; runs in {work}")
     print(f"{'scenario':<8} {'code':<20} {'trials':>6} {'full evals':>10} {'samples':>8} {'bench s':>8} "

@@ -11,7 +11,9 @@ Loaders: torch.jit.load (PyTorch), an onnxruntime InferenceSession (ONNX Runtime
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -160,10 +162,11 @@ def main() -> int:
     if cfg is None:
         print("no config_resolved.yaml (an API run): the accuracy needs your evaluation, the outputs are checked")
         return 0
-    bundle = instantiate(cfg.model).load(framework=adaptor)  # the run's evaluation data and metric
-    if cfg.get("data") is not None:
-        bundle.eval_dataloader = instantiate(cfg.data).loaders(bundle_layout(adaptor))[1]
-    metric = instantiate(cfg.metric) if cfg.get("metric") is not None else bundle.metric
+    with run_cwd(args.run_dir):  # relative paths (model.path, data.path) are the run's working dir's
+        bundle = instantiate(cfg.model).load(framework=adaptor)  # the run's evaluation data and metric
+        if cfg.get("data") is not None:
+            bundle.eval_dataloader = instantiate(cfg.data).loaders(bundle_layout(adaptor))[1]
+        metric = instantiate(cfg.metric) if cfg.get("metric") is not None else bundle.metric
     metric.reset()
     for inputs, labels in bundle.eval_dataloader:
         metric.update(run(inputs), labels)
@@ -171,6 +174,19 @@ def main() -> int:
     ok = abs(got - reported) <= args.atol
     print(f"reported accuracy {reported:.6f}, saved model re-evaluated {got:.6f}: {'MATCH' if ok else 'MISMATCH'}")
     return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def run_cwd(run_dir: Path) -> Any:
+    """In the directory `tune.py` ran from (Hydra records it in .hydra/hydra.yaml)."""
+    hydra = run_dir / ".hydra" / "hydra.yaml"
+    cwd = OmegaConf.select(OmegaConf.load(hydra), "hydra.runtime.cwd") if hydra.exists() else None
+    old = os.getcwd()
+    os.chdir(cwd or old)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def bundle_layout(framework: str) -> str:

@@ -56,13 +56,15 @@ class FakeAdaptor(Adaptor):
     def __init__(self, ops: int = 4, penalties: list[float] | None = None, bf16_penalty: float = 0.001,
                  kl_factor: float = 0.5, sleep: float = 0.0, fail_ops: Iterable[str] = (), threads: Any = None,
                  sym_penalty: float = 0.0, names: list[str] | None = None, eval_log: str | None = None,
-                 save_sleep: float = 0.0) -> None:
+                 save_sleep: float = 0.0, sleep_spread: int = 1) -> None:
         # `names`: op names in model order (e.g. ones that do not sort in model order)
         self.ops = list(names) if names is not None else [f"op{i}" for i in range(ops)]
         ops = len(self.ops)
         self._eval_log, self._save_sleep = eval_log, save_sleep  # private: not part of the run key
         self.penalties = list(penalties) if penalties is not None else [0.01 * (i + 1) for i in range(ops)]
         self.bf16_penalty, self.kl_factor, self.sleep = bf16_penalty, kl_factor, sleep
+        # quantize sleeps sleep x (1..sleep_spread), by config: trials finish out of order
+        self.sleep_spread = int(sleep_spread)
         self.sym_penalty = sym_penalty
         self.fail_ops = set(fail_ops)
         self.quantize_calls: list[str] = []
@@ -90,7 +92,7 @@ class FakeAdaptor(Adaptor):
     def quantize(self, model: Any, config: TuneConfig, calib_dataloader: Any, example_inputs: Any) -> FakeModel:
         self.quantize_calls.append(config.id)
         if self.sleep:
-            time.sleep(self.sleep)
+            time.sleep(self.sleep * (1 + int(config.id[:4], 16) % max(1, self.sleep_spread)))
         bad = [n for n, c in config.ops if n in self.fail_ops and c.quantized]
         if bad:
             raise RuntimeError(f"fake quantization failure at {bad[0]}")
@@ -100,7 +102,9 @@ class FakeAdaptor(Adaptor):
         return np.concatenate([x for x, _ in count_batches(loader, what)])[:n]
 
     def predict(self, model: FakeModel, inputs: Any) -> Any:
-        if self._eval_log and np.all(np.asarray(inputs) == 1):  # evaluation data (FakeBundle's are ones)
+        # evaluation batches: FakeBundle's evaluation data are ones (probes are zeros), 100 per batch (the
+        # saved best model's check runs on the single benchmark sample, which is not an evaluation)
+        if self._eval_log and np.all(np.asarray(inputs) == 1) and batch_len(inputs) > 1:
             with open(self._eval_log, "a") as f:
                 f.write(f"{model.config.id if model.config else 'fp32'}\n")
         return np.full(batch_len(inputs), self.accuracy(model.config))

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # bf16 costs accuracy and fp32 is not allowed: nothing passes, so strategies keep searching
 NO_PASS = {"quantization": {"model_wise": {"activation": {"dtype": ["uint8", "bf16"]}}}}
 LONG = {"exit_policy": {"timeout": 3600, "max_trials": 12}}
+TWO_WORKERS = {"parallel": {"workers": 2}}  # loky processes (lpot_research.scheduler)
 
 
 def trials(res) -> list[Any]:
@@ -88,6 +89,20 @@ class StrategyContract:
         assert res.space.size == 3
         assert res.summary["stop_reason"].startswith("strategy finished") and res.summary["trials"] <= 3
         assert res.summary["elapsed_s"] < 30
+
+    def test_workers_evaluate_the_same_configs_and_find_the_same_best(self, tmp_path):
+        """The parallel contract: for a seed, the evaluated configs (in trial order) and the best do not
+        depend on the number of workers, whether nothing passes or several configs do (the best then
+        decided by the objective, measured in the tuning process)."""
+        for name, cfg in (("none-pass", merge(NO_PASS, LONG)), ("passing", LONG)):
+            serial = run_fake(tmp_path / f"{name}-1", self.landscape(), self.make(7), cfg)
+            par = run_fake(tmp_path / f"{name}-2", self.landscape(), self.make(7), merge(cfg, TWO_WORKERS))
+            assert [t.config_id for t in trials(par)] == [t.config_id for t in trials(serial)], name
+            assert len(trials(serial)) >= 3
+            assert par.summary["best"]["config_id"] == serial.summary["best"]["config_id"], name
+            assert par.summary["stop_reason"] == serial.summary["stop_reason"], name
+            if name == "passing":
+                assert all(t.objective is not None for t in trials(par) if t.passed)
 
     def test_resume_gives_the_uninterrupted_result(self, tmp_path):
         cfg = merge(NO_PASS, LONG)

@@ -49,6 +49,15 @@ def recorded(run: Path) -> list[str]:
         return []
 
 
+def finished(run: Path) -> list[str]:
+    """Configs whose trial finished: on record, or finished ahead of their turn (parallel workers)."""
+    try:
+        h = History.read(run)
+    except Exception:  # noqa: BLE001 - no history yet
+        return []
+    return [t.config_id for t in h.trials] + list(h.ahead)
+
+
 def kill_at(p: subprocess.Popen, run: Path, kind: str, rng: random.Random, target: int) -> None:
     """SIGKILL `p` at a point of the kind asked for (or when it ends first)."""
     deadline = time.time() + 120
@@ -65,6 +74,11 @@ def kill_at(p: subprocess.Popen, run: Path, kind: str, rng: random.Random, targe
         while len(recorded(run)) == n and p.poll() is None and time.time() < deadline:
             time.sleep(0.005)
         time.sleep(rng.uniform(0.005, 0.04))
+    elif kind == "in_flight":  # parallel workers: soon after a trial or an ahead line, others running
+        n = len(finished(run))
+        while len(finished(run)) == n and p.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.06))
     elif kind == "save":  # while the best model is saved (it takes 400 ms), after the last trial
         while len(recorded(run)) < target and p.poll() is None and time.time() < deadline:
             time.sleep(0.005)
@@ -81,7 +95,7 @@ def faulted_run(args: list[str], run: Path, seed: int, tmp: Path, kinds: list[st
     rng = random.Random(seed)
     log = []
     for k in range(12):
-        before = recorded(run)
+        before = finished(run)
         evals = tmp / f"evals_{k}.log"
         extra = [f"framework.eval_log={evals}"] if any(a == "framework=fake" for a in args) else []
         p = start([*args, *extra, f"resume={run}" if k else f"hydra.run.dir={run}"], env)
@@ -141,3 +155,24 @@ def test_pytorch_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
     faulted_run(args, run, seed=1, tmp=tmp_path, kinds=["baseline", "mid_trial", "after_line", "save"],
                 target=len(recorded(ref)))
     check_same_as_uninterrupted(run, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["basic", "random", "tpe"])
+def test_parallel_run_killed_with_trials_in_flight_resumes_as_an_uninterrupted_serial_one(tmp_path, strategy):
+    """Two loky workers, trials of different lengths (so they finish out of order and are written ahead),
+    killed with trials in flight: every finished trial is kept (none evaluated again), only unfinished
+    ones run again, and the run ends as an uninterrupted one-worker run."""
+    args = [*fake_args(strategy), "framework.sleep_spread=4"]
+    ref = tmp_path / "ref"
+    p = start([*args, f"hydra.run.dir={ref}"])
+    assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
+    run = tmp_path / "run"
+    log = faulted_run([*args, "parallel.workers=2"], run, seed=7, tmp=tmp_path, kinds=["in_flight"] * 4,
+                      target=len(recorded(ref)))
+    assert len(log) >= 3, "the kills must land before the run ends"
+    for k, before, evaluated in log:
+        again = set(before) & set(evaluated)
+        assert not again, f"process {k} re-evaluated finished trials {again}"
+    check_same_as_uninterrupted(run, ref)
+    assert History.read(run).ahead_written > 0, "no trial finished ahead of its turn: the test did not test that"

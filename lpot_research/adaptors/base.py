@@ -26,13 +26,18 @@ class CalibrationCache:
     the passes and seconds spent are counted (each trial's cost report reads them).
 
     `get(key, compute)` caches a whole result; `get_many(key, names, compute)` caches per-name entries
-    (e.g. tensor ranges) and computes only the names it does not hold yet."""
+    (e.g. tensor ranges) and computes only the names it does not hold yet.
+
+    `share` (a directory; set by a parallel run for its local workers and itself) makes `get` results
+    of one run computed by one process only: the first to need a key computes it and writes it there,
+    the others wait for the file instead of repeating the pass."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._store: dict[Any, Any] = {}
         self.passes = 0
         self.seconds = 0.0
+        self.share: str | None = None
 
     def _run(self, compute: Callable[[], T], data_pass: bool = True) -> T:
         t0 = time.perf_counter()
@@ -47,7 +52,10 @@ class CalibrationCache:
         histograms) and is not counted as a pass over the calibration data."""
         if self.enabled and key in self._store:
             return self._store[key]
-        value = self._run(compute, data_pass)
+        if self.enabled and self.share and data_pass and _plain(key):
+            value = _shared(Path(self.share), key, lambda: self._run(compute, data_pass))
+        else:
+            value = self._run(compute, data_pass)
         if self.enabled:
             self._store[key] = value
         return value
@@ -64,6 +72,57 @@ class CalibrationCache:
                 missing = list(dict.fromkeys([*missing, *everything()]))
             table.update(self._run(lambda: compute(missing)))
         return {n: table[n] for n in wanted}
+
+
+def _plain(key: Any) -> bool:
+    """A key whose repr names it in every process (str, numbers, tuples of them)."""
+    if isinstance(key, tuple):
+        return all(_plain(k) for k in key)
+    return isinstance(key, str | int | float | bool) or key is None
+
+
+def _shared(directory: Path, key: Any, compute: Callable[[], T]) -> T:
+    """`compute()` once across the processes sharing `directory`: the first to take the key's lock file
+    computes and publishes it (an atomic rename); the others wait for it (or take over if its owner
+    died)."""
+    import hashlib
+    import os
+    import pickle
+
+    name = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    path, lock = directory / f"{name}.pkl", directory / f"{name}.lock"
+    while True:
+        if path.exists():
+            return pickle.loads(path.read_bytes())
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                text = lock.read_text()
+                if text:
+                    os.kill(int(text), 0)  # its owner is alive: wait for the result
+                elif time.time() - lock.stat().st_mtime > 5:
+                    raise ProcessLookupError  # its owner died before writing its pid
+            except (ValueError, ProcessLookupError):
+                lock.unlink(missing_ok=True)  # its owner died: take over
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+            continue
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            value = compute()
+            try:
+                blob = pickle.dumps(value)
+            except Exception:  # noqa: BLE001 - not shareable: the others compute their own
+                return value
+            tmp = directory / f"{name}.{os.getpid()}.tmp"
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)
+            return value
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def count_batches(loader: Iterable[Any], what: str) -> Iterator[tuple[Any, Any]]:
@@ -137,6 +196,11 @@ class Adaptor(ABC):
         """What this CPU changes in how this back end quantizes (e.g. 7-bit INT8 without VNNI, no BF16
         fallback), one short phrase each; printed once at the start of a run."""
         return []
+
+    def setup_process(self) -> None:
+        """Apply this adaptor's process-wide settings (e.g. the intra-op thread count) in a worker process
+        that received it pickled (lpot_research.scheduler)."""
+        return None
 
     def set_training(self, train_func: Any, settings: dict[str, Any]) -> None:
         """For quant_aware_training: the user's `train_func(model)` (or None) and the configured loop's

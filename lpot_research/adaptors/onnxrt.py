@@ -79,6 +79,9 @@ class OrtModel:
         initializers = {i.name for i in proto.graph.initializer}
         self.input_names = [i.name for i in proto.graph.input if i.name not in initializers]
 
+    def __getstate__(self) -> dict[str, Any]:  # to a worker process: the model, not its live session
+        return {**self.__dict__, "_session": None}
+
     def session(self) -> ort.InferenceSession:
         if self._session is None:
             self._session = make_session(self.proto.SerializeToString(), self.threads)

@@ -184,6 +184,9 @@ class PyTorchAdaptor(Adaptor):
         if self.threads:
             torch.set_num_threads(int(self.threads))
 
+    def setup_process(self) -> None:
+        self._setup()
+
     def prepare(self, model: Any, example_inputs: Any) -> Any:
         self._setup()
         if not isinstance(model, nn.Module):

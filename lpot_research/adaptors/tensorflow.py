@@ -83,6 +83,9 @@ class TFLiteModel:
         self.layers = layers or {}  # weight tensor name -> op name, for inspection
         self._interpreters: dict[tuple[tuple[int, ...], ...], Interpreter] = {}
 
+    def __getstate__(self) -> dict[str, Any]:  # to a worker process: the model, not its live interpreters
+        return {**self.__dict__, "_interpreters": {}}
+
     def interpreter(self, arrays: list[np.ndarray], preserve: bool = False) -> Interpreter:
         key = tuple(a.shape for a in arrays) + ((("preserve",),) if preserve else ())
         it = self._interpreters.get(key)

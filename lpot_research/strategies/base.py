@@ -2,8 +2,10 @@
 
 A strategy is a generator: it yields the next `TuneConfig` to try and receives that config's
 `Result` back (`result = yield config`), or yields a list of configs it already knows it will try
-and receives their results in the same order (`results = yield [a, b, c]`: the tuner may evaluate
-them in parallel); an `UntilPass([...])` batch stops at its first passing config. It keeps no state
+and receives their results in the same order (`results = yield [a, b, c]`: the tuner evaluates them
+in parallel when it has workers); an `UntilPass([...])` batch stops at its first passing config.
+What a strategy proposes must not depend on the number of workers (its batches are its own choice), so
+that for a given seed the same configurations are evaluated and the same best found whatever it is. It keeps no state
 but what it derives from the results it is sent, owns its RNG (seeded), and returns when it has
 nothing left to propose (it may return a sentence saying why: the run's stop reason). The tuner
 answers configs that were already evaluated from its records without spending a trial, and enforces
@@ -12,7 +14,7 @@ the exit policy, so a strategy never needs to track trials, time or duplicates i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from lpot_research.criterion import AccuracyCriterion
 from lpot_research.ranking import rank_key, score, select_best
 from lpot_research.space import TuneConfig, TuningSpace
 
-__all__ = ["Proposals", "Result", "Strategy", "StrategyContext", "UntilPass", "rank_key", "select_best"]
+__all__ = ["Proposals", "batched", "Result", "Strategy", "StrategyContext", "UntilPass", "rank_key", "select_best"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,18 @@ class UntilPass(list):
 
 
 Proposals = Generator[TuneConfig | list[TuneConfig], Any, str | None]
+
+
+def batched(configs: Iterable[TuneConfig], size: int) -> Iterator[list[TuneConfig]]:
+    """`configs` in lists of `size` (the last may be shorter)."""
+    batch: list[TuneConfig] = []
+    for c in configs:
+        batch.append(c)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class Strategy:

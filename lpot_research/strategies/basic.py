@@ -7,8 +7,9 @@
    probe batch, the impact being how far that moves the output from FP32's. Alone, because error spread
    over many ops hides from single-op fallbacks: on PP-OCRv4 no conv's fallback recovers the first
    stage's error, and both single-op accuracies (noisy, discrete) and the output error each fallback
-   removes ranked those convs last, while each of them quantized alone ranks first. Without
-   `ctx.sensitivity` (a custom tuner) stage 2 runs a trial per op as the seed does;
+   removes ranked those convs last, while each of them quantized alone ranks first. With
+   `stage2="trials"` (or a custom tuner without `ctx.sensitivity`) stage 2 runs a trial per op as the
+   seed does: each op's fallback measured on accuracy itself, one batch that parallel workers share;
 2b. only where stage 2 ran trials (a custom tuner without `ctx.sensitivity`, or mse) and no op alone
    passed: the first k ops in model order fall back together, for the smallest such k up to half of the
    ops. k grows one at a time when the first passing config ends the run (timeout 0), else it is
@@ -22,12 +23,22 @@ model-wise configuration already passes, fallback cannot improve the objective a
 
 from __future__ import annotations
 
+from lpot_research.config import DEFAULT_SEED
+from lpot_research.errors import ConfigError
 from lpot_research.space import FALLBACK_DTYPES, OpChoice, TuneConfig
 from lpot_research.strategies.base import Proposals, Strategy, StrategyContext, UntilPass, select_best
+
+STAGE2 = ("sensitivity", "trials")
 
 
 class BasicStrategy(Strategy):
     name = "basic"
+
+    def __init__(self, seed: int = DEFAULT_SEED, stage2: str = "sensitivity", **options: object) -> None:
+        super().__init__(seed, **options)
+        if stage2 not in STAGE2:
+            raise ConfigError(f"strategy.stage2={stage2!r} is unknown; valid choices: {list(STAGE2)}")
+        self.stage2 = stage2
 
     def proposals(self, ctx: StrategyContext) -> Proposals:
         model_wise = ctx.space.model_wise_configs()
@@ -60,7 +71,7 @@ class BasicStrategy(Strategy):
     def rank_ops(self, ctx: StrategyContext, base: TuneConfig, dtype: str, ops: list[str]) -> Proposals:
         """Stage 2: the ops ordered by impact, most first (ties in bottom-up order), and whether stage 2b
         should run (single-op trials ran and none passed)."""
-        if ctx.sensitivity is not None:
+        if ctx.sensitivity is not None and self.stage2 == "sensitivity":
             impact = ctx.sensitivity(base, ops)
             order = sorted(range(len(ops)), key=lambda i: (-impact[ops[i]], i))
             return [ops[i] for i in order], False

@@ -1,5 +1,8 @@
 """bayesian: a Gaussian process over a one-hot encoding of per-op choices, proposing the unevaluated
-candidate with the highest expected improvement.
+candidates with the highest expected improvement, `batch` at a time by the kriging believer rule: after
+each pick the GP is refit as if the pick had scored its predicted mean, so the next pick goes where
+that leaves most to gain (parallel workers evaluate the batch together). The initial design (the
+recommended model-wise config, then random ones up to `n_init`) is one batch.
 
 The target is `StrategyContext.score` (passing configs by objective, failing ones by how far they miss).
 Candidates are every unevaluated configuration when the space is small, else a seeded pool of random
@@ -29,9 +32,10 @@ def expected_improvement(mu: np.ndarray, sigma: np.ndarray, best: float, xi: flo
 class BayesianStrategy(Strategy):
     name = "bayesian"
 
-    def __init__(self, seed: int = DEFAULT_SEED, n_init: int = 4, pool: int = 2048, **options: object) -> None:
+    def __init__(self, seed: int = DEFAULT_SEED, n_init: int = 4, pool: int = 2048, batch: int = 4,
+                 **options: object) -> None:
         super().__init__(seed, **options)
-        self.n_init, self.pool = int(n_init), int(pool)
+        self.n_init, self.pool, self.batch = int(n_init), int(pool), max(1, int(batch))
 
     def candidates(self, ctx: StrategyContext, rng: np.random.Generator, seen: set[str],
                    ranked: list[TuneConfig]) -> list[TuneConfig]:
@@ -56,9 +60,6 @@ class BayesianStrategy(Strategy):
         return list(out.values())
 
     def proposals(self, ctx: StrategyContext) -> Proposals:
-        from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-
         space, rng = ctx.space, self.rng()
         seen: set[str] = set()
         xs: list[list[float]] = []
@@ -71,26 +72,49 @@ class BayesianStrategy(Strategy):
             cands = self.candidates(ctx, rng, seen, [configs[i] for i in order])
             if not cands:
                 return "its space is exhausted: no unevaluated candidate is left"
-            if k == 0 and first.id not in seen:
-                pick, how = first, "initial: model-wise"
-            elif k < self.n_init:
-                pick, how = cands[int(rng.integers(len(cands)))], "initial: random"
-            else:
-                y = np.array([v if v is not None else np.nan for v in ys], dtype=float)
-                floor = np.nanmin(y) - 1.0 if np.isfinite(y).any() else -1.0
-                y = np.where(np.isnan(y), floor, y)  # errored configs rank below everything seen
-                kernel = ConstantKernel(1.0) * Matern(length_scale=np.sqrt(len(xs[0])), nu=2.5) + WhiteKernel(1e-3)
-                gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    gp.fit(np.array(xs), y)
-                    mu, sigma = gp.predict(np.array([space.one_hot(c) for c in cands]), return_std=True)
-                ei = expected_improvement(mu, sigma, float(y.max()))
-                i = int(np.argmax(ei))
-                pick, how = cands[i], f"EI {ei[i]:.3g}"
-            k += 1
-            result = yield pick.with_note(f"bayesian {k} ({how})")
-            seen.add(pick.id)
-            configs.append(pick)
-            xs.append(space.one_hot(pick))
-            ys.append(ctx.score(result))
+            picks = self.initial(rng, cands, first, seen, k) if k < self.n_init else self.believer(space, cands, xs, ys)
+            k += len(picks)
+            results = yield [c.with_note(f"bayesian {k - len(picks) + i} ({how})")
+                             for i, (c, how) in enumerate(picks, 1)]
+            for (pick, _), result in zip(picks, results, strict=True):
+                seen.add(pick.id)
+                configs.append(pick)
+                xs.append(space.one_hot(pick))
+                ys.append(ctx.score(result))
+
+    def initial(self, rng: np.random.Generator, cands: list[TuneConfig], first: TuneConfig, seen: set[str],
+                k: int) -> list[tuple[TuneConfig, str]]:
+        """The initial design: the model-wise config first, then distinct random candidates up to n_init."""
+        picks = [(first, "initial: model-wise")] if k == 0 and first.id not in seen else []
+        rest = [c for c in cands if c.id != first.id]
+        for i in rng.permutation(len(rest))[: max(0, self.n_init - k - len(picks))]:
+            picks.append((rest[int(i)], "initial: random"))
+        return picks or [(rest[0] if rest else cands[0], "initial: random")]
+
+    def believer(self, space, cands: list[TuneConfig], xs: list[list[float]], ys: list[float | None]
+                 ) -> list[tuple[TuneConfig, str]]:
+        """Up to `batch` candidates by expected improvement, each refit believing the previous picks scored
+        their predicted mean (the kriging believer)."""
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+        y = np.array([v if v is not None else np.nan for v in ys], dtype=float)
+        floor = np.nanmin(y) - 1.0 if np.isfinite(y).any() else -1.0
+        x, y = np.array(xs), np.where(np.isnan(y), floor, y)  # errored configs rank below everything seen
+        grid = np.array([space.one_hot(c) for c in cands])
+        left = list(range(len(cands)))
+        picks: list[tuple[TuneConfig, str]] = []
+        best = float(y.max())
+        while left and len(picks) < self.batch:
+            kernel = ConstantKernel(1.0) * Matern(length_scale=np.sqrt(x.shape[1]), nu=2.5) + WhiteKernel(1e-3)
+            gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gp.fit(x, y)
+                mu, sigma = gp.predict(grid[left], return_std=True)
+            ei = expected_improvement(mu, sigma, best)
+            j = int(np.argmax(ei))
+            i = left.pop(j)
+            picks.append((cands[i], f"EI {ei[j]:.3g}"))
+            x, y = np.vstack([x, grid[i]]), np.append(y, mu[j])  # believe the prediction
+        return picks

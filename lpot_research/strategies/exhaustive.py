@@ -1,7 +1,8 @@
 """exhaustive: every quantized configuration of the space, in a deterministic order.
 
 As in the seed, only quantized choices are walked (an op that has none keeps its only option); the
-sampling size is the slowest-changing dimension and the last op the fastest.
+sampling size is the slowest-changing dimension and the last op the fastest. Proposed `batch` at a
+time (results do not change the walk; parallel workers take a batch at once).
 """
 
 from __future__ import annotations
@@ -9,13 +10,18 @@ from __future__ import annotations
 import itertools
 import logging
 
-from lpot_research.strategies.base import Proposals, Strategy, StrategyContext
+from lpot_research.config import DEFAULT_SEED
+from lpot_research.strategies.base import Proposals, Strategy, StrategyContext, batched
 
 log = logging.getLogger("lpot_research")
 
 
 class ExhaustiveStrategy(Strategy):
     name = "exhaustive"
+
+    def __init__(self, seed: int = DEFAULT_SEED, batch: int = 16, **options: object) -> None:
+        super().__init__(seed, **options)
+        self.batch = int(batch)
 
     def proposals(self, ctx: StrategyContext) -> Proposals:
         space = ctx.space
@@ -25,6 +31,7 @@ class ExhaustiveStrategy(Strategy):
         if ctx.max_trials is not None and size > ctx.max_trials:
             log.warning("exhaustive: the space (%d configs) exceeds max_trials (%d); only the first %d will be tried",
                         size, ctx.max_trials, ctx.max_trials)
-        for k, index in enumerate(itertools.product(range(len(space.sampling_sizes)), *per_op), 1):
-            yield space.config_at(index, f"exhaustive {k}/{size}")
+        walk = itertools.product(range(len(space.sampling_sizes)), *per_op)
+        yield from batched((space.config_at(index, f"exhaustive {k}/{size}") for k, index in enumerate(walk, 1)),
+                             self.batch)
         return f"all {size} quantized configuration(s) were tried"

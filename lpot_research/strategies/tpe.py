@@ -1,8 +1,13 @@
 """tpe: Optuna's TPESampler through ask/tell, one categorical parameter per op and one for the
 sampling size, seeded. Optuna keeps the model; this strategy only translates.
 
-A TPE sampler happily re-proposes configurations it has seen (it is told their recorded score again,
-at no trial's cost); after several such repeats in a row, an unseen configuration is enqueued so the
+It asks `batch` configurations at a time (Optuna's constant liar keeps the ones still running from
+being asked again and spreads the batch), which parallel workers evaluate together. One rule for what
+Optuna is told: each distinct configuration is one observation, COMPLETE with its score (a config that
+failed to quantize or evaluate scores FAILED, below every real score, so the sampler learns to avoid
+it); every later proposal of a configuration already seen or already in the batch is told FAIL, which
+the sampler ignores, so repeats never weigh more in its densities. A TPE sampler happily re-proposes
+configurations it has seen; after several repeats in a row an unseen configuration is enqueued so the
 search keeps moving, and the strategy ends once every configuration of the space has been seen.
 """
 
@@ -14,15 +19,23 @@ from lpot_research.config import DEFAULT_SEED
 from lpot_research.strategies.base import Proposals, Strategy, StrategyContext
 
 SAMPLING = "__sampling_size__"
+FAILED = -1e6  # the score Optuna is told for a config that failed (TPE ranks observations: only order matters)
 
 
 class TPEStrategy(Strategy):
     name = "tpe"
 
     def __init__(self, seed: int = DEFAULT_SEED, n_startup_trials: int = 5, multivariate: bool = True,
-                 max_repeats: int = 10, **options: object) -> None:
+                 max_repeats: int = 10, batch: int = 4, **options: object) -> None:
         super().__init__(seed, **options)
         self.n_startup_trials, self.multivariate, self.max_repeats = int(n_startup_trials), multivariate, max_repeats
+        self.batch = int(batch)
+        self._study = None
+
+    @property
+    def study(self):  # noqa: ANN201 - optuna is imported lazily
+        """The last run's optuna.Study (e.g. for optuna.visualization), None before a run."""
+        return self._study
 
     def proposals(self, ctx: StrategyContext) -> Proposals:
         import optuna
@@ -30,41 +43,43 @@ class TPEStrategy(Strategy):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         space, rng = ctx.space, self.rng()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
+            warnings.simplefilter("ignore")  # multivariate TPE and the constant liar are flagged experimental
             sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials,
-                                                 multivariate=self.multivariate)
-        study = optuna.create_study(direction="maximize", sampler=sampler)
+                                                 multivariate=self.multivariate, constant_liar=True)
+        study = self._study = optuna.create_study(direction="maximize", sampler=sampler)
         names = [SAMPLING, *space.op_names]
-        seen: dict[str, float] = {}
+        seen: set[str] = set()
         repeats, k = 0, 0
         while len(seen) < space.size:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                trial = study.ask()
-                idx = [trial.suggest_categorical(n, list(range(r))) for n, r in zip(names, space.radices, strict=True)]
-            cfg = space.config_at(idx)
-            if cfg.id in seen:  # known: tell optuna again, spend nothing
-                study.tell(trial, seen[cfg.id])
-                repeats += 1
-                if repeats >= self.max_repeats:
-                    unseen = self._unseen(space, rng, seen)
-                    if unseen is not None:
-                        study.enqueue_trial(dict(zip(names, unseen, strict=True)))
-                    repeats = 0
-                continue
-            repeats = 0
-            k += 1
-            result = yield cfg.with_note(f"tpe {k}")
-            score = ctx.score(result)
-            seen[cfg.id] = score if score is not None else -1e6
-            if score is None:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            else:
-                study.tell(trial, score)
+            batch: dict[str, tuple] = {}  # config id -> (optuna trial, config)
+            while len(batch) < min(self.batch, space.size - len(seen)):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    trial = study.ask()
+                    idx = [trial.suggest_categorical(n, list(range(r))) for n, r in zip(names, space.radices,
+                                                                                      strict=True)]
+                cfg = space.config_at(idx)
+                if cfg.id in seen or cfg.id in batch:  # a repeat: no new observation, no trial
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    repeats += 1
+                    if repeats >= self.max_repeats:
+                        unseen = self._unseen(space, rng, seen | set(batch))
+                        if unseen is not None:
+                            study.enqueue_trial(dict(zip(names, unseen, strict=True)))
+                        repeats = 0
+                    continue
+                repeats = 0
+                k += 1
+                batch[cfg.id] = (trial, cfg.with_note(f"tpe {k}"))
+            results = yield [c for _, c in batch.values()]
+            for (trial, cfg), result in zip(batch.values(), results, strict=True):
+                score = ctx.score(result)
+                study.tell(trial, score if score is not None else FAILED)
+                seen.add(cfg.id)
         return f"its space is exhausted: all {space.size} configuration(s) were seen"
 
     @staticmethod
-    def _unseen(space, rng, seen: dict[str, float]) -> list[int] | None:
+    def _unseen(space, rng, seen: set[str]) -> list[int] | None:
         """Index of a configuration not seen yet (uniform over the space, found by sampling, or by
         scanning when the space is small)."""
         for _ in range(256):

@@ -1,0 +1,553 @@
+"""Running a strategy's proposals as trials: one at a time in this process, or up to `parallel.workers`
+at once on worker processes (joblib's loky on this machine, or a dask.distributed cluster).
+
+What a parallel run keeps of a serial one:
+- Results are taken in proposal order, whatever order they finish in: trial numbers, the history, the
+  callbacks and what the strategy learns are a serial run's, so for a given seed the same
+  configurations are evaluated and the same best is found whatever the number of workers.
+- A trial that finishes before an earlier one is written to the history at once (an `ahead` record):
+  a killed run loses no finished trial, and its resume takes it from there instead of running it again.
+- Workers run a trial's accuracy phase (quantize, evaluate, size). Latency is measured in this process
+  once nothing is in flight (at the end of a batch), so no benchmark shares the cores with a trial.
+- Trials that start before the evaluation order is known (the first ones of a run scored per sample)
+  are evaluated whole and send their scores back: the first on record sets the order, and each one's
+  ranking accuracy is computed under it, as in a serial run.
+- basic's per-op sensitivity (lpot_research.inspector) is computed on the workers too, a share each.
+
+Each worker receives the run's trial runner (model, data, adaptor) pickled once, and builds nothing
+else; a model that cannot be pickled is a clear error before any trial.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lpot_research.deadline import TrialTimeout, deadline
+from lpot_research.errors import ConfigError, LpotError
+from lpot_research.history import History, TrialRecord
+from lpot_research.space import TuneConfig
+from lpot_research.trial import TrialRunner, one_line
+
+log = logging.getLogger("lpot_research")
+MAX_CONSECUTIVE_REPEATS = 10_000  # a strategy re-proposing only evaluated configs this long is stuck
+LOOKAHEAD = 4  # a parallel batch runs at most this many times `workers` positions ahead of the oldest unfinished
+
+
+class Stop(Exception):  # noqa: N818 - control flow, not an error
+    """Ends the run; its message is the stop reason."""
+
+
+# ------------------------------------------------------------------------------------------ the worker side
+_RUNNERS: dict[str, TrialRunner] = {}
+
+
+def _load(token: str, payload: bytes) -> TrialRunner:
+    import cloudpickle
+
+    runner = _RUNNERS.get(token)
+    if runner is None:
+        logging.getLogger("lpot_research").setLevel(logging.ERROR)  # this process reports through results
+        runner = _RUNNERS[token] = cloudpickle.loads(payload)
+        runner.adaptor.setup_process()
+    return runner
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the tuning process `parent` ends, even by SIGKILL (an orphaned worker would
+    hold its copy of the model forever): the kernel's parent-death signal on Linux, and a watchdog."""
+    import signal
+    import threading
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lpot-parent-watch", daemon=True).start()
+
+
+def _init_worker(token: str, payload: bytes, parent: int, share: str | None) -> None:
+    _die_with(parent)
+    _load(token, payload).adaptor.calibration.share = share
+
+
+@dataclass(frozen=True)
+class Task:
+    n: int  # provisional trial number (for messages)
+    config: dict[str, Any]
+    note: str
+    baseline: dict[str, Any]
+    order: list[int] | None  # the evaluation order (None until set)
+    seconds: float | None  # what is left of the run's time budget
+
+
+def _runner(token: str, payload: bytes | None) -> TrialRunner:
+    return _RUNNERS[token] if payload is None else _load(token, payload)
+
+
+def ready(token: str, payload: bytes | None) -> bool:
+    """Nothing: it starts a worker (which loads the run) while the tuning process works."""
+    return _runner(token, payload) is not None
+
+
+def run_distances(token: str, payload: bytes | None, base: dict[str, Any], names: list[str]) -> dict[str, float]:
+    """Per-op sensitivity distances (lpot_research.inspector) of `names` in a worker."""
+    from lpot_research.inspector import Inspector
+
+    r = _runner(token, payload)
+    return Inspector(r.adaptor, r.model, r.calib, r.example_inputs, None).distances(TuneConfig.from_dict(base), names)
+
+
+def run_task(token: str, payload: bytes | None, task: Task) -> tuple[str, Any, Any]:
+    """A trial's accuracy phase in a worker: ("ok", record, scores) or ("stopped", reason, None); the
+    per-sample scores only when the evaluation order was not known yet."""
+    import numpy as np
+
+    runner = _runner(token, payload)
+    runner.baseline = task.baseline
+    ev = runner.evaluator
+    if task.order is not None and (ev.order is None or not np.array_equal(ev.order, task.order)):
+        ev.set_order(task.order)
+    try:
+        with deadline(task.seconds):
+            rec, _, outcome = runner.run(TuneConfig.from_dict(task.config, task.note), task.n, 0.0, measure=False)
+    except TrialTimeout:
+        return "stopped", "timeout", None
+    except KeyboardInterrupt:
+        return "stopped", "interrupted (Ctrl-C)", None
+    return "ok", rec, outcome.scores if task.order is None and outcome is not None else None
+
+
+# ------------------------------------------------------------------------------------------ pools
+class Pool:
+    """Worker processes behind a concurrent.futures executor; the run's runner is sent once to each."""
+
+    def __init__(self, runner: TrialRunner, workers: int, threads: int) -> None:
+        import cloudpickle
+
+        try:
+            self.payload = cloudpickle.dumps(runner)
+        except Exception as e:  # noqa: BLE001 - whatever the framework's objects raise
+            raise ConfigError(f"parallel.workers={workers}: the run (model, data, adaptor) cannot be sent to worker "
+                              f"processes: {one_line(e)}; use parallel.workers=1") from None
+        self.token = hashlib.sha256(self.payload).hexdigest()[:16]
+        self.workers, self.threads = workers, threads
+        log.info("parallel: %d worker(s) on %s, %d thread(s) each; %.1f MB sent to each", workers, self.where,
+                 threads, len(self.payload) / 1e6)
+
+    where = "?"
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        """`fn(token, payload, *args)` on a free worker (payload None: the worker holds the run already)."""
+        raise NotImplementedError
+
+    def close(self, kill: bool = False) -> None:
+        raise NotImplementedError
+
+
+class LokyPool(Pool):
+    """Processes on this machine; they and the tuning process share calibration results through a
+    temporary directory (CalibrationCache.share), so each calibration pass runs once per run."""
+
+    where = "this machine (loky)"
+
+    def __init__(self, runner: TrialRunner, workers: int, threads: int) -> None:
+        import tempfile
+
+        super().__init__(runner, workers, threads)
+        from joblib.externals.loky import ProcessPoolExecutor
+
+        self.cache = runner.adaptor.calibration
+        self.cache.share = tempfile.mkdtemp(prefix="lpot_calibration_")
+        env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MXNET_OMP_MAX_THREADS")}
+        self.executor = ProcessPoolExecutor(workers, initializer=_init_worker, env=env,
+                                            initargs=(self.token, self.payload, os.getpid(), self.cache.share))
+        self.executor.submit(ready, self.token, None)  # the workers start loading the run now
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        return self.executor.submit(fn, self.token, None, *args)
+
+    def close(self, kill: bool = False) -> None:
+        import shutil
+
+        self.executor.shutdown(wait=not kill, kill_workers=kill)
+        share, self.cache.share = self.cache.share, None
+        if share:
+            shutil.rmtree(share, ignore_errors=True)
+
+
+class DaskPool(Pool):
+    def __init__(self, runner: TrialRunner, workers: int, threads: int, address: str | None) -> None:
+        self.where = f"the dask cluster at {address}" if address else "a local dask cluster"
+        super().__init__(runner, workers, threads)
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise ConfigError("parallel.backend=dask needs dask.distributed (pip install 'lpot-research[cluster]')"
+                              ) from None
+        self.cluster = None
+        if address is None:
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, env={"OMP_NUM_THREADS": str(threads),
+                                                                     "MXNET_OMP_MAX_THREADS": str(threads)})
+        try:
+            self.client = Client(self.cluster or address, timeout="30s")
+        except OSError as e:
+            raise ConfigError(f"parallel.address={address!r}: no dask scheduler answers there ({one_line(e)})"
+                              ) from None
+        self.data = self.client.scatter(self.payload, broadcast=True, hash=False)
+        self.executor = self.client.get_executor(pure=False)
+        self.running: dict[str, list[cf.Future]] = {}
+
+    def _free_worker(self) -> str | None:
+        """A worker with a free thread (dask's scheduler would otherwise queue two trials on a one-thread
+        worker while another idles: its worker-saturation lets a worker hold more tasks than threads)."""
+        for addr, info in self.client.scheduler_info(n_workers=-1)["workers"].items():
+            mine = [f for f in self.running.get(addr, []) if not f.done()]
+            self.running[addr] = mine
+            if len(mine) < int(info.get("nthreads", 1)):
+                return addr
+        return None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        addr = self._free_worker()
+        where = {"workers": [addr], "allow_other_workers": True} if addr else {}
+        future = self.executor.submit(fn, self.token, self.data, *args, **where)
+        if addr:
+            self.running[addr].append(future)
+        return future
+
+    def close(self, kill: bool = False) -> None:
+        self.executor.shutdown(wait=not kill)
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def make_pool(runner: TrialRunner, parallel: Any, threads: int) -> Pool:
+    if parallel.backend == "dask":
+        return DaskPool(runner, parallel.workers, threads, parallel.address)
+    return LokyPool(runner, parallel.workers, threads)
+
+
+# ------------------------------------------------------------------------------------------ the scheduler
+@dataclass
+class _Slot:
+    cfg: TuneConfig
+    future: cf.Future | None = None  # while it runs (or finished, not yet taken)
+    started: bool = False
+    n: int = 0
+
+
+@dataclass
+class TrialScheduler:
+    """Runs batches of configurations as trials and returns their records in proposal order.
+
+    `on_record(rec, model)` is called for each new record in order once it is final (measured when it
+    passed); `elapsed()` is the run's wall clock (resumes included)."""
+
+    runner: TrialRunner
+    history: History
+    exit: Any  # lpot_research.tuner.ExitPolicy
+    elapsed: Callable[[], float]
+    on_record: Callable[[TrialRecord, Any], None]
+    parallel: Any = None  # lpot_research.config.Parallel (None: serial)
+    threads: int = 1
+    pool: Pool | None = None
+    repeats: int = 0
+    _held: list[tuple[TrialRecord, Any]] = field(default_factory=list)  # on record, not yet reported
+
+    def __post_init__(self) -> None:
+        self.records = self.history.by_id()
+        self.workers = self.parallel.workers if self.parallel is not None else 1
+
+    # ------------------------------------------------------------------ shared steps
+    def budget_spent(self, planned: int = 0) -> str | None:
+        """Why no further trial may start when `planned` more are started or finished ahead already."""
+        if len(self.history.trials) + planned >= self.exit.max_trials:
+            return f"max_trials ({self.exit.max_trials}) reached"
+        if self.exit.timeout > 0 and self.elapsed() >= self.exit.timeout:
+            return f"timeout ({self.exit.timeout:g} s) reached"
+        return None
+
+    def _left(self) -> float | None:
+        return self.exit.timeout - self.elapsed() if self.exit.timeout > 0 else None
+
+    def _known(self, cfg: TuneConfig) -> TrialRecord | None:
+        rec = self.records.get(cfg.id)
+        if rec is not None:
+            self.repeats += 1
+            if self.repeats > MAX_CONSECUTIVE_REPEATS:
+                raise Stop(f"strategy stalled: {self.repeats} consecutive already-evaluated proposals")
+            return rec
+        self.repeats = 0
+        return None
+
+    def _stopped(self, n: int, cfg: TuneConfig, why: str) -> None:
+        self.history.add_stopped({"trial": n, "config_id": cfg.id, "note": cfg.note, "reason": why,
+                                  "after_s": round(self.elapsed(), 3)})
+        log.warning("trial %d (%s) stopped: %s; it is not recorded as a result", n, cfg.note or cfg.id, why)
+
+    def _record(self, rec: TrialRecord, scores: Any, model: Any) -> TrialRecord:
+        """Make `rec` the next trial on record (the first scored one also sets the evaluation order)."""
+        rec.trial = len(self.history.trials) + 1
+        rec.elapsed_s = rec.elapsed_s or self.elapsed()
+        ev = self.runner.evaluator
+        if rec.ok and scores is not None:
+            import numpy as np
+
+            if self._needs_order():  # the first INT8 scores decide it, for good
+                order = ev.informative_order(np.asarray(self.history.analysis["fp32_scores"]), scores)
+                ev.set_order(order)
+                self.history.add_analysis("eval_order", order.tolist())
+            if ev.order is not None:  # (a trial evaluated whole before the order was known: rank it under it)
+                rec.rank_accuracy = ev.rank_accuracy(np.asarray(scores))
+        self.history.add(rec)
+        self.records[rec.config_id] = rec
+        self._held.append((rec, model))
+        return rec
+
+    @staticmethod
+    def _unmeasured(rec: TrialRecord) -> bool:
+        return rec.passed and rec.objective is None
+
+    def _report(self, measure: bool = True) -> None:
+        """Report held records in order: all of them (measuring the passing ones first, which needs
+        nothing in flight), or with `measure=False` only those before the first that needs measuring."""
+        while self._held:
+            rec, model = self._held[0]
+            if self._unmeasured(rec):
+                if not measure:
+                    return
+                if model is None:
+                    model = self.runner.quantize(TuneConfig.from_dict(rec.config))[0]  # deterministic: a rebuild
+                new = self.runner.measure(rec, model)
+                rec.objective = self.runner.objective_value(rec)
+                self.history.measure(rec, metrics=new, objective=rec.objective,
+                                     costs={"benchmark_s": rec.costs.get("benchmark_s", 0.0)})
+            self._held.pop(0)
+            self.on_record(rec, model)
+
+    def _needs_order(self) -> bool:
+        ev = self.runner.evaluator
+        return ev.per_sample and ev.order is None and "fp32_scores" in self.history.analysis
+
+    def _end_if_passed(self, rec: TrialRecord) -> None:
+        if self.exit.timeout == 0 and rec.passed:
+            raise Stop("met the criterion (timeout=0: stop at the first passing config)")
+
+    def _take_ahead(self, cfg: TuneConfig) -> TrialRecord:
+        rec = self.history.ahead[cfg.id]
+        rec.elapsed_s = 0.0
+        return self._record(rec, self.history.analysis.get(f"scores:{cfg.id}"), None)
+
+    # ------------------------------------------------------------------ running a batch
+    def run(self, cfgs: list[TuneConfig], stop_at_pass: bool) -> list[TrialRecord]:
+        """The records of `cfgs` in order (already evaluated ones answered from the history), ending
+        after the first that passes when `stop_at_pass`."""
+        interrupted = False
+        try:
+            if self.workers > 1:
+                return self._parallel(cfgs, stop_at_pass)
+            return self._serial(cfgs, stop_at_pass)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            self._report(measure=not interrupted)
+            if interrupted:  # what is on record is reported, unmeasured
+                for rec, model in self._held:
+                    self.on_record(rec, model)
+                self._held.clear()
+
+    def _serial(self, cfgs: list[TuneConfig], stop_at_pass: bool) -> list[TrialRecord]:
+        out = []
+        for cfg in cfgs:
+            rec = self._known(cfg)
+            if rec is None:
+                spent = self.budget_spent()  # also covers a resumed run whose budget is used up
+                if spent:
+                    raise Stop(spent)
+                rec = self._take_ahead(cfg) if cfg.id in self.history.ahead else self._trial(cfg)
+                self._report()
+            out.append(rec)
+            self._end_if_passed(rec)
+            if rec.passed and stop_at_pass:
+                break
+        return out
+
+    def _trial(self, cfg: TuneConfig) -> TrialRecord:
+        n = len(self.history.trials) + 1
+        try:
+            with deadline(self._left()):
+                rec, model, outcome = self.runner.run(cfg, n, self.elapsed())
+        except (TrialTimeout, KeyboardInterrupt) as e:
+            self._stopped(n, cfg, "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else "timeout")
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise Stop(f"timeout ({self.exit.timeout:g} s) reached during trial {n}, which was stopped") from None
+        return self._record(rec, outcome.scores if outcome is not None else None, model)
+
+    def _pool(self) -> Pool:
+        if self.pool is None:
+            self.pool = make_pool(self.runner, self.parallel, self.threads)
+        return self.pool
+
+    def spread(self, base: TuneConfig, names: list[str]) -> dict[str, float]:
+        """Inspector.distances of `names` split over the workers (nothing else is in flight: the strategy
+        asks between batches)."""
+        pool = self._pool()
+        futures = [pool.submit(run_distances, base.to_dict(), names[i::self.workers]) for i in range(self.workers)]
+        out: dict[str, float] = {}
+        for f in futures:
+            out.update(f.result())
+        return out
+
+    def _parallel(self, cfgs: list[TuneConfig], stop_at_pass: bool) -> list[TrialRecord]:
+        self._pool()
+        slots = [_Slot(c) for c in cfgs]
+        out: list[TrialRecord] = []
+        kill = False
+        try:
+            for head, slot in enumerate(slots):
+                self._fill(slots, head)
+                rec = self._known(slot.cfg)
+                if rec is None and not slot.started:
+                    spent = self.budget_spent()
+                    if spent or slot.cfg.id not in self.history.ahead:  # not started: the budget is spent
+                        raise Stop(spent or "no trial could start")
+                    rec = self._take_ahead(slot.cfg)  # finished ahead in an earlier process
+                if rec is None:  # started: finished ahead, or wait for it
+                    rec = self._take_ahead(slot.cfg) if slot.cfg.id in self.history.ahead else self._wait(slots, head)
+                self._report(measure=False)
+                out.append(rec)
+                if self.exit.timeout == 0 and rec.passed:
+                    kill = True  # the run ends: what still runs is not needed
+                self._end_if_passed(rec)
+                if rec.passed and stop_at_pass:
+                    break
+            return out
+        except BaseException:
+            kill = True
+            raise
+        finally:
+            self._settle(slots, kill)
+
+    def _planned(self, slots: list[_Slot], head: int) -> int:
+        """Trials that will be on record before any further one: started, or finished ahead, from `head` on."""
+        ids = {s.cfg.id for s in slots[head:] if s.cfg.id not in self.records
+               and (s.started or s.cfg.id in self.history.ahead)}
+        return len(ids)
+
+    def _fill(self, slots: list[_Slot], head: int) -> None:
+        """Start the next unstarted new configurations while workers are free, in proposal order."""
+        busy = sum(1 for s in slots if s.future is not None and not s.future.done())
+        planned = self._planned(slots, head)
+        taken = {s.cfg.id for s in slots[head:] if s.started}
+        for pos in range(head, min(len(slots), head + LOOKAHEAD * self.workers)):
+            s = slots[pos]
+            if busy >= self.workers:
+                return
+            if s.started or s.cfg.id in self.records or s.cfg.id in self.history.ahead or s.cfg.id in taken:
+                continue
+            if self.budget_spent(planned):
+                return
+            s.n = len(self.history.trials) + planned + 1
+            order = self.runner.evaluator.order
+            task = Task(s.n, s.cfg.to_dict(), s.cfg.note, self.runner.baseline,
+                        order.tolist() if order is not None else None, self._left())
+            s.future, s.started = self.pool.submit(run_task, task), True
+            busy, planned = busy + 1, planned + 1
+            taken.add(s.cfg.id)
+
+    def _result(self, slot: _Slot) -> tuple[TrialRecord | None, Any]:
+        """A finished slot's record (None when it was stopped: the budget ran out) and scores."""
+        future, slot.future = slot.future, None
+        assert future is not None, "internal: a slot without a future"
+        try:
+            status, rec, scores = future.result()
+        except cf.CancelledError:
+            return None, None
+        except Exception as e:  # noqa: BLE001 - the worker died or could not run the task (not this process's bug)
+            from joblib.externals.loky.process_executor import BrokenProcessPool
+
+            if isinstance(e, BrokenProcessPool):
+                raise LpotError(f"a worker process died during trial {slot.n} ({slot.cfg.note or slot.cfg.id}) or "
+                                f"one running beside it: {one_line(e)}") from None
+            cfg = slot.cfg  # e.g. dask's KilledWorker: this task killed the workers that ran it
+            log.warning("trial %d failed on its worker (%s): %s", slot.n, cfg.note or cfg.id, one_line(e))
+            return TrialRecord(trial=slot.n, config_id=cfg.id, config=cfg.to_dict(), status="failed", note=cfg.note,
+                               error=f"worker: {one_line(e)}"), None
+        if status != "ok":
+            return None, None
+        if not rec.ok:
+            log.warning("trial %d failed (%s): %s", slot.n, slot.cfg.note or slot.cfg.id, rec.error)
+        return rec, scores
+
+    def _wait(self, slots: list[_Slot], head: int) -> TrialRecord:
+        """Wait for the head slot; slots behind it that finish meanwhile are written ahead."""
+        slot = slots[head]
+        while slot.future is not None and not slot.future.done():
+            left = self._left()
+            running = [s.future for s in slots[head:] if s.future is not None]
+            cf.wait(running, timeout=None if left is None else max(left, 0) + 5, return_when=cf.FIRST_COMPLETED)
+            for s in slots[head + 1:]:
+                if s.future is not None and s.future.done():
+                    self._keep_ahead(s)
+            self._fill(slots, head)
+            if not slot.future.done() and self.budget_spent() and self.exit.timeout > 0:
+                raise Stop(f"timeout ({self.exit.timeout:g} s) reached with trials running, which were stopped")
+        rec, scores = self._result(slot)
+        if rec is None:
+            self._stopped(slot.n, slot.cfg, "timeout")
+            raise Stop(f"timeout ({self.exit.timeout:g} s) reached during trial {slot.n}, which was stopped")
+        rec.elapsed_s = 0.0
+        return self._record(rec, scores, None)
+
+    def _keep_ahead(self, slot: _Slot) -> None:
+        rec, scores = self._result(slot)  # (the head is never kept ahead: it is taken in its turn)
+        if rec is not None and rec.config_id not in self.records:
+            if scores is not None:  # evaluated before the order was known: its scores rank it later
+                self.history.add_analysis(f"scores:{rec.config_id}", scores.tolist())
+            self.history.add_ahead(rec)
+
+    def _settle(self, slots: list[_Slot], kill: bool) -> None:
+        """After a batch: keep what finished; stop (`kill`) or wait for what still runs, so that nothing is
+        in flight when latency is measured."""
+        running = [s for s in slots if s.future is not None]
+        if not running:
+            return
+        if not kill:
+            cf.wait([s.future for s in running])
+        for s in running:
+            try:
+                if s.future.done() and not s.future.cancelled():
+                    self._keep_ahead(s)
+                    continue
+            except LpotError:  # its worker died
+                pass
+            self._stopped(s.n, s.cfg, "the run stopped")
+        if kill:
+            self.close(kill=True)
+
+    def close(self, kill: bool = False) -> None:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.close(kill)
+
+
+__all__ = ["Pool", "Stop", "Task", "TrialScheduler", "make_pool", "run_task"]
