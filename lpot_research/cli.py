@@ -176,9 +176,10 @@ def check_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> None
     if hasattr(model, "check_framework") and framework is not None:  # model=file: the file's format
         model.check_framework(framework.name)
     supported = getattr(model, "frameworks", None)
-    if supported and framework is not None and framework.name not in supported:
-        raise ConfigError(f"{(choices or {}).get('model', 'this model')} is not available for framework="
-                          f"{framework.name}; it is available for: {', '.join(supported)}")
+    if supported and framework is not None:
+        from lpot_research.models import check_framework
+
+        check_framework((choices or {}).get("model", "this model"), framework.name, tuple(supported))
     if type(model).__name__ == "ModelFile" and "data" not in objs:
         raise ConfigError("model=file needs your data: data=npz|image_folder|files with data.path=...")
 

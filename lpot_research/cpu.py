@@ -261,4 +261,5 @@ def cpu_summary() -> dict[str, str]:
     d = {"model": info.model, "class": info.isa_class, "features": info.features()}
     if info.capped_from:
         d["capped_from"] = info.capped_from
+        d["cap"] = _cap()  # the LPOT_CPU_ISA value: what reproduces this run's kernels (verify_saved_model)
     return d

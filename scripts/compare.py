@@ -71,7 +71,7 @@ def table(runs: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for r in runs:
         s, t = r["summary"], r["trials"]
-        first = next((x["trial"] for x in t if x["passed"]), None)
+        first = next((x.trial for x in t if x.passed), None)
         best = s["best"] or {}
         ratio = best.get("latency_ratio")
         lines.append(

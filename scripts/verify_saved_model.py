@@ -145,6 +145,12 @@ def main() -> int:
     except (OSError, ValueError) as e:
         print(f"error: {args.run_dir} holds no finished run ({args.run_dir / 'summary.json'}: {e})", file=sys.stderr)
         return 2
+    cap = (summary.get("cpu") or {}).get("cap")
+    if cap and not os.environ.get("LPOT_CPU_ISA"):  # the run's kernels: a capped run ran the older class's
+        os.environ["LPOT_CPU_ISA"] = cap
+        print(f"the run was capped to {cap} (LPOT_CPU_ISA): so are the kernels here")
+    import lpot_research  # noqa: F401  (applies LPOT_CPU_ISA to the frameworks' switches before they load)
+
     adaptor = summary["framework"]
     if adaptor not in RUNNERS:
         print(f"error: no loader for framework {adaptor}; valid: {', '.join(RUNNERS)}", file=sys.stderr)

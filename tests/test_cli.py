@@ -38,15 +38,21 @@ def hydra_conf():
     GlobalHydra.instance().clear()
 
 
-def test_every_config_composes_and_instantiates(hydra_conf):
+def test_every_config_composes_and_instantiates(hydra_conf, tmp_path):
     from lpot_research.cli import register_resolvers
 
     register_resolvers()
     from lpot_research.config import load_settings
 
+    for name in ("m.onnx", "eval.npz", "list.csv"):  # the constructors check that a path exists; none reads it
+        (tmp_path / name).write_bytes(b"")
+    required = {("model", "file"): [f"model.path={tmp_path / 'm.onnx'}"],  # choices without a usable default
+                ("data", "npz"): [f"data.path={tmp_path / 'eval.npz'}"],
+                ("data", "files"): [f"data.path={tmp_path / 'list.csv'}"],
+                ("data", "image_folder"): [f"data.path={tmp_path}"]}
     for group, choices in groups().items():
         for choice in choices:
-            cfg = compose("tune", overrides=[f"{group}={choice}"])
+            cfg = compose("tune", overrides=[f"{group}={choice}", *required.get((group, choice), [])])
             if "_target_" not in cfg[group]:  # a settings group (accuracy_criterion): the schema takes it
                 assert load_settings({group: cfg[group]}).accuracy_criterion.kind == choice
                 continue

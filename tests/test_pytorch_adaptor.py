@@ -174,25 +174,26 @@ class CountingLoader:
             yield x, y
 
 
-def test_calibration_uses_sampling_size_samples(adaptor, bundle):
-    s = space(adaptor, bundle, sampling_size=40)
-    observed = []
+def test_calibration_uses_sampling_size_samples(bundle, monkeypatch):
+    import lpot_research.adaptors.pytorch as pt
+
+    fresh = PyTorchAdaptor(threads=1)  # nothing cached: this quantization must calibrate
+    s = space(fresh, bundle, sampling_size=40)
     cfg = s.model_wise_configs()[0]
     assert cfg.sampling_size == 40
-    orig = adaptor._calibrate
+    fed = []
+    orig = pt.limited_batches
 
-    def spy(model, prepared, loader, n):
-        counter = CountingLoader(loader)
-        handle = prepared.register_forward_pre_hook(lambda m, args: observed.append(args[0].shape[0]))
-        orig(model, prepared, counter, n)
-        handle.remove()
+    def spy(loader, n, what):
+        for batch in orig(loader, n, what):
+            fed.append(pt.batch_len(batch))
+            yield batch
 
-    adaptor._calibrate = spy
-    try:
-        adaptor.quantize(bundle.model, cfg, bundle.calib_dataloader, bundle.example_inputs)
-    finally:
-        del adaptor._calibrate
-    assert sum(observed) == 40 and observed == [32, 8]
+    monkeypatch.setattr(pt, "limited_batches", spy)
+    counter = CountingLoader(bundle.calib_dataloader)
+    fresh.quantize(bundle.model, cfg, counter, bundle.example_inputs)
+    assert fed == [32, 8]  # the model saw exactly sampling_size samples, in one pass
+    assert 40 <= counter.samples <= 64  # and the loader was read no further than the batch holding the 40th
 
 
 def test_kl_clips_outliers_that_minmax_keeps(adaptor, bundle):
