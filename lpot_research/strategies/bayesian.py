@@ -19,8 +19,9 @@ import numpy as np
 from scipy.stats import norm
 
 from lpot_research.config import DEFAULT_SEED
-from lpot_research.space import TuneConfig
 from lpot_research.strategies.base import Proposals, Strategy, StrategyContext
+
+Index = tuple[int, ...]  # a point of the space: one index per dimension (sampling size, then each op)
 
 
 def expected_improvement(mu: np.ndarray, sigma: np.ndarray, best: float, xi: float = 0.01) -> np.ndarray:
@@ -37,62 +38,62 @@ class BayesianStrategy(Strategy):
         super().__init__(seed, **options)
         self.n_init, self.pool, self.batch = int(n_init), int(pool), max(1, int(batch))
 
-    def candidates(self, ctx: StrategyContext, rng: np.random.Generator, seen: set[str],
-                   ranked: list[TuneConfig]) -> list[TuneConfig]:
+    def candidates(self, ctx: StrategyContext, rng: np.random.Generator, seen: set[Index],
+                   ranked: list[Index]) -> list[Index]:
+        """Unevaluated points as per-dimension indices (see `TuningSpace.radices`): configurations are
+        built only for the picks, so a pool of thousands at 100 ops costs milliseconds, not seconds."""
         space = ctx.space
-        if space.size <= self.pool:
-            return [c for c in (space.config_at_flat(i) for i in range(space.size)) if c.id not in seen]
-        out: dict[str, TuneConfig] = {}
         radices = space.radices
-        for parent in ranked[:8]:  # local moves around the best configurations so far
-            base = space.index_of(parent)
+        if space.size <= self.pool:
+            grid = np.unravel_index(np.arange(space.size), radices)  # mixed radix, last op fastest
+            return [i for i in zip(*(d.tolist() for d in grid), strict=True) if i not in seen]
+        out: dict[Index, None] = {}
+        for base in ranked[:8]:  # local moves around the best configurations so far
             for _ in range(self.pool // 16):
                 idx = list(base)
                 for d in rng.choice(len(radices), size=min(len(radices), int(rng.integers(1, 3))), replace=False):
                     idx[d] = int(rng.integers(radices[d]))
-                c = space.config_at(idx)
-                if c.id not in seen:
-                    out.setdefault(c.id, c)
-        for _ in range(self.pool):
-            c = space.config_at([int(rng.integers(r)) for r in radices])
-            if c.id not in seen:
-                out.setdefault(c.id, c)
-        return list(out.values())
+                if (t := tuple(idx)) not in seen:
+                    out.setdefault(t)
+        # one call for the whole pool: the same draws, in the same order, as one call per digit
+        for t in map(tuple, rng.integers(np.tile(radices, (self.pool, 1))).tolist()):
+            if t not in seen:
+                out.setdefault(t)
+        return list(out)
 
     def proposals(self, ctx: StrategyContext) -> Proposals:
         space, rng = ctx.space, self.rng()
-        seen: set[str] = set()
-        xs: list[list[float]] = []
+        seen: set[Index] = set()
+        points: list[Index] = []
         ys: list[float | None] = []
-        configs: list[TuneConfig] = []
-        first = space.model_wise_configs()[0]  # an informed first point: the recommended settings
+        first = tuple(space.index_of(space.model_wise_configs()[0]))  # an informed first point
         k = 0
         while True:
             order = sorted(range(len(ys)), key=lambda i: -(ys[i] if ys[i] is not None else -np.inf))
-            cands = self.candidates(ctx, rng, seen, [configs[i] for i in order])
+            cands = self.candidates(ctx, rng, seen, [points[i] for i in order])
             if not cands:
                 return "its space is exhausted: no unevaluated candidate is left"
-            picks = self.initial(rng, cands, first, seen, k) if k < self.n_init else self.believer(space, cands, xs, ys)
+            picks = (self.initial(rng, cands, first, seen, k) if k < self.n_init
+                     else self.believer(space.radices, cands, points, ys))
             k += len(picks)
-            results = yield [c.with_note(f"bayesian {k - len(picks) + i} ({how})")
-                             for i, (c, how) in enumerate(picks, 1)]
+            results = yield [space.config_at(p, f"bayesian {k - len(picks) + i} ({how})")
+                             for i, (p, how) in enumerate(picks, 1)]
             for (pick, _), result in zip(picks, results, strict=True):
-                seen.add(pick.id)
-                configs.append(pick)
-                xs.append(space.one_hot(pick))
+                seen.add(pick)
+                points.append(pick)
                 ys.append(ctx.score(result))
 
-    def initial(self, rng: np.random.Generator, cands: list[TuneConfig], first: TuneConfig, seen: set[str],
-                k: int) -> list[tuple[TuneConfig, str]]:
+    def initial(self, rng: np.random.Generator, cands: list[Index], first: Index, seen: set[Index],
+                k: int) -> list[tuple[Index, str]]:
         """The initial design: the model-wise config first, then distinct random candidates up to n_init."""
-        picks = [(first, "initial: model-wise")] if k == 0 and first.id not in seen else []
-        rest = [c for c in cands if c.id != first.id]
+        picks = [(first, "initial: model-wise")] if k == 0 and first not in seen else []
+        rest = [c for c in cands if c != first]
         for i in rng.permutation(len(rest))[: max(0, self.n_init - k - len(picks))]:
             picks.append((rest[int(i)], "initial: random"))
         return picks or [(rest[0] if rest else cands[0], "initial: random")]
 
-    def believer(self, space, cands: list[TuneConfig], xs: list[list[float]], ys: list[float | None]
-                 ) -> list[tuple[TuneConfig, str]]:
+    def believer(self, radices: list[int], cands: list[Index], points: list[Index], ys: list[float | None]
+                 ) -> list[tuple[Index, str]]:
         """Up to `batch` candidates by expected improvement, each refit believing the previous picks scored
         their predicted mean (the kriging believer)."""
         from sklearn.gaussian_process import GaussianProcessRegressor
@@ -100,10 +101,10 @@ class BayesianStrategy(Strategy):
 
         y = np.array([v if v is not None else np.nan for v in ys], dtype=float)
         floor = np.nanmin(y) - 1.0 if np.isfinite(y).any() else -1.0
-        x, y = np.array(xs), np.where(np.isnan(y), floor, y)  # errored configs rank below everything seen
-        grid = np.array([space.one_hot(c) for c in cands])
+        x, y = one_hot(points, radices), np.where(np.isnan(y), floor, y)  # errored configs rank below all seen
+        grid = one_hot(cands, radices)
         left = list(range(len(cands)))
-        picks: list[tuple[TuneConfig, str]] = []
+        picks: list[tuple[Index, str]] = []
         best = float(y.max())
         while left and len(picks) < self.batch:
             kernel = ConstantKernel(1.0) * Matern(length_scale=np.sqrt(x.shape[1]), nu=2.5) + WhiteKernel(1e-3)
@@ -118,3 +119,12 @@ class BayesianStrategy(Strategy):
             picks.append((cands[i], f"EI {ei[j]:.3g}"))
             x, y = np.vstack([x, grid[i]]), np.append(y, mu[j])  # believe the prediction
         return picks
+
+
+def one_hot(points: list[Index], radices: list[int]) -> np.ndarray:
+    """0/1 rows, one block per dimension (what `TuningSpace.one_hot` gives for a configuration)."""
+    offsets = np.concatenate([[0], np.cumsum(radices)[:-1]])
+    out = np.zeros((len(points), int(sum(radices))))
+    if points:
+        out[np.arange(len(points))[:, None], offsets[None, :] + np.asarray(points)] = 1.0
+    return out
