@@ -11,9 +11,11 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from lpot_research.errors import ConfigError
 
@@ -246,13 +248,14 @@ class TuningSpace:
             digits.append(d)
         return self.config_at(reversed(digits), note)
 
-    def one_hot(self, cfg: TuneConfig) -> list[float]:
-        """A 0/1 encoding of a configuration (one block per dimension), for model-based strategies."""
-        out: list[float] = []
-        for r, i in zip(self.radices, self.index_of(cfg), strict=True):
-            block = [0.0] * r
-            block[i] = 1.0
-            out += block
+    def one_hot(self, points: Sequence[Sequence[int]]) -> np.ndarray:
+        """0/1 rows for points given as per-dimension indices (see `radices`, `index_of`), one block
+        per dimension: the encoding model-based strategies fit on."""
+        radices = self.radices
+        offsets = np.concatenate([[0], np.cumsum(radices)[:-1]]).astype(int)
+        out = np.zeros((len(points), int(sum(radices))))
+        if len(points):
+            out[np.arange(len(points))[:, None], offsets[None, :] + np.asarray(points, dtype=int)] = 1.0
         return out
 
     def canonical(self, cfg: TuneConfig) -> TuneConfig | None:

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.stats import norm
 
 from lpot_research.config import DEFAULT_SEED
+from lpot_research.space import TuningSpace
 from lpot_research.strategies.base import Proposals, Strategy, StrategyContext
 
 Index = tuple[int, ...]  # a point of the space: one index per dimension (sampling size, then each op)
@@ -74,7 +75,7 @@ class BayesianStrategy(Strategy):
             if not cands:
                 return "its space is exhausted: no unevaluated candidate is left"
             picks = (self.initial(rng, cands, first, seen, k) if k < self.n_init
-                     else self.believer(space.radices, cands, points, ys))
+                     else self.believer(space, cands, points, ys))
             k += len(picks)
             results = yield [space.config_at(p, f"bayesian {k - len(picks) + i} ({how})")
                              for i, (p, how) in enumerate(picks, 1)]
@@ -92,7 +93,7 @@ class BayesianStrategy(Strategy):
             picks.append((rest[int(i)], "initial: random"))
         return picks or [(rest[0] if rest else cands[0], "initial: random")]
 
-    def believer(self, radices: list[int], cands: list[Index], points: list[Index], ys: list[float | None]
+    def believer(self, space: TuningSpace, cands: list[Index], points: list[Index], ys: list[float | None]
                  ) -> list[tuple[Index, str]]:
         """Up to `batch` candidates by expected improvement, each refit believing the previous picks scored
         their predicted mean (the kriging believer)."""
@@ -101,8 +102,8 @@ class BayesianStrategy(Strategy):
 
         y = np.array([v if v is not None else np.nan for v in ys], dtype=float)
         floor = np.nanmin(y) - 1.0 if np.isfinite(y).any() else -1.0
-        x, y = one_hot(points, radices), np.where(np.isnan(y), floor, y)  # errored configs rank below all seen
-        grid = one_hot(cands, radices)
+        x, y = space.one_hot(points), np.where(np.isnan(y), floor, y)  # errored configs rank below all seen
+        grid = space.one_hot(cands)
         left = list(range(len(cands)))
         picks: list[tuple[Index, str]] = []
         best = float(y.max())
@@ -120,11 +121,3 @@ class BayesianStrategy(Strategy):
             x, y = np.vstack([x, grid[i]]), np.append(y, mu[j])  # believe the prediction
         return picks
 
-
-def one_hot(points: list[Index], radices: list[int]) -> np.ndarray:
-    """0/1 rows, one block per dimension (what `TuningSpace.one_hot` gives for a configuration)."""
-    offsets = np.concatenate([[0], np.cumsum(radices)[:-1]])
-    out = np.zeros((len(points), int(sum(radices))))
-    if points:
-        out[np.arange(len(points))[:, None], offsets[None, :] + np.asarray(points)] = 1.0
-    return out
