@@ -20,6 +20,13 @@ from lpot_research.models import ModelBundle
 from lpot_research.space import OpCapability, TuneConfig
 
 COST = {"int8": 1.0, "bf16": 2.0, "fp32": 4.0}
+INDEX_OFFSET = 10  # per-sample evaluation inputs are sample indices + this (probes are 0, plain evaluation 1)
+
+
+def indexed_loader(n: int, batch: int = 100) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Evaluation batches whose inputs are sample indices, for `FakeAdaptor(per_sample=n)`."""
+    idx = np.arange(n, dtype=np.float64) + INDEX_OFFSET
+    return [(idx[i:i + batch], np.zeros(len(idx[i:i + batch]))) for i in range(0, n, batch)]
 
 
 class FakeModel:
@@ -56,7 +63,7 @@ class FakeAdaptor(Adaptor):
     def __init__(self, ops: int = 4, penalties: list[float] | None = None, bf16_penalty: float = 0.001,
                  kl_factor: float = 0.5, sleep: float = 0.0, fail_ops: Iterable[str] = (), threads: Any = None,
                  sym_penalty: float = 0.0, names: list[str] | None = None, eval_log: str | None = None,
-                 save_sleep: float = 0.0, sleep_spread: int = 1) -> None:
+                 save_sleep: float = 0.0, sleep_spread: int = 1, per_sample: int = 0) -> None:
         # `names`: op names in model order (e.g. ones that do not sort in model order)
         self.ops = list(names) if names is not None else [f"op{i}" for i in range(ops)]
         ops = len(self.ops)
@@ -67,6 +74,11 @@ class FakeAdaptor(Adaptor):
         self.sleep_spread = int(sleep_spread)
         self.sym_penalty = sym_penalty
         self.fail_ops = set(fail_ops)
+        # per_sample=N: evaluation inputs carry sample indices (see `indexed_loader`) and each sample is
+        # right or wrong: sample i has a difficulty u_i in [0, 1) and a config gets it right iff u_i < its
+        # accuracy, so the hard samples are wrong for every weak config (as on real models): a stop taken
+        # on the running mean of the hardest samples first would reject configs that pass on the whole set
+        self.per_sample = int(per_sample)
         self.quantize_calls: list[str] = []
 
     def capabilities(self, model: Any, approach: str, example_inputs: Any) -> list[OpCapability]:
@@ -107,7 +119,12 @@ class FakeAdaptor(Adaptor):
         if self._eval_log and np.all(np.asarray(inputs) == 1) and batch_len(inputs) > 1:
             with open(self._eval_log, "a") as f:
                 f.write(f"{model.config.id if model.config else 'fp32'}\n")
-        return np.full(batch_len(inputs), self.accuracy(model.config))
+        acc = self.accuracy(model.config)
+        x = np.asarray(inputs)
+        if self.per_sample and x.ndim == 1 and x.size and x.min() >= INDEX_OFFSET:
+            u = np.random.default_rng(0).random(self.per_sample)  # the samples' difficulties
+            return (u[x.astype(int) - INDEX_OFFSET] < acc).astype(np.float64)
+        return np.full(batch_len(inputs), acc)
 
     def fingerprint(self, model: FakeModel) -> str:
         return f"fake:{','.join(self.ops)}"
