@@ -41,6 +41,17 @@ def cost_totals(trials: list[TrialRecord], baseline: dict[str, Any]) -> dict[str
             "benchmarked": sum("latency_ms" in t.metrics for t in trials)}
 
 
+def latency_rivals(trials: list[TrialRecord], best: TrialRecord, baseline: dict[str, Any]) -> list[TrialRecord]:
+    """The other passing trials whose measured latency ratio overlaps the best's within their spreads:
+    the measurement cannot tell them apart from the best (the choice between them is not a measured one)."""
+    ratio = metric_ratio(best, baseline, "latency_ms")
+    if not best.passed or ratio is None:
+        return []
+    spread = best.metrics.get("latency_spread")
+    return [t for t in trials if t.passed and t.trial != best.trial
+            and within_noise(metric_ratio(t, baseline, "latency_ms"), t.metrics.get("latency_spread"), ratio, spread)]
+
+
 class Reporter:
     def __init__(self, run: Any) -> None:
         self.run = run
@@ -65,6 +76,7 @@ class Reporter:
                 "unquantizable_ops": [n for n in space.op_names if n not in space.quantizable],
                 "passed": best.passed,
                 "model_path": str(model_path) if model_path else None,
+                "within_noise": [t.trial for t in latency_rivals(trials, best, b)],
             }
         ratio = best_d["latency_ratio"] if best_d else None
         return {
@@ -182,6 +194,9 @@ class Reporter:
                 log.warning("the tuned model is SLOWER than FP32: latency ratio %.2fx%s (%.3f ms vs %.3f ms); "
                             "it is not an optimized model", ratio, noise, best.metrics["latency_ms"],
                             best.metrics.get("fp32_latency_ms", b["latency_ms"]))
+        if d["within_noise"]:
+            log.info("within measurement noise of the best's latency (as fast, as far as can be measured): trial(s) %s",
+                     ", ".join(f"#{t}" for t in d["within_noise"]))
         if d["fallback_ops"]:
             log.info("fallback ops: %s", d["fallback_dtypes"])
         if d["unquantizable_ops"]:
@@ -267,6 +282,9 @@ def write_report(out: Path, s: dict[str, Any], trials: list[TrialRecord]) -> Non
                      + f" | {(best['size_bytes'] or 0) / 1e6:.3f} | {ratio(best['size_ratio'])} |")
         lines += ["", f"Quantized ops: {best['quantized_ops']}; fallback ops: "
                   + (", ".join(f"`{n}` ({d})" for n, d in best["fallback_dtypes"].items()) or "none")]
+        if best.get("within_noise"):
+            lines += ["", "Within measurement noise of the best's latency: trial(s) "
+                      + ", ".join(str(t) for t in best["within_noise"])]
     lines += ["", curve, "## Where the time went", "",
               f"calibration {c['calibrate_s']:.1f} s, quantization {c['quantize_s']:.1f} s, evaluation "
               f"{c['evaluate_s']:.1f} s ({c['full_evaluations']} whole-set evaluations, {c['rejected_early']} stopped "

@@ -296,3 +296,19 @@ def test_every_run_writes_a_report_with_the_summary_numbers(tmp_path):
     assert [int(r.split("|")[1]) for r in rows] == list(range(1, s["trials"] + 1))
     assert "fallback ops: " + ", ".join(f"`{n}` (bf16)" for n in s["best"]["fallback_ops"]) in report
     assert (tmp_path / "tuning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_passing_trials_the_measurement_cannot_tell_from_the_best_are_named(tmp_path):
+    # every INT8 op costs 0.1%: most configs pass; the fake's latency is the sum of per-op costs with no
+    # spread, so exactly the passing configs with the best's dtype mix are as fast as the best
+    res = run_fake(tmp_path, FakeAdaptor(ops=4, penalties=[0.001] * 4), "random",
+                   {"exit_policy": {"timeout": 3600, "max_trials": 20}})
+    s, ts = res.summary, trials(res)
+    best = next(t for t in ts if t.trial == s["best"]["trial"])
+    same = [t.trial for t in ts if t.passed and t.trial != best.trial
+            and t.metrics["latency_ms"] == best.metrics["latency_ms"]]
+    slower = [t for t in ts if t.passed and t.metrics["latency_ms"] > best.metrics["latency_ms"]]
+    assert same and slower  # both kinds exist, so the list below is a selection
+    assert s["best"]["within_noise"] == same
+    assert "Within measurement noise of the best's latency: trial(s) " + ", ".join(map(str, same)) in \
+        (tmp_path / "report.md").read_text()
