@@ -26,13 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-
-import lpot_research  # noqa: E402
 from lpot_research.strategies import BUILTIN  # noqa: E402
 from lpot_research.tuner import Tuner  # noqa: E402
-from tests.fakes import FakeAdaptor, FakeModel, FakeScore  # noqa: E402
-from tests.helpers import LOADER  # noqa: E402
+from tests.fakes import FakeAdaptor  # noqa: E402
+from tests.helpers import run_fake  # noqa: E402
 
 
 def main() -> int:
@@ -56,17 +53,14 @@ def main() -> int:
     Tuner._ask = timed  # type: ignore[method-assign]
     # 0.05% per INT8 op with MinMax (half with KL): INT8 everywhere loses 2.5-5%, the criterion allows 1%
     penalties = [0.0005] * args.ops
-    cfg = {"accuracy_criterion": {"kind": "relative", "tolerance": 0.01},
-           "exit_policy": {"timeout": 3600, "max_trials": args.max_trials}, "threads": 1}
+    cfg = {"exit_policy": {"timeout": 3600, "max_trials": args.max_trials}, "threads": 1}  # relative 1% (run_fake)
     print(f"{'strategy':<11} {'proposals':>9} {'median s':>9} {'max s':>7} {'total s':>8}  (fake model, "
           f"{args.ops} ops, {args.max_trials} trials)")
     worst = 0.0
     with tempfile.TemporaryDirectory(prefix="lpot_bench_proposals_") as tmp:
         for name in args.strategies.split(","):
             timings.clear()
-            lpot_research.tune(FakeModel(None), LOADER, LOADER, FakeScore(), config=cfg,
-                               framework=FakeAdaptor(ops=args.ops, penalties=penalties), strategy=name,
-                               output_dir=Path(tmp) / name, example_inputs=np.zeros(1))
+            run_fake(Path(tmp) / name, FakeAdaptor(ops=args.ops, penalties=penalties), name, cfg)
             worst = max(worst, max(timings))
             print(f"{name:<11} {len(timings):>9} {statistics.median(timings):>9.4f} {max(timings):>7.3f} "
                   f"{sum(timings):>8.2f}")

@@ -14,14 +14,16 @@ LOADER = [(np.zeros(100), np.zeros(100))]  # one batch of 100 samples (the defau
 
 
 def run_fake(tmp_path: Any, adaptor: FakeAdaptor | None = None, strategy: Any = "basic", config: dict | None = None,
-             **kwargs: Any):
+             eval_loader: Any = LOADER, **kwargs: Any):
+    """The real tuner on the fake framework: relative 1%, stop at the first pass, 100 trials at most
+    (`config` overrides, merged per group)."""
     adaptor = adaptor or FakeAdaptor()
     cfg = {"accuracy_criterion": {"kind": "relative", "tolerance": 0.01}, "exit_policy": {"timeout": 0,
                                                                                           "max_trials": 100}}
     for k, v in (config or {}).items():
         cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
     kwargs.setdefault("resume", History.exists(tmp_path))
-    return tune(FakeModel(None), LOADER, LOADER, FakeScore(), config=cfg, framework=adaptor, strategy=strategy,
+    return tune(FakeModel(None), LOADER, eval_loader, FakeScore(), config=cfg, framework=adaptor, strategy=strategy,
                 output_dir=tmp_path, example_inputs=np.zeros(1), **kwargs)
 
 

@@ -11,12 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lpot_research import tune
 from lpot_research.history import History
-from tests.fakes import FakeAdaptor, FakeModel, FakeScore, indexed_loader
-from tests.helpers import LOADER, run_fake
+from tests.fakes import FakeAdaptor, indexed_loader
+from tests.helpers import run_fake
 
 ROOT = Path(__file__).resolve().parents[1]
 # bf16 costs accuracy and fp32 is not allowed: nothing passes, so strategies keep searching
@@ -118,11 +115,10 @@ class StrategyContract:
         for name, cfg in (("none-pass", merge(NO_PASS, LONG)), ("passing", LONG)):
             runs = {}
             for early in (True, False):
-                runs[early] = tune(FakeModel(None), LOADER, indexed_loader(1000), FakeScore(),
-                                   config=merge(cfg, {"evaluation": {"early_stop": early, "ranking_samples": 200},
-                                                      "accuracy_criterion": {"kind": "relative", "tolerance": 0.01}}),
-                                   framework=self.landscape(per_sample=1000, **CLOSE_CALLS), strategy=self.make(13),
-                                   output_dir=tmp_path / f"{name}-{early}", example_inputs=np.zeros(1))
+                runs[early] = run_fake(tmp_path / f"{name}-{early}", self.landscape(per_sample=1000, **CLOSE_CALLS),
+                                       self.make(13),
+                                       merge(cfg, {"evaluation": {"early_stop": early, "ranking_samples": 200}}),
+                                       eval_loader=indexed_loader(1000))
             fast, full = trials(runs[True]), trials(runs[False])
             assert [(t.config_id, t.passed) for t in fast] == [(t.config_id, t.passed) for t in full], name
             assert runs[True].summary["best"]["config_id"] == runs[False].summary["best"]["config_id"], name

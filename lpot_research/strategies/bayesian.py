@@ -120,4 +120,3 @@ class BayesianStrategy(Strategy):
             picks.append((cands[i], f"EI {ei[j]:.3g}"))
             x, y = np.vstack([x, grid[i]]), np.append(y, mu[j])  # believe the prediction
         return picks
-
