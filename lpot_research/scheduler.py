@@ -334,11 +334,8 @@ class TrialScheduler:
                 if not measure:
                     return
                 if model is None:
-                    model = self.runner.quantize(TuneConfig.from_dict(rec.config))[0]  # deterministic: a rebuild
-                new = self.runner.measure(rec, model)
-                rec.objective = self.runner.objective_value(rec)
-                self.history.measure(rec, metrics=new, objective=rec.objective,
-                                     costs={"benchmark_s": rec.costs.get("benchmark_s", 0.0)})
+                    model = self.runner.rebuild(rec)
+                self.runner.measure_recorded(self.history, rec, model)
             self._held.pop(0)
             self.on_record(rec, model)
 
@@ -435,9 +432,7 @@ class TrialScheduler:
                     rec = self._take_ahead(slot.cfg) if slot.cfg.id in self.history.ahead else self._wait(slots, head)
                 self._report(measure=False)
                 out.append(rec)
-                if self.exit.timeout == 0 and rec.passed:
-                    kill = True  # the run ends: what still runs is not needed
-                self._end_if_passed(rec)
+                self._end_if_passed(rec)  # (its Stop kills what still runs: it is not needed)
                 if rec.passed and stop_at_pass:
                     break
             return out

@@ -17,7 +17,7 @@ from lpot_research.benchmark import Benchmark
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.deadline import TrialTimeout
 from lpot_research.evaluation import Evaluator, Outcome
-from lpot_research.history import RunRecordError, TrialRecord
+from lpot_research.history import History, RunRecordError, TrialRecord
 from lpot_research.objectives import MEASUREMENTS, Objective
 from lpot_research.space import TuneConfig
 
@@ -107,6 +107,19 @@ class TrialRunner:
         rec.metrics.update(new)
         rec.costs["benchmark_s"] = rec.costs.get("benchmark_s", 0.0) + time.perf_counter() - t0
         return new
+
+    def rebuild(self, rec: TrialRecord) -> Any:
+        """The quantized model of a recorded trial (quantization is deterministic: the same model)."""
+        return self.quantize(TuneConfig.from_dict(rec.config))[0]
+
+    def measure_recorded(self, history: History, rec: TrialRecord, qmodel: Any, keys: tuple[str, ...] | None = None,
+                         **completed: Any) -> None:
+        """`measure` a trial already on record, update its objective and write both to `history`
+        (`completed`: e.g. the whole-set accuracy and samples of a trial whose evaluation stopped early)."""
+        new = self.measure(rec, qmodel, keys)
+        rec.objective = self.objective_value(rec)
+        history.measure(rec, **completed, metrics=new, objective=rec.objective,
+                        costs={"benchmark_s": rec.costs.get("benchmark_s", 0.0)})
 
     def objective_value(self, rec: TrialRecord) -> float | None:
         """The objective of a trial, when everything it reads is measured."""

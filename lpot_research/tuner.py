@@ -206,7 +206,7 @@ class Tuner:
     def _model_of(self, rec: TrialRecord) -> Any:
         if self._best_model and self._best_model[0] == rec.config_id and self._best_model[1] is not None:
             return self._best_model[1]
-        return self.runner.quantize(TuneConfig.from_dict(rec.config))[0]  # deterministic: a rebuild
+        return self.runner.rebuild(rec)
 
     def _complete(self, rec: TrialRecord, keys: tuple[str, ...] | None = None) -> None:
         """Measure what a report needs of `rec`: its whole-set accuracy (if its evaluation stopped
@@ -217,10 +217,7 @@ class Tuner:
             out = self.evaluator.evaluate(model, f"trial {rec.trial} model")
             accuracy, samples = out.accuracy, out.samples
             rec.accuracy = accuracy
-        new = self.runner.measure(rec, model, keys)
-        rec.objective = self.runner.objective_value(rec)
-        self.history.measure(rec, accuracy=accuracy, samples=samples, metrics=new, objective=rec.objective,
-                             costs={"benchmark_s": rec.costs.get("benchmark_s", 0.0)})
+        self.runner.measure_recorded(self.history, rec, model, keys, accuracy=accuracy, samples=samples)
 
     def _finish(self, stop_reason: str, interrupted: bool) -> TuneResult:
         hib = self.criterion.hib
