@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.adaptors.base import Adaptor, batch_len, count_batches
+from lpot_research.adaptors.base import Adaptor, batch_len, batches
 from lpot_research.benchmark import Latency
 from lpot_research.models import ModelBundle
 from lpot_research.space import OpCapability, TuneConfig
@@ -111,7 +111,7 @@ class FakeAdaptor(Adaptor):
         return FakeModel(config)
 
     def take_inputs(self, loader: Any, n: int, what: str = "benchmark") -> Any:
-        return np.concatenate([x for x, _ in count_batches(loader, what)])[:n]
+        return np.concatenate([x for x, _ in batches(loader, what)])[:n]
 
     def predict(self, model: FakeModel, inputs: Any) -> Any:
         # evaluation batches: FakeBundle's evaluation data are ones (probes are zeros), 100 per batch (the

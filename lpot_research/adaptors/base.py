@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +15,7 @@ from lpot_research.batches import batch_len, batches, limited_batches
 from lpot_research.benchmark import Benchmark, Latency, measure
 from lpot_research.space import OpCapability, TuneConfig
 
-__all__ = ["Adaptor", "CalibrationCache", "batch_len", "count_batches", "limited_batches", "numpy_inputs",
+__all__ = ["Adaptor", "CalibrationCache", "batch_len", "batches", "limited_batches", "numpy_inputs",
            "take_numpy_inputs", "to_numpy"]
 T = TypeVar("T")
 
@@ -123,11 +123,6 @@ def _shared(directory: Path, key: Any, compute: Callable[[], T]) -> T:
             return value
         finally:
             lock.unlink(missing_ok=True)
-
-
-def count_batches(loader: Iterable[Any], what: str) -> Iterator[tuple[Any, Any]]:
-    """Iterate a dataloader's (inputs, labels) batches, raising a clear error if it yields nothing."""
-    return batches(loader, what)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -245,7 +240,7 @@ class Adaptor(ABC):
 
     def evaluate(self, model: Any, dataloader: Iterable[Any], metric: Any) -> float:
         metric.reset()
-        for inputs, labels in count_batches(dataloader, "evaluation"):
+        for inputs, labels in batches(dataloader, "evaluation"):
             metric.update(self.predict(model, inputs), labels)
         return float(metric.result())
 
