@@ -62,32 +62,28 @@ def test_empty_file_gets_a_header(tmp_path):
         History(tmp_path, "other")
 
 
-def test_a_history_without_its_header_is_refused(tmp_path):
-    """A modelsize run's bytes must never be read as a performance run's milliseconds."""
-    h = History(tmp_path, "key")
-    h.add(rec(1))
+def _drop_header(text):  # a modelsize run's bytes must never be read as a performance run's milliseconds
+    return "\n".join(text.splitlines()[1:]) + "\n"
+
+
+def _config_not_matching_its_id(text):
+    return text.replace('"a": {"dtype": "int8"}', '"a": {"dtype": "fp32"}')
+
+
+def _trial_repeated(text):
+    return text + text.splitlines()[1] + "\n"
+
+
+@pytest.mark.parametrize("tamper,needle", [
+    (_drop_header, "has no run header"),
+    (_config_not_matching_its_id, "line 2 has a config that does not match its config_id"),
+    (_trial_repeated, "line 3 is trial 1, expected 2"),
+])
+def test_a_tampered_history_is_refused(tmp_path, tamper, needle):
+    History(tmp_path, "key").add(rec(1))
     p = tmp_path / "history.jsonl"
-    p.write_text("\n".join(p.read_text().splitlines()[1:]) + "\n")
-    with pytest.raises(ConfigError, match="has no run header"):
-        History(tmp_path, "key")
-
-
-def test_a_config_that_does_not_match_its_id_is_refused(tmp_path):
-    h = History(tmp_path, "key")
-    h.add(rec(1))
-    p = tmp_path / "history.jsonl"
-    p.write_text(p.read_text().replace('"a": {"dtype": "int8"}', '"a": {"dtype": "fp32"}'))
-    with pytest.raises(ConfigError, match="line 2 has a config that does not match its config_id"):
-        History(tmp_path, "key")
-
-
-def test_a_gap_or_a_repeat_in_the_trials_is_refused(tmp_path):
-    h = History(tmp_path, "key")
-    h.add(rec(1))
-    p = tmp_path / "history.jsonl"
-    line = p.read_text().splitlines()[1]
-    p.write_text(p.read_text() + line + "\n")
-    with pytest.raises(ConfigError, match="line 3 is trial 1, expected 2"):
+    p.write_text(tamper(p.read_text()))
+    with pytest.raises(ConfigError, match=needle):
         History(tmp_path, "key")
 
 
