@@ -6,7 +6,9 @@ machine load changes during a run (the same config measured 0.50x and 1.23x in t
 scheme). Here each timed candidate run is paired with an FP32 run right beside it; the result is the
 median of the per-pair ratios, with the relative half-width of its confidence interval (order
 statistics of the median, ~95%) as its spread. Measurement stops once that spread is within
-`tolerance`, after at least `min_iterations` and at most `iterations` pairs.
+`tolerance`, after at least `min_iterations` and at most `iterations` pairs, or once `max_seconds` of
+timed runs are spent (a slow model on a loaded machine: 30 pairs of a 2.7 s FP32 run took 86 s for one
+trial); a measurement the time bound stopped says so (`Latency.bounded`) with the spread it reached.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Benchmark:
     iterations: int = 30
     min_iterations: int = 5
     tolerance: float = 0.03
+    max_seconds: float = 20.0  # of timed runs per measurement (pairs count both), after min_iterations
 
     def __post_init__(self) -> None:
         checks = (("batch_size", self.batch_size, 1), ("warmup", self.warmup, 0), ("iterations", self.iterations, 1),
@@ -41,6 +44,9 @@ class Benchmark:
                 raise ConfigError(f"benchmark.{key}={value!r} must be an int >= {low}")
         if not (isinstance(self.tolerance, int | float) and 0 < self.tolerance < 1):
             raise ConfigError(f"benchmark.tolerance={self.tolerance!r} must be a fraction in (0, 1), e.g. 0.03")
+        m = self.max_seconds
+        if isinstance(m, bool) or not (isinstance(m, int | float) and math.isfinite(m) and m > 0):
+            raise ConfigError(f"benchmark.max_seconds={m!r} must be seconds > 0, e.g. 20")
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,14 @@ class Latency:
     runs: int
     fp32_ms: float | None = None  # median of the FP32 runs interleaved with it
     ratio: float | None = None  # median of candidate/FP32 per pair
+    seconds: float = 0.0  # spent in timed runs
+    bounded: bool = False  # max_seconds stopped it before its spread reached the tolerance
 
     def as_metrics(self) -> dict[str, float]:
-        m = {"latency_ms": self.latency_ms, "latency_spread": self.spread, "latency_runs": float(self.runs)}
+        m = {"latency_ms": self.latency_ms, "latency_spread": self.spread, "latency_runs": float(self.runs),
+             "latency_seconds": round(self.seconds, 3)}
+        if self.bounded:
+            m["latency_bounded"] = 1.0
         if self.ratio is not None:
             m.update(latency_ratio=self.ratio, fp32_latency_ms=float(self.fp32_ms or 0.0))
         return m
@@ -83,6 +94,7 @@ def measure(run: Callable[[], Any], bench: Benchmark, reference: Callable[[], An
     refs: list[float] = []
     ratios: list[float] = []
     spread = math.inf
+    bounded = False
     while len(times) < bench.iterations:
         deadline.check()
         if reference is None:
@@ -99,7 +111,11 @@ def measure(run: Callable[[], Any], bench: Benchmark, reference: Callable[[], An
             spread = median_spread(ratios if reference is not None else times)
             if spread <= bench.tolerance:
                 break
+            if sum(times) + sum(refs) >= bench.max_seconds:
+                bounded = True
+                break
     med = statistics.median(times) * 1e3
+    spent = sum(times) + sum(refs)
     if reference is None:
-        return Latency(med, spread, len(times))
-    return Latency(med, spread, len(times), statistics.median(refs) * 1e3, statistics.median(ratios))
+        return Latency(med, spread, len(times), seconds=spent, bounded=bounded)
+    return Latency(med, spread, len(times), statistics.median(refs) * 1e3, statistics.median(ratios), spent, bounded)

@@ -114,6 +114,7 @@ class BenchmarkSettings:
     iterations: int = Benchmark.iterations
     min_iterations: int = Benchmark.min_iterations
     tolerance: float = Benchmark.tolerance
+    max_seconds: float = Benchmark.max_seconds
 
     def __post_init__(self) -> None:
         self.build(1)  # the checks

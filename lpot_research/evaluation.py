@@ -43,14 +43,14 @@ class Outcome:
     scores: np.ndarray | None = None  # per-sample scores by sample index (NaN where not scored)
 
 
-def progress(items: Any, what: str, total: int | None = None) -> Any:
-    """A progress bar over evaluation batches on a terminal, shown when the evaluation lasts more than a
-    few seconds (none in logs and CI: tqdm turns itself off when stderr is not a terminal)."""
+def progress(items: Any, what: str, total: int | None = None, unit: str = "batch") -> Any:
+    """A progress bar on a terminal (evaluation batches, sensitivity ops), shown when the work lasts more
+    than a few seconds (none in logs and CI: tqdm turns itself off when stderr is not a terminal)."""
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm comes with optuna
         return items
-    return tqdm(items, desc=what, total=total, delay=3, leave=False, disable=None, unit="batch")
+    return tqdm(items, desc=what, total=total, delay=3, leave=False, disable=None, unit=unit)
 
 
 def check_metric(metric: Any) -> None:

@@ -134,6 +134,7 @@ class History:
         self.ahead: dict[str, TrialRecord] = {}  # finished ahead of their turn, by config id
         self.ahead_written = 0  # `ahead` lines in the file (most became trials since)
         self.analysis: dict[str, Any] = {}
+        self.analysis_seconds: dict[str, float] = {}  # what each analysis cost to compute (its last record)
         self._load()
 
     @classmethod
@@ -222,6 +223,8 @@ class History:
             self.stopped.append(rec)
         elif kind == "analysis":
             self.analysis[str(rec.get("key"))] = rec.get("value")
+            if isinstance(rec.get("seconds"), int | float):
+                self.analysis_seconds[str(rec.get("key"))] = float(rec["seconds"])
         else:
             raise self._corrupt(number, f"has an unknown kind {kind!r}")
 
@@ -298,6 +301,12 @@ class History:
         self._append({"kind": "stopped", **info})
         self.stopped.append(info)
 
-    def add_analysis(self, key: str, value: Any) -> None:
-        self._append({"kind": "analysis", "key": key, "value": value})
+    def add_analysis(self, key: str, value: Any, seconds: float | None = None) -> None:
+        """A result that is not a trial; `seconds`: what computing it cost (a run's costs add them up; a
+        record that extends an earlier one under the same key gives the total)."""
+        obj = {"kind": "analysis", "key": key, "value": value}
+        if seconds is not None:
+            obj["seconds"] = round(float(seconds), 3)
+            self.analysis_seconds[key] = float(obj["seconds"])
+        self._append(obj)
         self.analysis[key] = value

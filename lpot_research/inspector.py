@@ -38,6 +38,26 @@ def _flat(outputs: Any) -> np.ndarray:
     return np.asarray(to_numpy(outputs), dtype=np.float64).ravel()
 
 
+class ProgressMeter:
+    """A progress line in the log for work that is not trials (ops done / total, elapsed, ETA): after
+    the first step, then at most every `every` seconds, and at the end."""
+
+    def __init__(self, what: str, total: int, done: int = 0, every: float = 10.0) -> None:
+        self.what, self.total, self.done, self.every = what, total, done, every
+        self.t0 = self.last = time.perf_counter()
+        self.start = done
+
+    def step(self) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if self.done - self.start == 1 or self.done >= self.total or now - self.last >= self.every:
+            self.last = now
+            elapsed = now - self.t0
+            rate = elapsed / (self.done - self.start)
+            eta = f", ETA {rate * (self.total - self.done):.0f} s" if self.done < self.total else ""
+            log.info("%s: %d/%d ops, %.1f s elapsed%s", self.what, self.done, self.total, elapsed, eta)
+
+
 def normalized_mse(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.mean((ref - got) ** 2) / (np.mean(ref ** 2) + 1e-12))
 
@@ -87,7 +107,7 @@ class Inspector:
             return {}
         errors = {n: normalized_mse(np.asarray(ref[n], np.float64).ravel(), np.asarray(got[n], np.float64).ravel())
                   for n in names}
-        self.history.add_analysis(key, errors)
+        self.history.add_analysis(key, errors, time.perf_counter() - t0)
         top = sorted(errors.items(), key=lambda kv: -kv[1])[:5]
         log.info("per-op output error vs FP32 (%.1f s), largest: %s", time.perf_counter() - t0,
                  ", ".join(f"{n} {e:.2e}" for n, e in top))
@@ -110,17 +130,23 @@ class Inspector:
         return np.concatenate([_flat(self.adaptor.predict(model, take(probe, np.arange(i, min(i + PROBE_BATCH, n)))))
                                for i in range(0, n, PROBE_BATCH)])
 
-    def distances(self, base: TuneConfig, names: list[str]) -> dict[str, float]:
-        """For each op of `names`: `distance` of `base` with only that op quantized (inf: it does not)."""
+    def distances(self, base: TuneConfig, names: list[str], done: int = 0, total: int | None = None
+                  ) -> dict[str, float]:
+        """For each op of `names`: `distance` of `base` with only that op quantized (inf: it does not).
+        Progress (`done` of `total` ops before these) goes to the log and, on a terminal, a bar."""
+        from lpot_research.evaluation import progress
+
         fp32 = {n: OpChoice("fp32") for n, _ in base.ops}
+        meter = ProgressMeter("per-op sensitivity", total or len(names), done)
         out = {}
-        for n in names:
+        for n in progress(names, "sensitivity", len(names), unit="op"):
             alone = base.with_ops({m: c for m, c in fp32.items() if m != n})
             try:
                 out[n] = self.distance(self.quantize(alone), base.sampling_size)
             except Exception as e:  # an op that does not quantize: it falls back first
                 log.debug("sensitivity of %s: %s", n, e)
                 out[n] = float("inf")
+            meter.step()
         return out
 
     def sensitivity(self, base: TuneConfig, ops: list[str]) -> dict[str, float]:
@@ -138,8 +164,10 @@ class Inspector:
         missing = [n for n in ops if n not in known]
         if missing:
             t0 = time.perf_counter()
+            log.info("per-op sensitivity: %d op(s) to quantize one at a time (%d known)", len(missing), len(known))
             known.update(self.spread(base, missing) if self.spread is not None else self.distances(base, missing))
-            self.history.add_analysis(key, known)
+            self.history.add_analysis(key, known, self.history.analysis_seconds.get(key, 0.0)
+                                      + time.perf_counter() - t0)
             total = sum(v for v in known.values() if v != float("inf")) or 1.0
             top = sorted(known.items(), key=lambda kv: -kv[1])[:5]
             log.info("per-op sensitivity (output error vs FP32 with the op alone quantized, on %d probe samples; "

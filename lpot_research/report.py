@@ -14,7 +14,8 @@ from lpot_research.ranking import pareto_front, within_noise
 from lpot_research.space import TuneConfig, TuningSpace
 
 log = logging.getLogger("lpot_research")
-COSTS = ("calibrate_s", "quantize_s", "evaluate_s", "benchmark_s")
+COSTS = ("calibrate_s", "quantize_s", "evaluate_s", "benchmark_s")  # a trial's (and the baseline's) steps
+TIMED = (*COSTS, "analysis_s")  # plus per-op analyses (sensitivity, output errors): what the run timed
 
 
 def _fmt_ratio(x: float | None) -> str:
@@ -28,17 +29,37 @@ def fallback_ops(space: TuningSpace, config: dict[str, Any]) -> dict[str, str]:
     return {n: d for n, d in TuneConfig.from_dict(config).fallback_ops.items() if n in space.quantizable}
 
 
-def cost_totals(trials: list[TrialRecord], baseline: dict[str, Any]) -> dict[str, Any]:
-    """Seconds per step over the whole run (baseline included), samples evaluated, full evaluations."""
+def cost_totals(trials: list[TrialRecord], baseline: dict[str, Any], analysis_seconds: dict[str, float],
+                elapsed: float, workers: int = 1) -> dict[str, Any]:
+    """Seconds per step over the whole run (baseline and analyses included), samples evaluated, full
+    evaluations; `other_s`: the wall time no step accounts for (start-up, the strategy's own work,
+    serialization, reporting). With parallel workers the steps are summed over processes (worker
+    seconds), so they are not parts of the wall time and `other_s` is None."""
     totals = {k: sum(t.costs.get(k, 0.0) for t in trials) for k in COSTS}
     for k, v in (baseline.get("costs") or {}).items():
         totals[k] = totals.get(k, 0.0) + v
+    totals["analysis_s"] = sum(analysis_seconds.values())
     ok = [t for t in trials if t.ok]
+    # a resumed run's clock misses what a killed session spent after its last record (it may have
+    # finished an analysis then), hence the floor at 0
+    other = max(0.0, elapsed - sum(totals[k] for k in TIMED)) if workers == 1 else None
     return {**{k: round(v, 3) for k, v in totals.items()},
+            "other_s": None if other is None else round(other, 3), "workers": workers,
             "samples_evaluated": sum(t.samples or 0 for t in ok) or None,
             "full_evaluations": sum(t.accuracy is not None for t in ok),
             "rejected_early": sum(t.rejected for t in ok),
             "benchmarked": sum("latency_ms" in t.metrics for t in trials)}
+
+
+def cost_line(c: dict[str, Any]) -> str:
+    """Where the time went, in one line (the closing log and report.md)."""
+    other = (f", other {c['other_s']:.1f} s" if c.get("other_s") is not None
+             else f" (worker seconds over {c.get('workers')} processes)")
+    return (f"calibration {c['calibrate_s']:.1f} s, quantization {c['quantize_s']:.1f} s, evaluation "
+            f"{c['evaluate_s']:.1f} s ({c['full_evaluations']} whole-set, {c['rejected_early']} stopped early"
+            + (f", {c['samples_evaluated']} samples" if c["samples_evaluated"] else "")
+            + f"), benchmark {c['benchmark_s']:.1f} s ({c['benchmarked']} trials timed), per-op analysis "
+            f"{c.get('analysis_s', 0.0):.1f} s{other}")
 
 
 def latency_rivals(trials: list[TrialRecord], best: TrialRecord, baseline: dict[str, Any]) -> list[TrialRecord]:
@@ -67,7 +88,7 @@ class Reporter:
             fb = fallback_ops(space, best.config)
             best_d = {
                 "trial": best.trial, "config_id": best.config_id, "accuracy": best.accuracy,
-                **{k: best.metrics.get(k) for k in ("latency_ms", "latency_spread", "size_bytes")},
+                **{k: best.metrics.get(k) for k in ("latency_ms", "latency_spread", "fp32_latency_ms", "size_bytes")},
                 "objective": best.objective,
                 "latency_ratio": metric_ratio(best, b, "latency_ms"),
                 "size_ratio": metric_ratio(best, b, "size_bytes"),
@@ -93,7 +114,7 @@ class Reporter:
             "stop_reason": stop_reason,
             "stopped_trials": run.history.stopped,
             "elapsed_s": round(elapsed, 3),
-            "costs": cost_totals(trials, b),
+            "costs": cost_totals(trials, b, run.history.analysis_seconds, elapsed, run.trials.workers),
             "evaluation": {"kind": run.evaluator.kind, "samples": run.evaluator.samples,
                            "ranking_samples": run.evaluator.ranking_size,
                            "early_stop": run.evaluator.early_stop and run.evaluator.per_sample},
@@ -142,26 +163,29 @@ class Reporter:
     def log(self, s: dict[str, Any], best: TrialRecord | None) -> None:
         run = self.run
         b = run.baseline
-        rows = [("FP32", "baseline", b["accuracy"], b.get("latency_ms"), 1.0, b.get("size_bytes"), "")]
+        spread = b.get("latency_spread")
+        rows = [("FP32", "baseline", b["accuracy"], b.get("latency_ms"), None, 1.0, b.get("size_bytes"),
+                 f"(timed alone at the start, +-{spread:.0%})" if spread is not None and spread < 10 else "")]
         shown = {best.trial} if best else set()
         if best:
             rows.append((f"#{best.trial}", "best", best.shown_accuracy, best.metrics.get("latency_ms"),
-                         metric_ratio(best, b, "latency_ms"), best.metrics.get("size_bytes"), best.note))
+                         best.metrics.get("fp32_latency_ms"), metric_ratio(best, b, "latency_ms"),
+                         best.metrics.get("size_bytes"), best.note))
         for p in pareto_front(run.history.trials, run.criterion.hib):
             if p.trial not in shown:
                 shown.add(p.trial)
                 rows.append((f"#{p.trial}", "pareto", p.accuracy, p.metrics.get("latency_ms"),
-                             metric_ratio(p, b, "latency_ms"), p.metrics.get("size_bytes"), p.note))
-        lines = [f"{'trial':>6} {'role':<8} {'accuracy':>9} {'latency ms':>11} {'vs fp32':>8} {'size MB':>8}  config"]
-        for t, role, acc, lat, ratio, size, note in rows:
-            lines.append(f"{t:>6} {role:<8} {acc if acc is not None else float('nan'):>9.4f} "
-                         f"{lat if lat is not None else float('nan'):>11.3f} {_fmt_ratio(ratio):>8} "
-                         f"{(size or 0) / 1e6:>8.3f}  {note}")
-        c = s["costs"]
-        lines.append(f"time: calibration {c['calibrate_s']:.1f} s, quantization {c['quantize_s']:.1f} s, evaluation "
-                     f"{c['evaluate_s']:.1f} s ({c['full_evaluations']} full, {c['rejected_early']} stopped early"
-                     + (f", {c['samples_evaluated']} samples" if c["samples_evaluated"] else "")
-                     + f"), benchmark {c['benchmark_s']:.1f} s ({c['benchmarked']} trials)")
+                             p.metrics.get("fp32_latency_ms"), metric_ratio(p, b, "latency_ms"),
+                             p.metrics.get("size_bytes"), p.note))
+        nan = float("nan")
+        # a trial's FP32 ms is the FP32 model's median in the same interleaved pairs as its ratio
+        lines = [f"{'trial':>6} {'role':<8} {'accuracy':>9} {'latency ms':>11} {'fp32 ms':>10} {'vs fp32':>8} "
+                 f"{'size MB':>8}  config"]
+        for t, role, acc, lat, fp32, ratio, size, note in rows:
+            lines.append(f"{t:>6} {role:<8} {acc if acc is not None else nan:>9.4f} "
+                         f"{lat if lat is not None else nan:>11.3f} {fp32 if fp32 is not None else nan:>10.3f} "
+                         f"{_fmt_ratio(ratio):>8} {(size or 0) / 1e6:>8.3f}  {note}")
+        lines.append(f"time: {cost_line(s['costs'])}")
         log.info("tuning finished: %s; %d trial(s) (%d failed) in %.1f s\n%s", s["stop_reason"], s["trials"],
                  s["failed_trials"], s["elapsed_s"], "\n".join(lines))
         if best is None:
@@ -246,6 +270,10 @@ def tuning_curve(path: Path, summary: dict[str, Any], trials: list[TrialRecord])
     plt.close(fig)
 
 
+def _pm(spread: float | None) -> str:
+    return f" +-{spread:.0%}" if spread is not None and spread < 10 else ""
+
+
 def write_report(out: Path, s: dict[str, Any], trials: list[TrialRecord]) -> None:
     """report.md: the run for people, with the numbers of summary.json and the tuning curve."""
     b, best, c = s["baseline"], s["best"], s["costs"]
@@ -268,28 +296,24 @@ def write_report(out: Path, s: dict[str, Any], trials: list[TrialRecord]) -> Non
         f"- result: {'met the criterion' if s['met_criterion'] else 'did NOT meet the criterion'}; "
         f"{s['trials']} trial(s), {s['failed_trials']} failed, in {s['elapsed_s']:.1f} s; stop: {s['stop_reason']}",
         "",
-        "| | accuracy | latency ms | vs FP32 | size MB | size vs FP32 |",
-        "|---|---|---|---|---|---|",
-        f"| FP32 baseline | {b['accuracy']:.4f} | {b.get('latency_ms', float('nan')):.3f} | 1.00x | "
-        f"{b['size_bytes'] / 1e6:.3f} | 1.00x |",
+        "| | accuracy | latency ms | FP32 ms in the same pairs | vs FP32 | size MB | size vs FP32 |",
+        "|---|---|---|---|---|---|---|",
+        f"| FP32 baseline (timed alone at the start{_pm(b.get('latency_spread'))}) | {b['accuracy']:.4f} | "
+        f"{b.get('latency_ms', float('nan')):.3f} | - | 1.00x | {b['size_bytes'] / 1e6:.3f} | 1.00x |",
     ]
     if best:
-        lat = best.get("latency_ms")
-        spread = best.get("latency_spread")
+        lat, fp32 = best.get("latency_ms"), best.get("fp32_latency_ms")
         lines.append(f"| best (trial {best['trial']}) | {best['accuracy']:.4f} | "
-                     f"{'-' if lat is None else f'{lat:.3f}'} | {ratio(best['latency_ratio'])}"
-                     + (f" +-{spread:.0%}" if spread is not None and spread < 1 else "")
-                     + f" | {(best['size_bytes'] or 0) / 1e6:.3f} | {ratio(best['size_ratio'])} |")
+                     f"{'-' if lat is None else f'{lat:.3f}'} | {'-' if fp32 is None else f'{fp32:.3f}'} | "
+                     f"{ratio(best['latency_ratio'])}{_pm(best.get('latency_spread'))}"
+                     f" | {(best['size_bytes'] or 0) / 1e6:.3f} | {ratio(best['size_ratio'])} |")
         lines += ["", f"Quantized ops: {best['quantized_ops']}; fallback ops: "
                   + (", ".join(f"`{n}` ({d})" for n, d in best["fallback_dtypes"].items()) or "none")]
         if best.get("within_noise"):
             lines += ["", "Within measurement noise of the best's latency: trial(s) "
                       + ", ".join(str(t) for t in best["within_noise"])]
-    lines += ["", curve, "## Where the time went", "",
-              f"calibration {c['calibrate_s']:.1f} s, quantization {c['quantize_s']:.1f} s, evaluation "
-              f"{c['evaluate_s']:.1f} s ({c['full_evaluations']} whole-set evaluations, {c['rejected_early']} stopped "
-              f"early, {c['samples_evaluated'] or '-'} samples), benchmark {c['benchmark_s']:.1f} s "
-              f"({c['benchmarked']} trials timed)", "", "## Trials", "",
+    lines += ["", curve, "## Where the time went", "", f"{cost_line(c)}; wall time {s['elapsed_s']:.1f} s", "",
+              "## Trials", "",
               "| trial | configuration | accuracy | passed | latency vs FP32 | seconds |", "|---|---|---|---|---|---|"]
     for t in trials:
         lines.append(f"| {t.trial} | {t.note or t.config_id} | {_acc(t)} | {'yes' if t.passed else 'no'} | "

@@ -214,7 +214,9 @@ class Tuner:
         model = self._model_of(rec)
         accuracy = samples = None
         if rec.accuracy is None:
+            t0 = time.perf_counter()
             out = self.evaluator.evaluate(model, f"trial {rec.trial} model")
+            rec.costs["evaluate_s"] = rec.costs.get("evaluate_s", 0.0) + time.perf_counter() - t0
             accuracy, samples = out.accuracy, out.samples
             rec.accuracy = accuracy
         self.runner.measure_recorded(self.history, rec, model, keys, accuracy=accuracy, samples=samples)

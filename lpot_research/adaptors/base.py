@@ -38,14 +38,19 @@ class CalibrationCache:
         self.passes = 0
         self.seconds = 0.0
         self.share: str | None = None
+        self._depth = 0  # computations in progress: a nested one (a window search that needs the
+        # histograms) is timed by the outer one only, so `seconds` never exceeds the wall time
 
     def _run(self, compute: Callable[[], T], data_pass: bool = True) -> T:
         t0 = time.perf_counter()
+        self._depth += 1
         try:
             return compute()
         finally:
+            self._depth -= 1
             self.passes += data_pass
-            self.seconds += time.perf_counter() - t0
+            if self._depth == 0:
+                self.seconds += time.perf_counter() - t0
 
     def get(self, key: Any, compute: Callable[[], T], data_pass: bool = True) -> T:
         """`data_pass=False`: `compute` derives from cached statistics (e.g. a window search on cached
