@@ -289,7 +289,8 @@ def test_every_run_writes_a_report_with_the_summary_numbers(tmp_path):
     res = run_fake(tmp_path, FakeAdaptor(ops=4), BasicStrategy())
     s = res.summary
     report = (tmp_path / "report.md").read_text()
-    assert f"| FP32 baseline | {s['baseline']['accuracy']:.4f} |" in report
+    spread = s["baseline"]["latency_spread"]
+    assert f"| FP32 baseline (timed alone at the start +-{spread:.0%}) | {s['baseline']['accuracy']:.4f} |" in report
     assert f"| best (trial {s['best']['trial']}) | {s['best']['accuracy']:.4f} |" in report
     assert f"{s['trials']} trial(s), {s['failed_trials']} failed" in report and s["stop_reason"] in report
     rows = [x for x in report.splitlines() if x.startswith("| ") and x.split("|")[1].strip().isdigit()]
