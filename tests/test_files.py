@@ -130,7 +130,8 @@ def test_an_mxnet_checkpoint_with_a_csv_of_files(tmp_path, digits):
 def check_report(run: Path, s: dict) -> None:
     """report.md holds the summary's numbers, one row per trial, and the curve when there is one."""
     report = (run / "report.md").read_text()
-    assert f"| FP32 baseline | {s['baseline']['accuracy']:.4f} |" in report
+    fp32_row = next(x for x in report.splitlines() if x.startswith("| FP32 baseline (timed alone at the start"))
+    assert f") | {s['baseline']['accuracy']:.4f} | {s['baseline']['latency_ms']:.3f} |" in fp32_row
     assert f"| best (trial {s['best']['trial']}) | {s['best']['accuracy']:.4f} |" in report
     assert f"{s['trials']} trial(s), {s['failed_trials']} failed" in report and s["stop_reason"] in report
     trial_rows = report.split("## Trials", 1)[1].count("\n| ") - 1  # rows under the table's header
