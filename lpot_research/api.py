@@ -14,7 +14,7 @@ from typing import Any
 from lpot_research.adaptors import FRAMEWORKS, make_adaptor
 from lpot_research.adaptors.base import Adaptor, numpy_inputs
 from lpot_research.callbacks import Callback, ProgressLog, TensorBoardCallback, TrackerCallback
-from lpot_research.config import Settings, load_settings
+from lpot_research.config import ExitPolicy, Settings, load_settings
 from lpot_research.cpu import cpu_info
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.errors import ConfigError
@@ -27,7 +27,7 @@ from lpot_research.space import stable_hash
 from lpot_research.strategies import STRATEGIES, Strategy, make_strategy
 from lpot_research.tracking import Tracker
 from lpot_research.trial import TrialRunner, one_line
-from lpot_research.tuner import ExitPolicy, Tuner, TuneResult
+from lpot_research.tuner import Tuner, TuneResult
 
 log = logging.getLogger("lpot_research")
 
@@ -148,8 +148,8 @@ def tune(
         settings = load_settings({**_asdict(settings), "accuracy_criterion": dict(accuracy_criterion)})
     if exit_policy is not None and not isinstance(exit_policy, ExitPolicy):
         settings = load_settings({**_asdict(settings), "exit_policy": dict(exit_policy)})
-    crit = accuracy_criterion if isinstance(accuracy_criterion, AccuracyCriterion) else settings.criterion()
-    ex = exit_policy if isinstance(exit_policy, ExitPolicy) else settings.exit()
+    crit = accuracy_criterion if isinstance(accuracy_criterion, AccuracyCriterion) else settings.accuracy_criterion
+    ex = exit_policy if isinstance(exit_policy, ExitPolicy) else settings.exit_policy
     q, seed = settings.quantization, settings.random_seed
     out = _output_dir(output_dir, resume)
     _default_logging()

@@ -16,16 +16,10 @@ from typing import Any, Dict, Optional  # noqa: UP035 - OmegaConf reads these fo
 from lpot_research.benchmark import Benchmark
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.errors import ConfigError
+from lpot_research.space import check_approach
 
 DEFAULT_SEED = 9527
-APPROACHES = ("post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training")
 LOSSES = ("cross_entropy", "mse")
-
-
-def exit_policy_cls() -> type:
-    from lpot_research.tuner import ExitPolicy
-
-    return ExitPolicy
 
 
 @dataclass
@@ -82,8 +76,7 @@ class Quantization:
     qat: QAT = field(default_factory=QAT)
 
     def __post_init__(self) -> None:
-        if self.approach not in APPROACHES:
-            raise ConfigError(f"quantization.approach={self.approach!r} is unknown; valid choices: {list(APPROACHES)}")
+        check_approach(self.approach)
 
     @property
     def sampling_sizes(self) -> list[Any]:
@@ -125,23 +118,21 @@ class BenchmarkSettings:
         return Benchmark(**d)
 
 
-@dataclass
-class ExitPolicySettings:
-    timeout: float = 0  # seconds, each trial included; 0 = stop at the first configuration that passes
-    max_trials: int = 100  # evaluated configurations (repeats answered from history do not count)
+@dataclass(frozen=True)
+class ExitPolicy:
+    """timeout: seconds of wall clock, each trial included (0 = stop at the first config that meets the
+    criterion); max_trials: evaluated configurations (repeats answered from history do not count)."""
+
+    timeout: float = 0
+    max_trials: int = 100
 
     def __post_init__(self) -> None:
-        exit_policy_cls()(self.timeout, self.max_trials)
-
-
-@dataclass
-class CriterionSettings:
-    kind: str = "relative"  # relative: acc >= base*(1-tol); absolute: acc >= base - tol (mirrored if lower is better)
-    tolerance: float = 0.01
-    higher_is_better: Optional[bool] = None  # noqa: UP045 - None = the metric's own direction
-
-    def __post_init__(self) -> None:
-        AccuracyCriterion(self.kind, self.tolerance, self.higher_is_better)
+        t = self.timeout
+        if isinstance(t, bool) or not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
+            raise ConfigError(f"exit_policy.timeout={t!r} must be seconds >= 0 (0 = stop at the first passing "
+                              "config)")
+        if not isinstance(self.max_trials, int) or isinstance(self.max_trials, bool) or self.max_trials < 1:
+            raise ConfigError(f"exit_policy.max_trials={self.max_trials!r} must be an int >= 1")
 
 
 BACKENDS = ("loky", "dask")
@@ -173,8 +164,8 @@ class Settings:
     """Every tuning key of conf/tune.yaml and of the API's `config` (the component groups aside)."""
 
     quantization: Quantization = field(default_factory=Quantization)
-    accuracy_criterion: CriterionSettings = field(default_factory=CriterionSettings)
-    exit_policy: ExitPolicySettings = field(default_factory=ExitPolicySettings)
+    accuracy_criterion: AccuracyCriterion = field(default_factory=AccuracyCriterion)
+    exit_policy: ExitPolicy = field(default_factory=ExitPolicy)
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     evaluation: Evaluation = field(default_factory=Evaluation)
     parallel: Parallel = field(default_factory=Parallel)
@@ -187,13 +178,6 @@ class Settings:
             raise ConfigError(f"threads={self.threads!r} must be an int >= 1")
         if not isinstance(self.random_seed, int) or isinstance(self.random_seed, bool) or self.random_seed < 0:
             raise ConfigError(f"random_seed={self.random_seed!r} must be an int >= 0")
-
-    def criterion(self) -> AccuracyCriterion:
-        c = self.accuracy_criterion
-        return AccuracyCriterion(c.kind, c.tolerance, c.higher_is_better)
-
-    def exit(self) -> Any:
-        return exit_policy_cls()(self.exit_policy.timeout, self.exit_policy.max_trials)
 
 
 @dataclass
@@ -217,9 +201,23 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    node = OmegaConf.structured(CliSettings)
+    node = schema(CliSettings)
     OmegaConf.set_struct(node.quantization.op_wise, False)
     ConfigStore.instance().store(name="tune_schema", node=node)
+
+
+def schema(cls: type) -> Any:
+    """`cls` as an OmegaConf node whose values can be set. The settings' frozen types (AccuracyCriterion,
+    ExitPolicy: the objects the run uses, checked when built) would make their nodes read-only."""
+    from omegaconf import DictConfig, OmegaConf
+
+    node = OmegaConf.structured(cls)
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        OmegaConf.set_readonly(n, None)  # the flag of its parent (none: writable)
+        todo += [n._get_node(k) for k in n if isinstance(n._get_node(k), DictConfig)]
+    return node
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -264,7 +262,7 @@ def load_settings(mapping: Any) -> Settings:
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    base = OmegaConf.structured(Settings)
+    base = schema(Settings)
     try:
         if isinstance(mapping, DictConfig):
             mapping = OmegaConf.to_container(mapping, resolve=True)

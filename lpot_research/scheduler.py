@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lpot_research.config import ExitPolicy, Parallel
 from lpot_research.deadline import TrialTimeout, deadline
 from lpot_research.errors import ConfigError, LpotError
 from lpot_research.history import History, TrialRecord
@@ -238,7 +239,7 @@ class DaskPool(Pool):
             self.cluster.close()
 
 
-def make_pool(runner: TrialRunner, parallel: Any, threads: int) -> Pool:
+def make_pool(runner: TrialRunner, parallel: Parallel, threads: int) -> Pool:
     if parallel.backend == "dask":
         return DaskPool(runner, parallel.workers, threads, parallel.address)
     return LokyPool(runner, parallel.workers, threads)
@@ -262,10 +263,10 @@ class TrialScheduler:
 
     runner: TrialRunner
     history: History
-    exit: Any  # lpot_research.tuner.ExitPolicy
+    exit: ExitPolicy
     elapsed: Callable[[], float]
     on_record: Callable[[TrialRecord, Any], None]
-    parallel: Any = None  # lpot_research.config.Parallel (None: serial)
+    parallel: Parallel | None = None  # None: serial
     threads: int = 1
     pool: Pool | None = None
     repeats: int = 0

@@ -421,6 +421,11 @@ def match_op_wise(op_names: Iterable[str], op_wise: Mapping[str, Any] | None) ->
     return result
 
 
+def check_approach(approach: str) -> None:
+    if approach not in APPROACHES:
+        raise ConfigError(f"quantization.approach={approach!r} is unknown; valid choices: {list(APPROACHES)}")
+
+
 def build_space(
     capabilities: list[OpCapability],
     approach: str,
@@ -429,8 +434,7 @@ def build_space(
     op_wise: Mapping[str, Any] | None = None,
 ) -> TuningSpace:
     """Capabilities ∩ model_wise ∩ op_wise. Every bad value raises a ConfigError naming it."""
-    if approach not in APPROACHES:
-        raise ConfigError(f"quantization.approach={approach!r} is unknown; valid choices: {list(APPROACHES)}")
+    check_approach(approach)
     sizes = _as_list(sampling_size) or []
     if not sizes or any(not isinstance(s, int) or isinstance(s, bool) or s <= 0 for s in sizes):
         raise ConfigError(

@@ -12,7 +12,6 @@ is evaluated twice and the same seed ends as an uninterrupted run does. `TrialSc
 from __future__ import annotations
 
 import logging
-import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from lpot_research.callbacks import Callback
+from lpot_research.config import ExitPolicy, Parallel
 from lpot_research.cpu import cpu_info
-from lpot_research.errors import ConfigError, LpotError
+from lpot_research.criterion import AccuracyCriterion
+from lpot_research.errors import LpotError
 from lpot_research.history import History, TrialRecord
 from lpot_research.inspector import Inspector
+from lpot_research.objectives import Objective
 from lpot_research.ranking import better, rank_key
 from lpot_research.report import Reporter
 from lpot_research.scheduler import Stop, TrialScheduler
@@ -33,23 +35,6 @@ from lpot_research.trial import TrialRunner, one_line
 
 log = logging.getLogger("lpot_research")
 PARETO_MEASURED = 3  # when nothing passes, the most accurate trials measured for the Pareto front
-
-
-@dataclass(frozen=True)
-class ExitPolicy:
-    """timeout: seconds of wall clock, each trial included (0 = stop at the first config that meets the
-    criterion); max_trials: evaluated configurations (repeats answered from history do not count)."""
-
-    timeout: float = 0
-    max_trials: int = 100
-
-    def __post_init__(self) -> None:
-        t = self.timeout
-        if isinstance(t, bool) or not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
-            raise ConfigError(f"exit_policy.timeout={t!r} must be seconds >= 0 (0 = stop at the first passing "
-                              "config)")
-        if not isinstance(self.max_trials, int) or isinstance(self.max_trials, bool) or self.max_trials < 1:
-            raise ConfigError(f"exit_policy.max_trials={self.max_trials!r} must be an int >= 1")
 
 
 @dataclass
@@ -74,15 +59,15 @@ class Tuner:
     inspector: Inspector
     history: History
     space_settings: dict[str, Any]  # approach, sampling_sizes, model_wise, op_wise
-    criterion: Any
-    objective: Any
+    criterion: AccuracyCriterion
+    objective: Objective
     exit: ExitPolicy
     example_inputs: Any
     out: Path
     names: dict[str, str]
     callbacks: list[Callback] = field(default_factory=list)
     resume_hint: str = ""
-    parallel: Any = None  # lpot_research.config.Parallel (None: one trial at a time, in this process)
+    parallel: Parallel | None = None  # None: one trial at a time, in this process
     threads: int = 1
 
     def __post_init__(self) -> None:
