@@ -23,6 +23,7 @@ from pathlib import Path
 from _common import load_bundle
 
 import lpot_research  # noqa: E402
+from lpot_research.config import DEFAULT_SEED  # noqa: E402
 from lpot_research.history import History  # noqa: E402
 from lpot_research.strategies import BUILTIN  # noqa: E402
 
@@ -35,7 +36,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=0, help="seconds per strategy; 0 = stop at first pass")
     ap.add_argument("--algorithm", default="minmax",
                     help="activation calibration(s) allowed, comma-separated ('' = framework defaults)")
-    ap.add_argument("--seed", type=int, default=9527)
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary dir)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

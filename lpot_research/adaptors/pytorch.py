@@ -41,7 +41,7 @@ from lpot_research.config import QAT
 from lpot_research.cpu import cpu_info
 from lpot_research.errors import ConfigError
 from lpot_research.objectives import peak_rss_increase
-from lpot_research.space import OpCapability, OpChoice, TuneConfig
+from lpot_research.space import APPROACHES, OpCapability, OpChoice, TuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ LOSSES = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse
 
 class PyTorchAdaptor(Adaptor):
     name = "pytorch"
-    approaches = ("post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training")
+    approaches = APPROACHES  # QAT too
 
     def __init__(self, backend: str = "x86", threads: int | None = None, reduce_range: bool | None = None) -> None:
         self.backend = backend
