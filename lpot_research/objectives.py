@@ -12,19 +12,10 @@ import ctypes
 import gc
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from lpot_research.benchmark import Benchmark  # what `measure` receives (user objectives import it from here)
 from lpot_research.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """How latency is measured: a fixed batch, warm-up runs, then the median of timed runs."""
-
-    batch_size: int = 32
-    warmup: int = 5
-    iterations: int = 30
 
 
 class Objective:
