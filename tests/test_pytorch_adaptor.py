@@ -253,14 +253,17 @@ def test_saved_model_loads_in_plain_pytorch_and_matches(adaptor, bundle, tmp_pat
         np.testing.assert_allclose(out, np.load({str(tmp_path / 'expected.npy')!r}), rtol=0, atol=1e-5)
         print("ok")
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
 def test_footprint_and_latency_are_measured(adaptor, bundle):
-    x = adaptor.take_inputs(bundle.eval_dataloader, 32)
-    assert adaptor.latency_ms(bundle.model, x, 1, 3) > 0
-    assert adaptor.footprint_bytes(bundle.model, x) > 0
+    """Both grow with what the model runs on: 16 times the batch is more time and more memory. The footprint
+    runs a copy of the model, so it holds at least the model's parameters."""
+    small, big = adaptor.take_inputs(bundle.eval_dataloader, 4), adaptor.take_inputs(bundle.eval_dataloader, 64)
+    assert 0 < adaptor.latency_ms(bundle.model, small, 1, 3) < adaptor.latency_ms(bundle.model, big, 1, 3)
+    params = sum(p.numel() * p.element_size() for p in bundle.model.parameters())
+    assert params < adaptor.footprint_bytes(bundle.model, small) < adaptor.footprint_bytes(bundle.model, big)
 
 
 def test_unknown_backend_is_named(bundle):
