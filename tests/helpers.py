@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,16 @@ def run_fake(tmp_path: Any, adaptor: FakeAdaptor | None = None, strategy: Any = 
 def trials(run_dir) -> list:
     """The trial records of a run dir, read through History (never by hand)."""
     return History.read(getattr(run_dir, "output_dir", run_dir)).trials
+
+
+def history_so_far(run_dir) -> History | None:
+    """The record of a run that may still be running, or None before its first line (the run header) is
+    complete. Anything else that stops the read (a corrupt line, a trial out of order) fails the caller: only
+    a history not yet begun counts as empty. A read-only read drops a line still being written."""
+    path = Path(run_dir) / History.FILENAME
+    if not path.exists() or b"\n" not in path.read_bytes():  # lines are only appended: a later read sees it too
+        return None
+    return History.read(run_dir)
 
 
 def history_notes(result) -> list[str]:
