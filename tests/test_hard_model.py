@@ -17,6 +17,7 @@ from lpot_research.models.minilm import WORDNET_NOUNS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_TRIALS = 10  # the anchor's count on this model (Neural Compressor 2.6's basic passed at its 10th)
+RUN_TIMEOUT = 1800  # seconds: ~2-3 min per class here; a hung run fails the test instead of holding CI
 
 
 @pytest.mark.slow
@@ -29,7 +30,8 @@ def test_minilm_fallback_meets_the_criterion_within_the_anchors_trials(tmp_path,
         env["LPOT_CPU_ISA"] = isa
     r = subprocess.run([sys.executable, str(ROOT / "tune.py"), "model=minilm_wordnet",
                         "quantization.model_wise.activation.algorithm=minmax", f"exit_policy.max_trials={MAX_TRIALS}",
-                        f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, env=env)
+                        f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=RUN_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((tmp_path / "summary.json").read_text())
     trials = History.read(tmp_path).trials

@@ -70,16 +70,33 @@ def tune_cli(*args):
                           timeout=300)
 
 
-@pytest.mark.parametrize("args,objective,key", [
-    (["objective=weighted"], "weighted", "weighted_score"),
-    (["objective._target_=examples.custom_objective.TailLatency"], "tail_latency", "p90_latency_ms"),
+def weighted_score(t, base):
+    """conf/objective/weighted.yaml's score of trial `t`, written out: its weights times latency and size
+    relative to FP32, plus the relative accuracy loss."""
+    from omegaconf import OmegaConf
+
+    w = OmegaConf.load(ROOT / "conf" / "objective" / "weighted.yaml").weights
+    assert not w.get("footprint")  # the summary's baseline has no footprint to divide by
+    return (w.latency * t.metrics["latency_ms"] / base["latency_ms"] + w.size * t.metrics["size_bytes"] /
+            base["size_bytes"] + w.accuracy * (base["accuracy"] - t.accuracy) / abs(base["accuracy"]))
+
+
+@pytest.mark.parametrize("args,objective,key,value", [
+    (["objective=weighted"], "weighted", "weighted_score", weighted_score),
+    (["objective._target_=examples.custom_objective.TailLatency"], "tail_latency", "p90_latency_ms",
+     lambda t, base: t.metrics["p90_latency_ms"]),
 ])
-def test_objectives_from_tune_py(tmp_path, args, objective, key):
+def test_objectives_from_tune_py(tmp_path, args, objective, key, value):
     pytest.importorskip("torch", reason="the default model needs PyTorch")
     r = tune_cli(*args, f"hydra.run.dir={tmp_path}", "exit_policy.timeout=30", "exit_policy.max_trials=2")
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["objective"] == objective and key in s["baseline"] and s["best"]["objective"] is not None
+    assert s["objective"] == objective and s["baseline"][key] > 0
+    # every passing trial's objective is this objective's value of its own measurements, and the best has the lowest
+    passing = [t for t in History.read(tmp_path).trials if t.passed]
+    assert passing and all(t.objective > 0 for t in passing)
+    assert [t.objective for t in passing] == pytest.approx([value(t, s["baseline"]) for t in passing])
+    assert s["best"]["objective"] == min(t.objective for t in passing)
 
 
 @pytest.mark.parametrize("args,hib", [
