@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from lpot_research.history import History
+from tests.helpers import history_so_far
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["zeta", "alpha", "mid", "beta", "omega", "gamma"]  # model order; sorted order differs
 assert sorted(NAMES) != NAMES
+NOTHING_RESUMED = "no process found trials on record and evaluated more: the re-evaluation check saw nothing"
 STRATEGIES = ["basic", "mse", "exhaustive", "random", "bayesian", "tpe", "examples.custom_strategy.GreedyFallback"]
 
 
@@ -43,19 +45,15 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
 
 
 def recorded(run: Path) -> list[str]:
-    try:
-        return [t.config_id for t in History.read(run).trials]
-    except Exception:  # noqa: BLE001 - no history yet
-        return []
+    """Configs on record so far (none before the run's header is written; a corrupt history fails the test)."""
+    h = history_so_far(run)
+    return [t.config_id for t in h.trials] if h is not None else []
 
 
 def finished(run: Path) -> list[str]:
     """Configs whose trial finished: on record, or finished ahead of their turn (parallel workers)."""
-    try:
-        h = History.read(run)
-    except Exception:  # noqa: BLE001 - no history yet
-        return []
-    return [t.config_id for t in h.trials] + list(h.ahead)
+    h = history_so_far(run)
+    return [t.config_id for t in h.trials] + list(h.ahead) if h is not None else []
 
 
 def kill_at(p: subprocess.Popen, run: Path, kind: str, rng: random.Random, target: int) -> None:
@@ -131,12 +129,13 @@ def test_killed_and_resumed_runs_end_as_uninterrupted_ones(tmp_path, strategy):
     ref = tmp_path / "ref"
     p = start([*args, f"hydra.run.dir={ref}"])
     assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
-    assert len(recorded(ref)) >= 4
+    target = len(History.read(ref).trials)
+    assert target >= 4
     run = tmp_path / "run"
     kinds = ["baseline", "mid_trial", "after_line", "save"]
-    log = faulted_run(args, run, seed=STRATEGIES.index(strategy), tmp=tmp_path, kinds=kinds,
-                      target=len(recorded(ref)))
+    log = faulted_run(args, run, seed=STRATEGIES.index(strategy), tmp=tmp_path, kinds=kinds, target=target)
     assert len(log) >= 3, "the kills must land before the run ends"
+    assert any(before and evaluated for _, before, evaluated in log), NOTHING_RESUMED
     for k, before, evaluated in log:  # no finished trial was evaluated again by a later process
         again = set(before) & set(evaluated)
         assert not again, f"process {k} re-evaluated finished trials {again}"
@@ -153,7 +152,7 @@ def test_pytorch_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
     assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
     run = tmp_path / "run"
     faulted_run(args, run, seed=1, tmp=tmp_path, kinds=["baseline", "mid_trial", "after_line", "save"],
-                target=len(recorded(ref)))
+                target=len(History.read(ref).trials))
     check_same_as_uninterrupted(run, ref)
 
 
@@ -169,8 +168,9 @@ def test_parallel_run_killed_with_trials_in_flight_resumes_as_an_uninterrupted_s
     assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
     run = tmp_path / "run"
     log = faulted_run([*args, "parallel.workers=2"], run, seed=7, tmp=tmp_path, kinds=["in_flight"] * 4,
-                      target=len(recorded(ref)))
+                      target=len(History.read(ref).trials))
     assert len(log) >= 3, "the kills must land before the run ends"
+    assert any(before and evaluated for _, before, evaluated in log), NOTHING_RESUMED
     for k, before, evaluated in log:
         again = set(before) & set(evaluated)
         assert not again, f"process {k} re-evaluated finished trials {again}"
