@@ -14,7 +14,8 @@ Lines, each a JSON object with a `kind`:
   of running it again.
 - `stopped`: a trial stopped by the time budget or Ctrl-C (not finished: a resume runs it again).
 - `analysis`: a result that is not a trial (e.g. basic's per-op sensitivity, the evaluation order), keyed,
-  so a resumed run reuses it instead of recomputing it.
+  so a resumed run reuses it instead of recomputing it. Its keys are made here only (`FP32_SCORES`,
+  `EVAL_ORDER`, `analysis_key(kind, config_id)`), whoever writes or reads them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ from lpot_research.errors import ConfigError, LpotError
 from lpot_research.space import config_id
 
 log = logging.getLogger(__name__)
+
+# The keys of `analysis` records, defined once for every module that writes or reads them.
+FP32_SCORES = "fp32_scores"  # the FP32 model's per-sample scores (the first INT8 scores order evaluation by them)
+EVAL_ORDER = "eval_order"  # the evaluation order of the samples, set once per run
+# kinds of analysis kept per configuration, under analysis_key(kind, config_id):
+SCORES = "scores"  # a trial's per-sample scores, kept while it waits ahead of its turn
+SENSITIVITY = "sensitivity"  # per-op sensitivity around a base configuration (the basic strategy's stage 2)
+OP_ERRORS = "op_errors"  # per-op output errors of a configuration (the mse strategy)
+
+
+def analysis_key(kind: str, config_id: str) -> str:
+    """The key of a per-configuration analysis, e.g. "sensitivity:<config id>"."""
+    return f"{kind}:{config_id}"
 
 
 class RunRecordError(LpotError):
@@ -135,6 +149,7 @@ class History:
         self.ahead_written = 0  # `ahead` lines in the file (most became trials since)
         self.analysis: dict[str, Any] = {}
         self.analysis_seconds: dict[str, float] = {}  # what each analysis cost to compute (its last record)
+        self.analysis_records: dict[str, int] = {}  # records written per key (the last one holds the value)
         self._load()
 
     @classmethod
@@ -168,12 +183,9 @@ class History:
                     f.truncate(len(complete))
             except OSError as e:
                 raise RunRecordError(f"cannot repair {self.path}: {e.strerror or e}") from None
-        for number, raw in enumerate(complete.splitlines(), 1):
+        for number, raw in enumerate(complete.splitlines(), 1):  # (`_take` refuses any line before a header)
             if raw.strip():
                 self._take(number, raw)
-        if self.header is None and (self.trials or self.baseline is not None):
-            raise ConfigError(f"{self.path} has no run header (first line); it was not written by this run: "
-                              "move it away or resume the run that wrote it")
 
     def _corrupt(self, number: int, why: str) -> ConfigError:
         return ConfigError(f"{self.path} line {number} {why}; fix or remove that line")
@@ -222,9 +234,11 @@ class History:
         elif kind == "stopped":
             self.stopped.append(rec)
         elif kind == "analysis":
-            self.analysis[str(rec.get("key"))] = rec.get("value")
+            key = str(rec.get("key"))
+            self.analysis[key] = rec.get("value")
+            self.analysis_records[key] = self.analysis_records.get(key, 0) + 1
             if isinstance(rec.get("seconds"), int | float):
-                self.analysis_seconds[str(rec.get("key"))] = float(rec["seconds"])
+                self.analysis_seconds[key] = float(rec["seconds"])
         else:
             raise self._corrupt(number, f"has an unknown kind {kind!r}")
 
@@ -239,15 +253,23 @@ class History:
     def by_id(self) -> dict[str, TrialRecord]:
         return {t.config_id: t for t in self.trials}
 
+    def per_config(self, kind: str) -> dict[str, Any]:
+        """The analyses of one `kind` (SCORES, SENSITIVITY, OP_ERRORS) by configuration id."""
+        prefix = analysis_key(kind, "")
+        return {k[len(prefix):]: v for k, v in self.analysis.items() if k.startswith(prefix)}
+
     # ------------------------------------------------------------------ writing
-    def _append(self, obj: dict[str, Any]) -> None:
+    def _append(self, obj: dict[str, Any] | None) -> None:
+        """The one way a line reaches the file: `obj` (None: nothing but the run header), after the run
+        header when the history is new (or empty)."""
         if self.read_only:
             raise RunRecordError(f"{self.path} was opened for reading only")
-        lines = []
-        if self.header is None:  # a new (or empty) history: its first line names the run
-            self.header = {"run_key": self.run_key, "run": self.description}
-            lines.append(json.dumps({"kind": "run", **self.header}, default=str))
-        lines.append(json.dumps(obj, default=str))
+        header = {"run_key": self.run_key, "run": self.description} if self.header is None else None
+        lines = [json.dumps({"kind": "run", **header}, default=str)] if header is not None else []
+        if obj is not None:
+            lines.append(json.dumps(obj, default=str))
+        if not lines:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
@@ -255,24 +277,14 @@ class History:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            raise RunRecordError(f"cannot write {self.path}: {e.strerror or e}; the run stops (its finished "
-                                 "trials are in the file)") from None
+            after = "" if obj is None else "; the run stops (its finished trials are in the file)"
+            raise RunRecordError(f"cannot write {self.path}: {e.strerror or e}{after}") from None
+        if header is not None:
+            self.header = header
 
     def start(self) -> None:
         """Write the run header now (before any work), so an unwritable run dir fails at once."""
-        if self.header is None:
-            self.header = {"run_key": self.run_key, "run": self.description}
-            self._append_raw(json.dumps({"kind": "run", **self.header}, default=str))
-
-    def _append_raw(self, line: str) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise RunRecordError(f"cannot write {self.path}: {e.strerror or e}") from None
+        self._append(None)
 
     def set_baseline(self, baseline: dict[str, Any]) -> None:
         self._append({"kind": "baseline", **baseline})

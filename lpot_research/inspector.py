@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lpot_research.batches import batch_len, take
-from lpot_research.history import History
+from lpot_research.history import OP_ERRORS, SENSITIVITY, History, analysis_key
 from lpot_research.space import OpChoice, TuneConfig
 
 log = logging.getLogger("lpot_research")
@@ -93,7 +93,7 @@ class Inspector:
     def op_errors(self, cfg: TuneConfig) -> dict[str, float]:
         """Normalized MSE of each quantized op's output in `cfg` against the same op in an all-FP32 build
         of the same graph, on the probe batch (the mse strategy's ranking)."""
-        key = f"op_errors:{cfg.id}"
+        key = analysis_key(OP_ERRORS, cfg.id)
         if key in self.history.analysis:
             return dict(self.history.analysis[key])
         t0 = time.perf_counter()
@@ -159,7 +159,7 @@ class Inspector:
         fallback recovers it, and the output error each fallback removes ranked those convs last) shows
         op by op when each is the only one quantized (they then rank first); on MiniLM both views agree
         (the FFN output projections first)."""
-        key = f"sensitivity:{base.id}"
+        key = analysis_key(SENSITIVITY, base.id)
         known = dict(self.history.analysis.get(key) or {})
         missing = [n for n in ops if n not in known]
         if missing:

@@ -32,7 +32,7 @@ from typing import Any
 from lpot_research.config import ExitPolicy, Parallel
 from lpot_research.deadline import TrialTimeout, deadline
 from lpot_research.errors import ConfigError, LpotError
-from lpot_research.history import History, TrialRecord
+from lpot_research.history import EVAL_ORDER, FP32_SCORES, SCORES, History, TrialRecord, analysis_key
 from lpot_research.space import TuneConfig
 from lpot_research.trial import TrialRunner, one_line
 
@@ -312,9 +312,9 @@ class TrialScheduler:
             import numpy as np
 
             if self._needs_order():  # the first INT8 scores decide it, for good
-                order = ev.informative_order(np.asarray(self.history.analysis["fp32_scores"]), scores)
+                order = ev.informative_order(np.asarray(self.history.analysis[FP32_SCORES]), scores)
                 ev.set_order(order)
-                self.history.add_analysis("eval_order", order.tolist())
+                self.history.add_analysis(EVAL_ORDER, order.tolist())
             if ev.order is not None:  # (a trial evaluated whole before the order was known: rank it under it)
                 rec.rank_accuracy = ev.rank_accuracy(np.asarray(scores))
         self.history.add(rec)
@@ -342,7 +342,7 @@ class TrialScheduler:
 
     def _needs_order(self) -> bool:
         ev = self.runner.evaluator
-        return ev.per_sample and ev.order is None and "fp32_scores" in self.history.analysis
+        return ev.per_sample and ev.order is None and FP32_SCORES in self.history.analysis
 
     def _end_if_passed(self, rec: TrialRecord) -> None:
         if self.exit.timeout == 0 and rec.passed:
@@ -351,7 +351,7 @@ class TrialScheduler:
     def _take_ahead(self, cfg: TuneConfig) -> TrialRecord:
         rec = self.history.ahead[cfg.id]
         rec.elapsed_s = 0.0
-        return self._record(rec, self.history.analysis.get(f"scores:{cfg.id}"), None)
+        return self._record(rec, self.history.analysis.get(analysis_key(SCORES, cfg.id)), None)
 
     # ------------------------------------------------------------------ running a batch
     def run(self, cfgs: list[TuneConfig], stop_at_pass: bool) -> list[TrialRecord]:
@@ -518,7 +518,7 @@ class TrialScheduler:
         rec, scores = self._result(slot)  # (the head is never kept ahead: it is taken in its turn)
         if rec is not None and rec.config_id not in self.records:
             if scores is not None:  # evaluated before the order was known: its scores rank it later
-                self.history.add_analysis(f"scores:{rec.config_id}", scores.tolist())
+                self.history.add_analysis(analysis_key(SCORES, rec.config_id), scores.tolist())
             self.history.add_ahead(rec)
 
     def _settle(self, slots: list[_Slot], kill: bool) -> None:

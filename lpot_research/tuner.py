@@ -23,7 +23,7 @@ from lpot_research.config import ExitPolicy, Parallel
 from lpot_research.cpu import cpu_info
 from lpot_research.criterion import AccuracyCriterion
 from lpot_research.errors import LpotError
-from lpot_research.history import History, TrialRecord
+from lpot_research.history import EVAL_ORDER, FP32_SCORES, History, TrialRecord
 from lpot_research.inspector import Inspector
 from lpot_research.objectives import Objective
 from lpot_research.ranking import better, rank_key
@@ -127,7 +127,7 @@ class Tuner:
             b = self.runner.measure_baseline()
             scores = b.pop("_scores")
             if scores is not None:
-                h.add_analysis("fp32_scores", scores.tolist())
+                h.add_analysis(FP32_SCORES, scores.tolist())
             h.set_baseline(b)
             log.info("FP32 baseline: accuracy %.4f | latency %.3f ms (batch %d) | size %.2f MB | %.1fs", b["accuracy"],
                      b["latency_ms"], self.runner.bench.batch_size, b["size_bytes"] / 1e6, b["duration_s"])
@@ -136,8 +136,8 @@ class Tuner:
             log.info("resuming: FP32 baseline accuracy %.4f and %d finished trial(s) from %s", h.baseline["accuracy"],
                      len(h.trials), h.path)
         self.baseline = self.runner.baseline
-        if "eval_order" in h.analysis:
-            self.evaluator.set_order(h.analysis["eval_order"])
+        if EVAL_ORDER in h.analysis:
+            self.evaluator.set_order(h.analysis[EVAL_ORDER])
         self._emit("on_baseline", self.baseline)
 
     def _ask(self, gen: Any, value: Any) -> Any:

@@ -8,7 +8,7 @@ fallback removes) follows its penalty.
 
 import dataclasses
 
-from lpot_research.history import History
+from lpot_research.history import SENSITIVITY, History, analysis_key
 from lpot_research.strategies.basic import BasicStrategy
 from tests.fakes import FakeAdaptor
 from tests.helpers import history_notes, run_fake
@@ -22,7 +22,7 @@ def test_stage_order_and_stop_when_met(tmp_path):
     assert all(n.startswith("model-wise") for n in notes[:4]) and len(notes[:4]) == 4
     # stage 2 costs no trial: each op quantized alone as in the best model-wise config (kl, accuracy 0.95)
     # runs on a probe batch; how far that moves the output from FP32 is kept in the history
-    impact = next(v for k, v in History.read(tmp_path).analysis.items() if k.startswith("sensitivity:"))
+    [impact] = History.read(tmp_path).per_config(SENSITIVITY).values()
     assert sorted(impact, key=lambda n: -impact[n]) == ["op3", "op2", "op1", "op0"]
     # stage 3 falls back op3, op2, op1 (0.969, 0.983, 0.992 >= 0.99) and the first pass ends the run
     assert notes[4:] == [f"stage 3: +op{i} -> bf16 ({k}/4 ops)" for k, i in ((1, 3), (2, 2), (3, 1))]
@@ -43,8 +43,9 @@ def test_a_resumed_run_reuses_the_recorded_impact(tmp_path):
     assert res.summary["trials"] == 7
     # only the two new stage-3 trials quantize (the best is the last, in memory): no probe ran again
     assert len(again.quantize_calls) == 2
-    lines = (tmp_path / "history.jsonl").read_text().count('"kind": "analysis", "key": "sensitivity:')
-    assert lines == 1
+    h = History.read(tmp_path)
+    [base] = h.per_config(SENSITIVITY)  # one base configuration, its impact written once
+    assert h.analysis_records[analysis_key(SENSITIVITY, base)] == 1
 
 
 class TrialRanked(BasicStrategy):

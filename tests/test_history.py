@@ -4,7 +4,7 @@ import os
 import pytest
 
 from lpot_research.errors import ConfigError
-from lpot_research.history import History, RunRecordError, TrialRecord
+from lpot_research.history import EVAL_ORDER, OP_ERRORS, SENSITIVITY, History, RunRecordError, TrialRecord, analysis_key
 from lpot_research.space import config_id
 
 
@@ -111,7 +111,28 @@ def test_later_measurements_and_analysis_are_merged_on_reading(tmp_path):
     r.accuracy = None
     h.add(r)
     h.measure(r, accuracy=0.7, metrics={"latency_ms": 2.0}, objective=2.0)
-    h.add_analysis("eval_order", [2, 0, 1])
+    h.add_analysis(EVAL_ORDER, [2, 0, 1])
     back = History.read(tmp_path)
     assert (back.trials[0].accuracy, back.trials[0].metrics["latency_ms"], back.trials[0].objective) == (0.7, 2.0, 2.0)
-    assert back.analysis["eval_order"] == [2, 0, 1]
+    assert back.analysis[EVAL_ORDER] == [2, 0, 1]
+
+
+def test_per_config_analyses_are_read_by_kind_and_counted(tmp_path):
+    h = History(tmp_path, "key")
+    h.add_analysis(analysis_key(SENSITIVITY, "c1"), {"op0": 0.5})
+    h.add_analysis(analysis_key(SENSITIVITY, "c1"), {"op0": 0.5, "op1": 0.2})  # extends the first record
+    h.add_analysis(analysis_key(OP_ERRORS, "c1"), {"op0": 1.0})
+    back = History.read(tmp_path)
+    assert back.per_config(SENSITIVITY) == {"c1": {"op0": 0.5, "op1": 0.2}}
+    assert back.analysis_records == {analysis_key(SENSITIVITY, "c1"): 2, analysis_key(OP_ERRORS, "c1"): 1}
+
+
+def test_start_writes_the_header_once_and_never_into_a_read_only_history(tmp_path):
+    h = History(tmp_path, "key", {"seed": 1})
+    h.start()
+    h.start()
+    assert History.read(tmp_path).header == {"run_key": "key", "run": {"seed": 1}}
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(RunRecordError, match="opened for reading only"):
+        History(tmp_path / "new", None, read_only=True).start()
+    assert not History.exists(tmp_path / "new")
