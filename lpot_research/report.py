@@ -22,6 +22,10 @@ def _fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def _num(x: float | None, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
+
+
 def fallback_ops(space: TuningSpace, config: dict[str, Any]) -> dict[str, str]:
     """Ops the framework could quantize that this configuration keeps in BF16/FP32 (by the strategy's
     choice or an op_wise constraint); an op it cannot quantize, e.g. a conv under dynamic INT8, is not
@@ -177,13 +181,11 @@ class Reporter:
                 rows.append((f"#{p.trial}", "pareto", p.accuracy, p.metrics.get("latency_ms"),
                              p.metrics.get("fp32_latency_ms"), metric_ratio(p, b, "latency_ms"),
                              p.metrics.get("size_bytes"), p.note))
-        nan = float("nan")
         # a trial's FP32 ms is the FP32 model's median in the same interleaved pairs as its ratio
         lines = [f"{'trial':>6} {'role':<8} {'accuracy':>9} {'latency ms':>11} {'fp32 ms':>10} {'vs fp32':>8} "
                  f"{'size MB':>8}  config"]
         for t, role, acc, lat, fp32, ratio, size, note in rows:
-            lines.append(f"{t:>6} {role:<8} {acc if acc is not None else nan:>9.4f} "
-                         f"{lat if lat is not None else nan:>11.3f} {fp32 if fp32 is not None else nan:>10.3f} "
+            lines.append(f"{t:>6} {role:<8} {_num(acc, 9, 4)} {_num(lat, 11, 3)} {_num(fp32, 10, 3)} "
                          f"{_fmt_ratio(ratio):>8} {(size or 0) / 1e6:>8.3f}  {note}")
         lines.append(f"time: {cost_line(s['costs'])}")
         log.info("tuning finished: %s; %d trial(s) (%d failed) in %.1f s\n%s", s["stop_reason"], s["trials"],
