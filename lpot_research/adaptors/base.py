@@ -1,133 +1,58 @@
-"""The framework adaptor interface. One subclass per framework; constructors only store arguments."""
+"""The framework adaptor template. The base owns the flow every back end shares (the approach and op-name
+checks, calibration through one cache, the check after quantizing that fallback ops stayed float,
+evaluation, timing, the warmed-up footprint, saving, fingerprints); each back end fills the hooks
+(`_quantize`, `_stayed_float`, `_footprint_run`, `_save`, `_content`, ...). Constructors only store
+arguments."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import logging
 import statistics
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
+from lpot_research.adaptors.calibration_cache import CalibrationCache
 from lpot_research.batches import batch_len, batches, limited_batches
 from lpot_research.benchmark import Benchmark, Latency, measure
 from lpot_research.space import OpCapability, TuneConfig
 
-__all__ = ["Adaptor", "CalibrationCache", "batch_len", "batches", "limited_batches", "numpy_inputs",
-           "take_numpy_inputs", "to_numpy"]
-T = TypeVar("T")
+__all__ = ["Adaptor", "CalibrationCache", "FallbackError", "RangeRule", "as_tuple", "batch_len", "batches",
+           "limited_batches", "numpy_inputs", "quiet", "take_numpy_inputs", "to_numpy"]
 
 
-class CalibrationCache:
-    """The one calibration cache of every back end: calibration statistics are computed once per key
-    (the model, the sampling size, the algorithm, ...) and reused by every trial that needs them, and
-    the passes and seconds spent are counted (each trial's cost report reads them).
-
-    `get(key, compute)` caches a whole result; `get_many(key, names, compute)` caches per-name entries
-    (e.g. tensor ranges) and computes only the names it does not hold yet.
-
-    `share` (a directory; set by a parallel run for its local workers and itself) makes `get` results
-    of one run computed by one process only: the first to need a key computes it and writes it there,
-    the others wait for the file instead of repeating the pass."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self._store: dict[Any, Any] = {}
-        self.passes = 0
-        self.seconds = 0.0
-        self.share: str | None = None
-        self._depth = 0  # computations in progress: a nested one (a window search that needs the
-        # histograms) is timed by the outer one only, so `seconds` never exceeds the wall time
-
-    def _run(self, compute: Callable[[], T], data_pass: bool = True) -> T:
-        t0 = time.perf_counter()
-        self._depth += 1
-        try:
-            return compute()
-        finally:
-            self._depth -= 1
-            self.passes += data_pass
-            if self._depth == 0:
-                self.seconds += time.perf_counter() - t0
-
-    def get(self, key: Any, compute: Callable[[], T], data_pass: bool = True) -> T:
-        """`data_pass=False`: `compute` derives from cached statistics (e.g. a window search on cached
-        histograms) and is not counted as a pass over the calibration data."""
-        if self.enabled and key in self._store:
-            return self._store[key]
-        if self.enabled and self.share and data_pass and _plain(key):
-            value = _shared(Path(self.share), key, lambda: self._run(compute, data_pass))
-        else:
-            value = self._run(compute, data_pass)
-        if self.enabled:
-            self._store[key] = value
-        return value
-
-    def get_many(self, key: Any, names: Iterable[str], compute: Callable[[list[str]], dict[str, Any]],
-                 everything: Callable[[], Iterable[str]] | None = None) -> dict[str, Any]:
-        """Entries `names` of the table `key`; the missing ones come from `compute(missing)` (the
-        first pass computes `everything()` too, so later trials rarely need another)."""
-        table = self._store.setdefault(key, {}) if self.enabled else {}
-        wanted = list(dict.fromkeys(names))
-        missing = [n for n in wanted if n not in table]
-        if missing:
-            if self.enabled and not table and everything is not None:
-                missing = list(dict.fromkeys([*missing, *everything()]))
-            table.update(self._run(lambda: compute(missing)))
-        return {n: table[n] for n in wanted}
+class FallbackError(RuntimeError):
+    """A quantized model does not compute an op the way its configuration says (e.g. an op configured
+    FP32 came out INT8): the trial fails with this message instead of scoring the wrong model."""
 
 
-def _plain(key: Any) -> bool:
-    """A key whose repr names it in every process (str, numbers, tuples of them)."""
-    if isinstance(key, tuple):
-        return all(_plain(k) for k in key)
-    return isinstance(key, str | int | float | bool) or key is None
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence a framework's quantizer or converter: INFO log lines (onnxruntime.quantization logs on the
+    root logger, TensorFlow on its own) and what it prints to stdout (progress, Keras' signatures)."""
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.INFO))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
 
 
-def _shared(directory: Path, key: Any, compute: Callable[[], T]) -> T:
-    """`compute()` once across the processes sharing `directory`: the first to take the key's lock file
-    computes and publishes it (an atomic rename); the others wait for it (or take over if its owner
-    died)."""
-    import hashlib
-    import os
-    import pickle
-
-    name = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-    path, lock = directory / f"{name}.pkl", directory / f"{name}.lock"
-    while True:
-        if path.exists():
-            return pickle.loads(path.read_bytes())
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                text = lock.read_text()
-                if text:
-                    os.kill(int(text), 0)  # its owner is alive: wait for the result
-                elif time.time() - lock.stat().st_mtime > 5:
-                    raise ProcessLookupError  # its owner died before writing its pid
-            except (ValueError, ProcessLookupError):
-                lock.unlink(missing_ok=True)  # its owner died: take over
-            except FileNotFoundError:
-                pass
-            time.sleep(0.05)
-            continue
-        try:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            value = compute()
-            try:
-                blob = pickle.dumps(value)
-            except Exception:  # noqa: BLE001 - not shareable: the others compute their own
-                return value
-            tmp = directory / f"{name}.{os.getpid()}.tmp"
-            tmp.write_bytes(blob)
-            os.replace(tmp, path)
-            return value
-        finally:
-            lock.unlink(missing_ok=True)
+def as_tuple(inputs: Any) -> tuple[Any, ...]:
+    """Model inputs as a tuple of its arguments: a tuple/list as is, a dict's values in its order (which
+    must be the model's input order), anything else as the one argument."""
+    if isinstance(inputs, dict):
+        return tuple(inputs.values())
+    return tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -144,9 +69,7 @@ def numpy_inputs(inputs: Any, float32: bool = False) -> list[np.ndarray]:
     """Model inputs (one tensor/array, a tuple/list of them, or a dict name -> array, in the model's
     input order) as a list of numpy arrays; with `float32`, floating inputs become float32 (what a
     float32 graph takes)."""
-    if isinstance(inputs, dict):
-        inputs = tuple(inputs.values())
-    arrays = [to_numpy(x) for x in (inputs if isinstance(inputs, tuple | list) else (inputs,))]
+    arrays = [to_numpy(x) for x in as_tuple(inputs)]
     if float32:
         arrays = [a.astype(np.float32, copy=False) if np.issubdtype(a.dtype, np.floating) else a for a in arrays]
     return arrays
@@ -164,14 +87,34 @@ def take_numpy_inputs(loader: Iterable[Any], n: int, what: str, float32: bool = 
     return joined[0] if len(joined) == 1 else tuple(joined)
 
 
+@dataclass(frozen=True)
+class RangeRule:
+    """What a back end narrows to 7 bits where this CPU's INT8 kernels would saturate (they sum u8 x s8
+    pairs into 16 bits without `feature`), for `Adaptor._reduce_range` and `Adaptor.cpu_notes`."""
+
+    saturates: bool  # whether this CPU's kernels saturate with full-range INT8
+    narrows: str  # what reduce_range makes 7-bit: "INT8 activations", "INT8 weights"
+    feature: str  # the CPU feature (or engine) that accumulates in 32 bits: "AVX512-VNNI", "VNNI"
+    kernels: str  # whose kernels saturate: "FBGEMM's INT8 kernels"
+    also: str = ""  # what else 7-bit costs, appended to the note: "; symmetric activations unavailable"
+
+
 class Adaptor(ABC):
-    """Turns a framework model + a TuneConfig into a real quantized model, and measures it."""
+    """Turns a framework model + a TuneConfig into a real quantized model, and measures it.
+
+    A back end implements `capabilities`, `predict`, `runner`, `size_bytes`, `inspect` and the hooks
+    `_quantize` (the framework's quantizer), `_op_names` and `_stayed_float` (what the quantized model
+    really computes in float), `_footprint_run`, `_save` and `_content`; the public methods around them
+    are this class's."""
 
     name: str = "base"
     layout: str = "NCHW"  # how this framework wants image batches (YAML-described dataloaders follow it)
     approaches: tuple[str, ...] = ("post_training_static_quant", "post_training_dynamic_quant")
     cache_calibration: bool = True
+    float32_inputs: bool = False  # `take_inputs` casts floating inputs to float32 (the graph takes float32)
+    verify_int8: bool = False  # `quantize` also fails when an op configured INT8 came out float
 
+    # ------------------------------------------------------------------ calibration
     @property
     def calibration(self) -> CalibrationCache:
         """This adaptor's calibration cache (created on first use: constructors only store arguments)."""
@@ -185,6 +128,7 @@ class Adaptor(ABC):
         """How many calibration passes ran (private state: it does not enter the run key)."""
         return self.calibration.passes
 
+    # ------------------------------------------------------------------ checks and settings
     def check_approach(self, approach: str) -> None:
         if approach not in self.approaches:
             from lpot_research.errors import ConfigError
@@ -192,10 +136,41 @@ class Adaptor(ABC):
             raise ConfigError(f"quantization.approach={approach!r} is not supported by framework={self.name}; "
                               f"valid choices: {list(self.approaches)}")
 
+    def range_rule(self) -> RangeRule | None:
+        """This back end's reduce-range rule on this CPU (None: it never narrows INT8)."""
+        return None
+
+    def _reduce_range(self) -> bool:
+        """7-bit INT8 (`range_rule().narrows`): `framework.reduce_range` when set, else where this CPU's
+        kernels would saturate."""
+        forced = getattr(self, "reduce_range", None)
+        if forced is not None:
+            return bool(forced)
+        rule = self.range_rule()
+        return rule is not None and rule.saturates
+
+    def _check_reduce_range(self) -> None:
+        value = getattr(self, "reduce_range", None)
+        if not isinstance(value, bool | None):
+            from lpot_research.errors import ConfigError
+
+            raise ConfigError(f"framework.reduce_range={value!r} must be true, false or null (auto)")
+
     def cpu_notes(self) -> list[str]:
         """What this CPU changes in how this back end quantizes (e.g. 7-bit INT8 without VNNI, no BF16
-        fallback), one short phrase each; printed once at the start of a run."""
-        return []
+        fallback), one short phrase each; printed once at the start of a run. Default: the range rule's."""
+        rule = self.range_rule()
+        if rule is None:
+            return []
+        forced, reduced = getattr(self, "reduce_range", None), self._reduce_range()
+        if forced is None:
+            if reduced:
+                return [f"{rule.narrows} 7-bit (no {rule.feature}: {rule.kernels} would saturate){rule.also}"]
+            return [f"{rule.narrows} full range ({rule.feature})"]
+        if not reduced and rule.saturates:
+            return [f"WARNING: full-range {rule.narrows} without {rule.feature}: {rule.kernels} may saturate"]
+        return [f"{rule.narrows} {'7-bit' if reduced else 'full range'} (framework.reduce_range)"
+                f"{rule.also if reduced else ''}"]
 
     def setup_process(self) -> None:
         """Apply this adaptor's process-wide settings (e.g. the intra-op thread count) in a worker process
@@ -207,37 +182,90 @@ class Adaptor(ABC):
         settings (quantization.qat). Only adaptors that list quant_aware_training are called."""
         raise NotImplementedError(f"framework={self.name} lists quant_aware_training but has no set_training")
 
-    def fingerprint(self, model: Any) -> str:
-        """A hash of a prepared model's content (its weights and structure), so that a run dir of another
-        model is never resumed as this one's. Default: the hash of its pickle."""
-        import hashlib
-        import pickle
-
-        try:
-            blob = pickle.dumps(model)
-        except Exception as e:  # noqa: BLE001 - an unpicklable model needs the adaptor's own fingerprint
-            raise NotImplementedError(f"{type(self).__name__} cannot fingerprint a {type(model).__name__}: {e}") from e
-        return hashlib.sha256(blob).hexdigest()[:16]
-
+    # ------------------------------------------------------------------ models
     def prepare(self, model: Any, example_inputs: Any) -> Any:
         """Bring a user/built-in model into this framework's form (e.g. export). Default: as is."""
         return model
+
+    def fingerprint(self, model: Any) -> str:
+        """A hash of a prepared model's content (`_content`: its weights and structure), so that a run dir
+        of another model is never resumed as this one's."""
+        h = hashlib.sha256()
+        for chunk in self._content(model):
+            h.update(chunk)
+        return h.hexdigest()[:16]
+
+    def _content(self, model: Any) -> Iterable[bytes]:
+        """Hook: the bytes that identify a prepared model. Default: its pickle."""
+        import pickle
+
+        try:
+            return [pickle.dumps(model)]
+        except Exception as e:  # noqa: BLE001 - an unpicklable model needs the adaptor's own fingerprint
+            raise NotImplementedError(f"{type(self).__name__} cannot fingerprint a {type(model).__name__}: {e}") from e
 
     @abstractmethod
     def capabilities(self, model: Any, approach: str, example_inputs: Any) -> list[OpCapability]:
         """Per-op options this framework supports for `model` (in model order)."""
 
-    @abstractmethod
+    # ------------------------------------------------------------------ quantization
     def quantize(self, model: Any, config: TuneConfig, calib_dataloader: Iterable[Any], example_inputs: Any) -> Any:
-        """A new quantized model for `config`; the input model is left untouched."""
+        """A new quantized model for `config`; the input model is left untouched. Fails (the trial runner
+        records a failed trial) on an approach this back end lacks, an op the model does not have, or a
+        quantized model that does not compute the configured ops as configured."""
+        self.check_approach(config.approach)
+        self._check_op_names(model, config)
+        quantized = self._quantize(model, config, calib_dataloader, example_inputs)
+        self._check_fallbacks(model, config, quantized)
+        return quantized
+
+    def _quantize(self, model: Any, config: TuneConfig, calib_dataloader: Iterable[Any], example_inputs: Any) -> Any:
+        """Hook: the framework's quantizer (calibrating through `self.calibration`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no _quantize")
+
+    def _op_names(self, model: Any) -> list[str] | None:
+        """Hook: the names of the prepared model's quantizable ops (None: not checked)."""
+        return None
+
+    def _check_op_names(self, model: Any, config: TuneConfig) -> None:
+        names = self._op_names(model)
+        if names is None:
+            return
+        known = set(names)
+        unknown = [n for n, _ in config.ops if n not in known]
+        if unknown:
+            from lpot_research.errors import ConfigError
+
+            raise ConfigError(f"op {unknown[0]!r} of the configuration is not in the {self.name} model; "
+                              f"valid op names: {names}")
+
+    def _stayed_float(self, model: Any, quantized: Any) -> dict[str, bool]:
+        """Hook: op name -> whether the op computes in float (FP32 or BF16) in `quantized`, read from the
+        quantized model itself; an op left out cannot be told (e.g. a TorchScript model's)."""
+        return {}
+
+    def _check_fallbacks(self, model: Any, config: TuneConfig, quantized: Any) -> None:
+        """Each op configured FP32/BF16 must compute in float in the quantized model (a fallback the
+        quantizer ignored would score a model the configuration does not describe); with `verify_int8`,
+        each op configured INT8 must not."""
+        stayed = self._stayed_float(model, quantized)
+        for name, choice in config.ops:
+            if name not in stayed:
+                continue
+            if not choice.quantized and not stayed[name]:
+                raise FallbackError(f"op {name!r} was to stay {choice.dtype.upper()} but {self.name} quantized it")
+            if self.verify_int8 and choice.quantized and stayed[name]:
+                raise FallbackError(f"op {name!r} was to be INT8 but {self.name} left it in float")
 
     def count_samples(self, loader: Iterable[Any], limit: int) -> int:
         """How many samples the dataloader yields, counting no further than `limit`."""
         return sum(batch_len(b) for b in limited_batches(loader, limit, "calibration"))
 
-    @abstractmethod
+    # ------------------------------------------------------------------ running and measuring
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
-        """The first `n` input samples of a dataloader of (inputs, labels), as one batch."""
+        """The first `n` input samples of a dataloader of (inputs, labels), as one batch (numpy arrays;
+        float32 with `float32_inputs`)."""
+        return take_numpy_inputs(loader, n, what, float32=self.float32_inputs)
 
     @abstractmethod
     def predict(self, model: Any, inputs: Any) -> Any:
@@ -276,9 +304,18 @@ class Adaptor(ABC):
     def size_bytes(self, model: Any) -> int:
         """Bytes of the serialized model."""
 
-    @abstractmethod
     def footprint_bytes(self, model: Any, inputs: Any) -> int:
-        """Peak memory of loading and running the model once on `inputs`."""
+        """Peak memory of loading and running the model once on `inputs`, after one warm-up of the same
+        (one-time library, kernel and allocator set-up is not the model's footprint)."""
+        from lpot_research.objectives import peak_rss_increase
+
+        with self._footprint_run(model, inputs) as load_and_run:
+            load_and_run()
+            return peak_rss_increase(load_and_run)
+
+    def _footprint_run(self, model: Any, inputs: Any) -> contextlib.AbstractContextManager[Callable[[], Any]]:
+        """Hook: a context giving a function that loads a fresh copy of the model and runs it once."""
+        raise NotImplementedError(f"{type(self).__name__} has no _footprint_run")
 
     @abstractmethod
     def inspect(self, model: Any, inputs: Any, op_names: list[str]) -> dict[str, Any]:
@@ -287,9 +324,15 @@ class Adaptor(ABC):
         `model` is one returned by `quantize`; the comparable FP32 reference is the model quantized
         with every op in fp32 (the same graph rewrites, e.g. fusions, with no quantization)."""
 
-    @abstractmethod
     def save(self, model: Any, path: Path, example_inputs: Any) -> Path:
         """Save in the framework's own format, loadable without this package. Returns the file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return self._save(model, path, example_inputs)
+
+    def _save(self, model: Any, path: Path, example_inputs: Any) -> Path:
+        """Hook: write `model` at `path` (the suffix is the back end's) and return the file."""
+        raise NotImplementedError(f"{type(self).__name__} has no _save")
 
 
 def describe_inputs(inputs: Any) -> str:

@@ -66,7 +66,7 @@ also set, oneDNN's kernels in the engine's worker thread follow it rather than M
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import importlib.util
 import json
 import logging
@@ -86,10 +86,9 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches, numpy_inputs, take_numpy_inputs
+from lpot_research.adaptors.base import Adaptor, FallbackError, batch_len, limited_batches, numpy_inputs
 from lpot_research.cpu import cpu_info
 from lpot_research.errors import ConfigError
-from lpot_research.objectives import peak_rss_increase
 from lpot_research.space import OpCapability, OpChoice, TuneConfig
 
 if importlib.util.find_spec("mxnet") is None:  # checked without importing it (see import_mxnet)
@@ -351,6 +350,8 @@ def _algorithms(source: Source, quantized: dict[str, OpChoice]) -> tuple[dict[st
 class MXNetAdaptor(Adaptor):
     name = "mxnet"
     approaches = ("post_training_static_quant",)  # MXNet has no dynamic quantization
+    float32_inputs = True
+    verify_int8 = True  # a name MXNet does not match would silently exclude nothing
 
     def __init__(self, threads: int | None = None, cache_calibration: bool = True) -> None:
         self.threads = threads
@@ -388,11 +389,6 @@ class MXNetAdaptor(Adaptor):
         # INT8 0.9889 = FP32; a Dense layer on signed inputs 19% output error against 1% with VNNI
         return ["oneDNN INT8 kernels without VNNI: FullyConnected on signed inputs can saturate (16-bit pair "
                 "sums); the tuner falls such ops back to FP32 when accuracy suffers"]
-
-    def _static_only(self, approach: str) -> None:
-        if approach not in self.approaches:
-            raise ConfigError(f"quantization.approach={approach!r} is not available for framework=mxnet (MXNet has "
-                              f"no dynamic quantization); valid choices: {list(self.approaches)}")
 
     # ------------------------------------------------------------------ models
     def prepare(self, model: Any, example_inputs: Any) -> MXModel:
@@ -432,19 +428,18 @@ class MXNetAdaptor(Adaptor):
         names = [a for a in sym.list_arguments() if a not in params]
         return Source(sym, params, names)
 
-    def fingerprint(self, model: MXModel) -> str:
-        """The hash of the source symbol (JSON) and every parameter."""
+    def _content(self, model: MXModel) -> Iterator[bytes]:
+        """The source symbol (JSON) and every parameter."""
         self._mx()
-        h = hashlib.sha256(model.source.symbol.tojson().encode())
+        yield model.source.symbol.tojson().encode()
         for name in sorted(model.source.params):
             a = model.source.params[name].asnumpy()
-            h.update(f"{name}|{a.dtype}|{a.shape}".encode())
-            h.update(a.tobytes())
-        return h.hexdigest()[:16]
+            yield f"{name}|{a.dtype}|{a.shape}".encode()
+            yield a.tobytes()
 
     def capabilities(self, model: MXModel, approach: str, example_inputs: Any) -> list[OpCapability]:
         self._mx()
-        self._static_only(approach)
+        self.check_approach(approach)
         act = {"dtype": ("int8",), "scheme": ("sym",), "granularity": ("per_tensor",), "algorithm": ("minmax", "kl")}
         caps = []
         for op in model.source.ops:
@@ -492,19 +487,17 @@ class MXNetAdaptor(Adaptor):
                                          lambda: (t for op in source.ops for t in (*op.inputs, op.output)))
 
     # ------------------------------------------------------------------ quantization
-    def quantize(self, model: MXModel, config: TuneConfig, calib_dataloader: Iterable[Any],
-                 example_inputs: Any) -> MXModel:
+    def _op_names(self, model: MXModel) -> list[str]:
+        return [op.name for op in model.source.ops]
+
+    def _quantize(self, model: MXModel, config: TuneConfig, calib_dataloader: Iterable[Any],
+                  example_inputs: Any) -> MXModel:
         """The INT8 graph of `config` (ops it does not name stay FP32), built from the FP32 source."""
         self._mx()
         from mxnet.contrib.quantization import calib_graph, quantize_graph
 
         source = model.source
         names = [op.name for op in source.ops]
-        unknown = [n for n, _ in config.ops if n not in names]
-        if unknown:
-            raise ConfigError(f"op {unknown[0]!r} of the configuration is not in the MXNet graph; valid op names "
-                              f"(symbol op names): {names}")
-        self._static_only(config.approach)
         quantized = {n: c for n, c in config.ops if c.quantized}
         if not quantized:  # the FP32 reference: the same fused graph, nothing quantized
             return MXModel(source.fused, source.params, source)
@@ -535,20 +528,16 @@ class MXNetAdaptor(Adaptor):
         qsym, qargs, qauxs = calib_graph(qsym, args, auxs, collector, calib_mode="naive", quantized_dtype="auto",
                                          logger=None)
         qsym = qsym.get_backend_symbol("MKLDNN_QUANTIZE")
-        self._verify(qsym, names, quantized)
         return MXModel(qsym, {**qargs, **qauxs}, source)
 
-    @staticmethod
-    def _verify(qsym: Any, names: list[str], quantized: dict[str, OpChoice]) -> None:
-        """Each op must be quantized in the graph exactly when the configuration says so."""
-        found = op_nodes(qsym)
-        for n in names:
-            if n not in found:
-                raise RuntimeError(f"op {n!r} is missing from the quantized MXNet graph")
-            if found[n][1] != (n in quantized):
-                state = "INT8" if found[n][1] else "FP32"
-                raise RuntimeError(f"MXNet left op {n!r} {state} although the configuration asks for "
-                                   f"{'INT8' if n in quantized else 'FP32'}")
+    def _stayed_float(self, model: MXModel, quantized: MXModel) -> dict[str, bool]:
+        """An op stayed float when the node holding it is not quantized (verify_int8: each op must be
+        quantized in the graph exactly when the configuration says so)."""
+        found = op_nodes(quantized.symbol)
+        missing = [op.name for op in model.source.ops if op.name not in found]
+        if missing:
+            raise FallbackError(f"op {missing[0]!r} is missing from the quantized MXNet graph")
+        return {name: not is_quantized for name, (_, is_quantized) in found.items()}
 
     # ------------------------------------------------------------------ running and measuring
     def predict(self, model: MXModel, inputs: Any) -> Any:
@@ -571,8 +560,9 @@ class MXNetAdaptor(Adaptor):
         with tempfile.TemporaryDirectory(prefix="lpot_mx_size_") as tmp:
             return sum(p.stat().st_size for p in model.write(Path(tmp) / "model"))
 
-    def footprint_bytes(self, model: MXModel, inputs: Any) -> int:
-        """Peak RSS rise of loading the saved model with SymbolBlock.imports and running it once."""
+    @contextlib.contextmanager
+    def _footprint_run(self, model: MXModel, inputs: Any) -> Iterator[Callable[[], Any]]:
+        """Loading the saved model with SymbolBlock.imports and running it once."""
         mx = self._mx()
         xs = model.nd_inputs(inputs)
         with tempfile.TemporaryDirectory(prefix="lpot_mx_fp_") as tmp:
@@ -584,8 +574,7 @@ class MXNetAdaptor(Adaptor):
                     block = mx.gluon.SymbolBlock.imports(str(sym_file), model.data_names, str(param_file))
                 model.forward(xs, block)[0].wait_to_read()
 
-            load_and_run()  # warm-up: one-time library and kernel set-up is not the model's footprint
-            return peak_rss_increase(load_and_run)
+            yield load_and_run
 
     def inspect(self, model: MXModel, inputs: Any, op_names: list[str]) -> dict[str, np.ndarray]:
         """Each op's float output: the output of the node holding it (after its fused BatchNorm/ReLU);
@@ -609,12 +598,10 @@ class MXNetAdaptor(Adaptor):
         outs = model.forward(model.nd_inputs(inputs), model.new_block(mx.sym.Group(probes)))
         return {n: o.asnumpy().astype(np.float32) for n, o in zip(op_names, outs, strict=True)}
 
-    def save(self, model: MXModel, path: Path, example_inputs: Any) -> Path:
+    def _save(self, model: MXModel, path: Path, example_inputs: Any) -> Path:
         """MXNet's checkpoint format: <path>-symbol.json (returned) and <path>-0000.params; load with
         `mx.gluon.SymbolBlock.imports(sym_file, input_names, param_file)` (input names: data, or
         data0, data1, ... for several inputs)."""
         self._mx()
         return model.write(Path(path))[0]
 
-    def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
-        return take_numpy_inputs(loader, n, what, float32=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import logging
 import tempfile
@@ -30,11 +29,10 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches, numpy_inputs, take_numpy_inputs
+from lpot_research.adaptors.base import Adaptor, RangeRule, as_tuple, batch_len, limited_batches, numpy_inputs, quiet
 from lpot_research.calibration import kl_range, mse_range
 from lpot_research.cpu import cpu_info
 from lpot_research.errors import ConfigError
-from lpot_research.objectives import peak_rss_increase
 from lpot_research.space import OpCapability, OpChoice, TuneConfig
 
 log = logging.getLogger(__name__)
@@ -51,21 +49,6 @@ CALIBRATION = {
 }
 HISTOGRAM_ALGORITHMS = {"kl": kl_range, "mse": mse_range}
 MIN_OPSET = 13  # per-channel DequantizeLinear needs opset 13
-
-
-def as_tuple(inputs: Any) -> tuple[Any, ...]:
-    return tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime.quantization logs INFO lines on the root logger and prints progress to stdout."""
-    logging.disable(logging.INFO)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 class OrtModel:
@@ -192,27 +175,19 @@ class OnnxRuntimeAdaptor(Adaptor):
         self.opset = opset
 
     # ------------------------------------------------------------------ the CPU
-    def _reduce_range(self) -> bool:
+    def range_rule(self) -> RangeRule:
         """7-bit weights. MLAS's U8S8 kernels accumulate in 32 bits only with VNNI (AVX512-VNNI or
         AVX-VNNI); without it they sum u8 x s8 pairs into 16 bits with saturation (VPMADDUBSW), which
         cost digits_cnn 0.72-0.77 instead of 0.99 on an AVX2 CPU."""
-        return (not cpu_info().vnni) if self.reduce_range is None else bool(self.reduce_range)
-
-    def cpu_notes(self) -> list[str]:
-        if self.reduce_range is None:
-            return ["INT8 weights 7-bit (reduce_range: no VNNI, MLAS's U8S8 kernels would saturate)"
-                    if self._reduce_range() else "INT8 weights full range (VNNI)"]
-        if not self._reduce_range() and not cpu_info().vnni:
-            return ["WARNING: full-range INT8 weights without VNNI: MLAS's U8S8 kernels may saturate"]
-        return [f"INT8 weights {'7-bit' if self._reduce_range() else 'full range'} (framework.reduce_range)"]
+        return RangeRule(saturates=not cpu_info().vnni, narrows="INT8 weights", feature="VNNI",
+                         kernels="MLAS's U8S8 kernels")
 
     # ------------------------------------------------------------------ models
     def prepare(self, model: Any, example_inputs: Any) -> OrtModel:
         if self.quant_format not in FORMATS:
             raise ConfigError(f"framework.quant_format={self.quant_format!r} is unknown; "
                               f"valid choices: {list(FORMATS)}")
-        if not isinstance(self.reduce_range, bool | None):
-            raise ConfigError(f"framework.reduce_range={self.reduce_range!r} must be true, false or null (auto)")
+        self._check_reduce_range()
         if isinstance(model, OrtModel):
             return model
         if isinstance(model, str | Path):
@@ -226,8 +201,8 @@ class OnnxRuntimeAdaptor(Adaptor):
                               f"got {type(model).__name__}")
         return OrtModel(normalize(proto), self.threads)
 
-    def fingerprint(self, model: OrtModel) -> str:
-        return hashlib.sha256(model.proto.SerializeToString(deterministic=True)).hexdigest()[:16]
+    def _content(self, model: OrtModel) -> list[bytes]:
+        return [model.proto.SerializeToString(deterministic=True)]
 
     def capabilities(self, model: OrtModel, approach: str, example_inputs: Any) -> list[OpCapability]:
         inits = {i.name for i in model.proto.graph.initializer}
@@ -279,7 +254,7 @@ class OnnxRuntimeAdaptor(Adaptor):
         def compute() -> Any:
             method, options = CALIBRATION[method_name]
             t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="lpot_calib_") as tmp, _quiet():
+            with tempfile.TemporaryDirectory(prefix="lpot_calib_") as tmp, quiet():
                 path = Path(tmp) / "model.onnx"
                 onnx.save(model.proto, str(path))
                 calibrator = create_calibrator(path, list(STATIC_TYPES),
@@ -297,8 +272,11 @@ class OnnxRuntimeAdaptor(Adaptor):
         return self.calibration.get((model.key, sampling_size, method_name), compute)
 
     # ------------------------------------------------------------------ quantization
-    def quantize(self, model: OrtModel, config: TuneConfig, calib_dataloader: Iterable[Any],
-                 example_inputs: Any) -> OrtModel:
+    def _op_names(self, model: OrtModel) -> list[str]:
+        return [n.name for n in model.proto.graph.node if n.op_type in STATIC_TYPES]
+
+    def _quantize(self, model: OrtModel, config: TuneConfig, calib_dataloader: Iterable[Any],
+                  example_inputs: Any) -> OrtModel:
         quantized = [(n, c) for n, c in config.ops if c.quantized]
         excluded = [n for n, c in config.ops if not c.quantized]
         if not quantized:
@@ -311,10 +289,29 @@ class OnnxRuntimeAdaptor(Adaptor):
         proto.metadata_props.extend(model.proto.metadata_props)  # e.g. a recognizer's character list
         return OrtModel(proto, self.threads)
 
+    def _stayed_float(self, model: OrtModel, quantized: OrtModel) -> dict[str, bool]:
+        """An op with a weight stayed float when a node other than a (De)QuantizeLinear still reads its
+        FP32 weight initializer (quantizing replaces it by `<weight>_quantized` in every format, and
+        ORT's dynamic quantizer renames the nodes, so the weight is what identifies the op). Ops without
+        a weight (e.g. MatMul of two activations) cannot be told: their inputs may be dequantized for a
+        quantized neighbour whatever they compute in."""
+        weights = {i.name for i in model.proto.graph.initializer}
+        floats = {i.name for i in quantized.proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+        readers: dict[str, set[str]] = {}
+        for node in quantized.proto.graph.node:
+            for t in node.input:
+                readers.setdefault(t, set()).add(node.op_type)
+        out = {}
+        for node in model.proto.graph.node:
+            if node.op_type in STATIC_TYPES and len(node.input) > 1 and node.input[1] in weights:
+                w = node.input[1]
+                out[node.name] = w in floats and bool(readers.get(w, set()) - {"QuantizeLinear", "DequantizeLinear"})
+        return out
+
     def _dynamic(self, model: OrtModel, quantized: list[tuple[str, OpChoice]], excluded: list[str]) -> onnx.ModelProto:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        with tempfile.TemporaryDirectory(prefix="lpot_dyn_") as tmp, _quiet():
+        with tempfile.TemporaryDirectory(prefix="lpot_dyn_") as tmp, quiet():
             out = Path(tmp) / "q.onnx"
             # no nodes_to_quantize: ORT rewrites a Gemm into MatMul + Add under new names before quantizing
             quantize_dynamic(copy.deepcopy(model.proto), out, op_types_to_quantize=list(DYNAMIC_TYPES),
@@ -354,7 +351,7 @@ class OnnxRuntimeAdaptor(Adaptor):
         tensors = TensorsData(ranges[primary].calibration_method, merged)
         extra = {"TensorQuantOverrides": overrides, "ActivationSymmetric": False, "WeightSymmetric": True}
         names = [n for n, _ in quantized]
-        with warnings.catch_warnings(), _quiet():
+        with warnings.catch_warnings(), quiet():
             warnings.simplefilter("ignore")
             if self.quant_format == "QDQ":
                 q = QDQQuantizer(copy.deepcopy(model.proto), False, self._reduce_range(), QuantType.QInt8,
@@ -381,11 +378,9 @@ class OnnxRuntimeAdaptor(Adaptor):
     def size_bytes(self, model: OrtModel) -> int:
         return model.proto.ByteSize()
 
-    def footprint_bytes(self, model: OrtModel, inputs: Any) -> int:
-        blob = model.proto.SerializeToString()
-        feed = model.feed(inputs)
-        make_session(blob, self.threads).run(None, feed)  # warm-up: one-time library set-up
-        return peak_rss_increase(lambda: make_session(blob, self.threads).run(None, feed))
+    def _footprint_run(self, model: OrtModel, inputs: Any) -> contextlib.AbstractContextManager[Callable[[], Any]]:
+        blob, feed = model.proto.SerializeToString(), model.feed(inputs)
+        return contextlib.nullcontext(lambda: make_session(blob, self.threads).run(None, feed))
 
     def inspect(self, model: OrtModel, inputs: Any, op_names: list[str]) -> dict[str, np.ndarray]:
         """Each op's float output: the node's own output in FP32 and QDQ models; in QOperator models the
@@ -418,13 +413,10 @@ class OnnxRuntimeAdaptor(Adaptor):
             result[op] = v.astype(np.float32)
         return result
 
-    def save(self, model: OrtModel, path: Path, example_inputs: Any) -> Path:
+    def _save(self, model: OrtModel, path: Path, example_inputs: Any) -> Path:
         out = Path(path).with_suffix(".onnx")
         onnx.save(model.proto, str(out))
         return out
-
-    def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
-        return take_numpy_inputs(loader, n, what)
 
 
 def _channel_axis(node: onnx.NodeProto, weight: onnx.TensorProto) -> int:

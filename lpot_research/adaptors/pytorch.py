@@ -8,14 +8,14 @@ back really removes all quantization error at that op.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
-import hashlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,11 @@ from torch.ao.quantization.observer import (
 )
 from torch.ao.quantization.quantize_fx import prepare_fx
 
-from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches
+from lpot_research.adaptors.base import Adaptor, RangeRule, as_tuple, batch_len, limited_batches
 from lpot_research.adaptors.torch_observers import KLHistogramObserver
 from lpot_research.config import QAT
 from lpot_research.cpu import cpu_info
 from lpot_research.errors import ConfigError
-from lpot_research.objectives import peak_rss_increase
 from lpot_research.space import APPROACHES, OpCapability, OpChoice, TuneConfig
 
 log = logging.getLogger(__name__)
@@ -69,13 +68,9 @@ def is_script(model: Any) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
 
 
-def as_tuple(inputs: Any) -> tuple[Any, ...]:
-    """Model arguments as a tuple of tensors (numpy arrays from a dataloader are converted; a dict's
-    values in its order, which must be the forward's)."""
-    if isinstance(inputs, dict):
-        inputs = tuple(inputs.values())
-    items = tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
-    return tuple(x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in items)
+def torch_args(inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Model arguments (base.as_tuple) as tensors: numpy arrays from a dataloader are converted."""
+    return tuple(x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in as_tuple(inputs))
 
 
 class BF16Module(nn.Module):
@@ -141,14 +136,15 @@ class PyTorchAdaptor(Adaptor):
         self._train_func, self._qat = train_func, dataclasses.asdict(QAT(**settings))
 
     # ------------------------------------------------------------------ the CPU
-    def _reduce_range(self) -> bool:
+    def range_rule(self) -> RangeRule:
         """7-bit activations. FBGEMM (the x86 and fbgemm engines) has 32-bit accumulating INT8 kernels
         only with AVX512-VNNI; its AVX2 / AVX-512 kernels sum u8 x s8 pairs into 16 bits with
         saturation, so full-range activations can overflow (digits_cnn: 0.77 instead of 0.99 on an
         AVX2 CPU). oneDNN avoids the overflow itself."""
-        if self.reduce_range is not None:
-            return bool(self.reduce_range)
-        return self.backend in ("x86", "fbgemm") and not cpu_info().avx512_vnni
+        fbgemm = self.backend in ("x86", "fbgemm")
+        return RangeRule(saturates=fbgemm and not cpu_info().avx512_vnni, narrows="INT8 activations",
+                         feature="AVX512-VNNI" if fbgemm else self.backend, kernels="FBGEMM's INT8 kernels",
+                         also="; symmetric activations unavailable")
 
     def _engine(self) -> str:
         """The quantized engine. Under an LPOT_CPU_ISA cap below AVX512-VNNI, `x86` becomes `fbgemm`,
@@ -159,15 +155,7 @@ class PyTorchAdaptor(Adaptor):
         return self.backend
 
     def cpu_notes(self) -> list[str]:
-        notes = []
-        if self._reduce_range():
-            why = "" if self.reduce_range is not None else " (no AVX512-VNNI: FBGEMM's INT8 kernels would saturate)"
-            notes.append(f"INT8 activations 7-bit{why}; symmetric activations unavailable")
-        elif self.backend in ("x86", "fbgemm") and not cpu_info().avx512_vnni:
-            notes.append("WARNING: full-range INT8 activations without AVX512-VNNI: FBGEMM's kernels may saturate")
-        else:
-            notes.append("INT8 activations full range (AVX512-VNNI)" if self.backend in ("x86", "fbgemm")
-                         else f"INT8 activations full range ({self.backend})")
+        notes = super().cpu_notes()  # the range rule's
         notes.append("BF16 fallback offered" if bf16_supported() else "no BF16 fallback (no AVX512-BF16/AMX-BF16)")
         if self._engine() != self.backend:
             notes.append(f"quantized engine {self._engine()} (what {self.backend} runs on this class)")
@@ -178,8 +166,7 @@ class PyTorchAdaptor(Adaptor):
         if self.backend not in torch.backends.quantized.supported_engines:
             raise ConfigError(f"framework.backend={self.backend!r} is not available; valid choices: "
                               f"{[e for e in torch.backends.quantized.supported_engines if e != 'none']}")
-        if not isinstance(self.reduce_range, bool | None):
-            raise ConfigError(f"framework.reduce_range={self.reduce_range!r} must be true, false or null (auto)")
+        self._check_reduce_range()
         torch.backends.quantized.engine = self._engine()
         if self.threads:
             torch.set_num_threads(int(self.threads))
@@ -257,8 +244,11 @@ class PyTorchAdaptor(Adaptor):
     def qconfig(self, choice: OpChoice) -> QConfig:
         return _qconfig(choice, self._reduce_range())
 
-    def quantize(self, model: nn.Module, config: TuneConfig, calib_dataloader: Iterable[Any],
-                 example_inputs: Any) -> nn.Module:
+    def _op_names(self, model: nn.Module) -> list[str]:
+        return [name for name, _ in self._ops(model)]
+
+    def _quantize(self, model: nn.Module, config: TuneConfig, calib_dataloader: Iterable[Any],
+                  example_inputs: Any) -> nn.Module:
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
         self._setup()
@@ -273,20 +263,28 @@ class PyTorchAdaptor(Adaptor):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if qat:
-                prepared = prepare_qat_fx(m, qmap, as_tuple(example_inputs))
+                prepared = prepare_qat_fx(m, qmap, torch_args(example_inputs))
                 self._train(prepared, calib_dataloader)
                 prepared.eval()
             else:
-                prepared = prepare_fx(m, qmap, as_tuple(example_inputs))
+                prepared = prepare_fx(m, qmap, torch_args(example_inputs))
             if config.approach == "post_training_static_quant":
                 self._choices = [c for _, c in config.ops if c.quantized and c.activation is not None]
-                self._example = as_tuple(example_inputs)
+                self._example = torch_args(example_inputs)
                 self._calibrate(model, prepared, calib_dataloader, config.sampling_size)
             converted = convert_fx(prepared)
         for name, choice in config.ops:
             if choice.dtype == "bf16":
                 converted.set_submodule(name, BF16Module(converted.get_submodule(name)))
         return converted
+
+    def _stayed_float(self, model: nn.Module, quantized: nn.Module) -> dict[str, bool]:
+        """An op stayed float when its module in the converted graph is not one of torch.ao's quantized
+        modules (torch.ao.nn.quantized, .intrinsic.quantized, .quantized.dynamic); a BF16Module wraps a
+        float one. A JIT-quantized TorchScript model's ops cannot be told (its graph is inlined)."""
+        if is_script(quantized):
+            return {}
+        return {name: ".quantized" not in type(m).__module__ for name, m in quantized.named_modules() if name}
 
     def _quantize_script(self, model: Any, config: TuneConfig, calib_dataloader: Iterable[Any]) -> Any:
         """TorchScript: torch.ao's graph-mode (JIT) quantization, per submodule (calibration not cached)."""
@@ -303,7 +301,7 @@ class PyTorchAdaptor(Adaptor):
             def calibrate(m: Any, loader: Iterable[Any]) -> None:
                 def run() -> None:
                     for inputs in limited_batches(loader, config.sampling_size, "calibration"):
-                        m(*as_tuple(inputs))
+                        m(*torch_args(inputs))
 
                 self.calibration.get(object(), run)  # counted and timed, never reused: observers live in `m`
 
@@ -323,7 +321,7 @@ class PyTorchAdaptor(Adaptor):
         for _ in range(qat["epochs"]):
             for inputs, labels in loader:
                 opt.zero_grad()
-                out = prepared(*as_tuple(inputs))
+                out = prepared(*torch_args(inputs))
                 loss_fn(out, labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)).backward()
                 opt.step()
                 steps += 1
@@ -354,7 +352,7 @@ class PyTorchAdaptor(Adaptor):
         def run(m: nn.Module) -> None:
             seen = 0
             for inputs in limited_batches(loader, sampling_size, "calibration"):
-                m(*as_tuple(inputs))
+                m(*torch_args(inputs))
                 seen += batch_len(inputs)
             if seen < sampling_size:
                 log.debug("calibration: the dataloader gave %d samples, fewer than sampling_size=%d", seen,
@@ -391,26 +389,29 @@ class PyTorchAdaptor(Adaptor):
             obs.load_state_dict(states[k])
 
     def fingerprint(self, model: nn.Module) -> str:
-        """A hash of the model's class and every parameter and buffer (names, dtypes, shapes, values)."""
+        """The base's hash, remembered per model object (calibration keys ask for it every trial)."""
         cached = self.__dict__.setdefault("_fingerprints", {}).get(id(model))
         if cached is not None and cached[0] is model:
             return cached[1]
-        h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
-        for name, t in model.state_dict().items():
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        key = h.hexdigest()[:16]
+        key = super().fingerprint(model)
         self.__dict__["_fingerprints"][id(model)] = (model, key)
         return key
+
+    def _content(self, model: nn.Module) -> Iterator[bytes]:
+        """The model's class and every parameter and buffer (names, dtypes, shapes, values)."""
+        yield f"{type(model).__module__}.{type(model).__qualname__}".encode()
+        for name, t in model.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            yield f"{name}|{t.dtype}|{tuple(t.shape)}".encode()
+            yield t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
     # ------------------------------------------------------------------ running and measuring
     @torch.inference_mode()
     def predict(self, model: nn.Module, inputs: Any) -> Any:
-        return model(*as_tuple(inputs))
+        return model(*torch_args(inputs))
 
     def runner(self, model: nn.Module, inputs: Any) -> Callable[[], Any]:
-        args = as_tuple(inputs)
+        args = torch_args(inputs)
 
         @torch.inference_mode()
         def once() -> Any:
@@ -426,9 +427,8 @@ class PyTorchAdaptor(Adaptor):
             torch.save(model.state_dict(), buf)
         return buf.tell()
 
-    def footprint_bytes(self, model: nn.Module, inputs: Any) -> int:
-        self.predict(model, inputs)  # warm-up: one-time kernel/allocator set-up is not the model's footprint
-        return peak_rss_increase(lambda: self.predict(copy.deepcopy(model), inputs))
+    def _footprint_run(self, model: nn.Module, inputs: Any) -> contextlib.AbstractContextManager[Callable[[], Any]]:
+        return contextlib.nullcontext(lambda: self.predict(copy.deepcopy(model), inputs))
 
     @torch.inference_mode()
     def inspect(self, model: nn.Module, inputs: Any, op_names: list[str]) -> dict[str, np.ndarray]:
@@ -447,13 +447,13 @@ class PyTorchAdaptor(Adaptor):
                 outputs[name] = t.detach().float().cpu().numpy()
             hooks.append(modules[name].register_forward_hook(hook))
         try:
-            model(*as_tuple(inputs))
+            model(*torch_args(inputs))
         finally:
             for h in hooks:
                 h.remove()
         return outputs
 
-    def save(self, model: nn.Module, path: Path, example_inputs: Any) -> Path:
+    def _save(self, model: nn.Module, path: Path, example_inputs: Any) -> Path:
         """TorchScript: loads with plain `torch.jit.load`, no Python class of this package needed."""
         out = Path(path).with_suffix(".pt")
         if is_script(model):  # a TorchScript model quantized in JIT mode already is TorchScript
@@ -463,13 +463,13 @@ class PyTorchAdaptor(Adaptor):
             p.requires_grad_(False)
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
-            scripted = torch.jit.trace(model, as_tuple(example_inputs), check_trace=False)
+            scripted = torch.jit.trace(model, torch_args(example_inputs), check_trace=False)
             torch.jit.save(scripted, str(out))
         return out
 
     def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
         """The first `n` input samples of a dataloader of (inputs, labels), as one batch."""
-        parts = [as_tuple(b) for b in limited_batches(loader, n, what)]  # a dict's values, in its order
+        parts = [torch_args(b) for b in limited_batches(loader, n, what)]  # a dict's values, in its order
         joined = tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
         return joined[0] if len(joined) == 1 else joined
 

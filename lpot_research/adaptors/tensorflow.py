@@ -25,13 +25,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import logging
 import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,34 +42,14 @@ import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 from tensorflow.lite.python import convert as tflite_convert  # noqa: E402
 
-from lpot_research.adaptors.base import (  # noqa: E402
-    Adaptor,
-    batch_len,
-    limited_batches,
-    numpy_inputs,
-    take_numpy_inputs,
-)
+from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches, numpy_inputs, quiet  # noqa: E402
 from lpot_research.errors import ConfigError  # noqa: E402
-from lpot_research.objectives import peak_rss_increase  # noqa: E402
 from lpot_research.space import OpCapability, TuneConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 OP_TYPES = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV")
 FLOAT = (np.float32, np.float16)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keras' SavedModel export prints its signature to stdout and logs its assets on every conversion."""
-    tf_log = logging.getLogger("tensorflow")
-    level = tf_log.level
-    tf_log.setLevel(max(level, logging.WARNING))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        tf_log.setLevel(level)
 
 
 class TFLiteModel:
@@ -142,7 +121,7 @@ class TFModel:
 
     def __init__(self, make_converter: Callable[[], Any], layer_names: set[str], threads: int | None) -> None:
         self.make_converter = make_converter
-        with _quiet():
+        with quiet():
             self.float = TFLiteModel(make_converter().convert(), threads)
         self.key = hashlib.sha256(self.float.content).hexdigest()[:16]  # names the calibration cache entries
         self.ops: dict[str, tuple[str, str, str]] = {}  # name -> (type, weight tensor, output tensor)
@@ -174,6 +153,7 @@ def op_name(weight_tensor: str, output_tensor: str, layer_names: set[str]) -> st
 class TensorFlowAdaptor(Adaptor):
     name = "tensorflow"
     layout = "NHWC"
+    float32_inputs = True
 
     def __init__(self, per_channel: bool = True, threads: int | None = None, cache_calibration: bool = True) -> None:
         self.per_channel = per_channel
@@ -204,9 +184,9 @@ class TensorFlowAdaptor(Adaptor):
         km = model
         return TFModel(lambda: tf.lite.TFLiteConverter.from_keras_model(km), names, self.threads)
 
-    def fingerprint(self, model: TFModel) -> str:
-        """The hash of the float TFLite model the converter makes of it (weights and graph)."""
-        return hashlib.sha256(model.float.content).hexdigest()[:16]
+    def _content(self, model: TFModel) -> list[bytes]:
+        """The float TFLite model the converter makes of it (weights and graph)."""
+        return [model.float.content]
 
     def capabilities(self, model: TFModel, approach: str, example_inputs: Any) -> list[OpCapability]:
         gran = ("per_channel",) if self.per_channel else ("per_tensor",)
@@ -232,44 +212,41 @@ class TensorFlowAdaptor(Adaptor):
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                    tf.lite.OpsSet.TFLITE_BUILTINS]
             converter._experimental_calibrate_only = True  # noqa: SLF001 - calibrate once, quantize per trial
-            with _quiet():
+            with quiet():
                 calibrated = converter.convert()
             log.debug("calibrated on %d samples in %.1f s", len(samples), time.perf_counter() - t0)
             return calibrated
 
         return self.calibration.get((model.key, sampling_size), compute)
 
-    def quantize(self, model: TFModel, config: TuneConfig, calib_dataloader: Iterable[Any],
-                 example_inputs: Any) -> TFLiteModel:
-        unknown = [n for n, _ in config.ops if n not in model.ops]
-        if unknown:
-            raise ConfigError(f"op {unknown[0]!r} is not in the model; valid ops: {list(model.ops)}")
+    def _op_names(self, model: TFModel) -> list[str]:
+        return list(model.ops)
+
+    def _quantize(self, model: TFModel, config: TuneConfig, calib_dataloader: Iterable[Any],
+                  example_inputs: Any) -> TFLiteModel:
         if not any(c.quantized for _, c in config.ops):
             return TFLiteModel(model.float.content, self.threads, model.float.layers)
         if config.approach == "post_training_dynamic_quant":
             converter = model.make_converter()
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter._experimental_disable_per_channel = not self.per_channel  # noqa: SLF001
-            with _quiet():
+            with quiet():
                 return TFLiteModel(converter.convert(), self.threads, model.float.layers)
         calibrated = self._calibrate(model, calib_dataloader, config.sampling_size)
         denied = [model.ops[n][2] for n, c in config.ops if not c.quantized]
         content = tflite_convert.mlir_quantize(calibrated, disable_per_channel=not self.per_channel,
                                                denylisted_nodes=denied or None)
-        q = TFLiteModel(content, self.threads, model.float.layers)
-        self._check_fallback(model, q, [n for n, c in config.ops if not c.quantized])
-        return q
+        return TFLiteModel(content, self.threads, model.float.layers)
 
-    @staticmethod
-    def _check_fallback(model: TFModel, q: TFLiteModel, fallback: list[str]) -> None:
-        """Each fallen-back op must compute in float in the quantized graph (a denylist entry that
-        matches nothing would silently quantize it)."""
-        by_weight = {op["inputs"][1]: op for op in q.ops if op["type"] in OP_TYPES and len(op["inputs"]) > 1}
-        for name in fallback:
-            op = by_weight.get(model.ops[name][1])
-            if op is None or op["weight_dtype"] not in FLOAT:
-                raise RuntimeError(f"op {name!r} was to stay FP32 but TFLite quantized it "
-                                   f"(weights {getattr(op and op['weight_dtype'], '__name__', 'missing')})")
+    def _stayed_float(self, model: TFModel, quantized: TFLiteModel) -> dict[str, bool]:
+        """An op stayed float when the op reading its weight tensor has float weights (a denylist entry
+        that matches nothing would silently quantize it; an op whose weight tensor is gone was rewritten)."""
+        by_weight = {op["inputs"][1]: op for op in quantized.ops if op["type"] in OP_TYPES and len(op["inputs"]) > 1}
+        out = {}
+        for name, (_, weight, _) in model.ops.items():
+            op = by_weight.get(weight)
+            out[name] = op is not None and op["weight_dtype"] in FLOAT
+        return out
 
     # ------------------------------------------------------------------ running and measuring
     def _tflite(self, model: Any) -> TFLiteModel:
@@ -286,9 +263,9 @@ class TensorFlowAdaptor(Adaptor):
     def size_bytes(self, model: Any) -> int:
         return len(self._tflite(model).content)
 
-    def footprint_bytes(self, model: Any, inputs: Any) -> int:
+    def _footprint_run(self, model: Any, inputs: Any) -> contextlib.AbstractContextManager[Callable[[], Any]]:
         m, arrays = self._tflite(model), numpy_inputs(inputs, float32=True)
-        return peak_rss_increase(lambda: TFLiteModel(m.content, self.threads).outputs(arrays))
+        return contextlib.nullcontext(lambda: TFLiteModel(m.content, self.threads).outputs(arrays))
 
     def inspect(self, model: Any, inputs: Any, op_names: list[str]) -> dict[str, np.ndarray]:
         """Each op's output, dequantized when the op computes in INT8 (its output tensor's own scale
@@ -310,12 +287,9 @@ class TensorFlowAdaptor(Adaptor):
             out[name] = np.asarray(value, dtype=np.float32)
         return out
 
-    def save(self, model: Any, path: Path, example_inputs: Any) -> Path:
+    def _save(self, model: Any, path: Path, example_inputs: Any) -> Path:
         """A .tflite flatbuffer: loads in the TFLite/LiteRT interpreter alone."""
         out = Path(path).with_suffix(".tflite")
         out.write_bytes(self._tflite(model).content)
         return out
-
-    def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
-        return take_numpy_inputs(loader, n, what, float32=True)
 
