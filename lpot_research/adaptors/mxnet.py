@@ -429,9 +429,14 @@ class MXNetAdaptor(Adaptor):
         return Source(sym, params, names)
 
     def _content(self, model: MXModel) -> Iterator[bytes]:
-        """The source symbol (JSON) and every parameter."""
+        """The source symbol (JSON, without the variable versions: a Gluon net traced again counts its
+        BatchNorm statistics' versions up, the same model) and every parameter."""
         self._mx()
-        yield model.source.symbol.tojson().encode()
+        doc = json.loads(model.source.symbol.tojson())
+        for node in doc["nodes"]:
+            node["inputs"] = [entry[:2] for entry in node["inputs"]]
+        doc["heads"] = [entry[:2] for entry in doc["heads"]]
+        yield json.dumps(doc, sort_keys=True).encode()
         for name in sorted(model.source.params):
             a = model.source.params[name].asnumpy()
             yield f"{name}|{a.dtype}|{a.shape}".encode()
