@@ -1,4 +1,5 @@
-"""Accuracy criterion: one rule, used everywhere (`passes` is the only comparison)."""
+"""Accuracy criterion: one rule, used everywhere (`meets` is the only comparison with a threshold: `passes`
+and the evaluation's early rejection both use it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ from dataclasses import dataclass, replace
 from lpot_research.errors import ConfigError
 
 KINDS = ("relative", "absolute")
+
+
+def meets(value: float, threshold: float, higher_is_better: bool) -> bool:
+    """`value` is at `threshold` or on its better side (inclusive, with a tiny epsilon so that e.g. 0.99
+    vs 1.0*(1-0.01) is not lost to float rounding)."""
+    eps = 1e-12 * max(1.0, abs(threshold))
+    return value >= threshold - eps if higher_is_better else value <= threshold + eps
 
 
 @dataclass(frozen=True)
@@ -51,10 +59,7 @@ class AccuracyCriterion:
     def passes(self, accuracy: float | None, baseline: float) -> bool:
         if accuracy is None or not math.isfinite(accuracy):
             return False
-        t = self.threshold(baseline)
-        # A tiny epsilon so that e.g. 0.99 vs 1.0*(1-0.01) is not lost to float rounding.
-        eps = 1e-12 * max(1.0, abs(t))
-        return accuracy >= t - eps if self.hib else accuracy <= t + eps
+        return meets(accuracy, self.threshold(baseline), self.hib)
 
     def describe(self) -> str:
         tol = f"{self.tolerance:.2%}" if self.kind == "relative" else f"{self.tolerance:g}"

@@ -30,6 +30,7 @@ import numpy as np
 
 from lpot_research import deadline
 from lpot_research.batches import batch_len, batches, concat, take
+from lpot_research.criterion import meets
 from lpot_research.errors import ConfigError, DataError
 
 
@@ -189,9 +190,8 @@ class Evaluator:
             seen += len(ids)
             total += float(s.sum())
             if can_stop and seen >= r and seen < n:
-                best = (total + (n - seen) * (hi if hib else lo)) / n
-                eps = 1e-12 * max(1.0, abs(threshold))
-                if (best < threshold - eps) if hib else (best > threshold + eps):
+                best = (total + (n - seen) * (hi if hib else lo)) / n  # finite: every score was checked
+                if not meets(best, threshold, hib):
                     return Outcome(None, float(np.mean(scores[ranked[:r]])), seen, True, best, scores)
         acc = as_accuracy(math.fsum(scores) / n, what)
         return Outcome(acc, float(np.mean(scores[ranked[:r]])), n, False, None, scores)
