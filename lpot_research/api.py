@@ -17,7 +17,7 @@ from lpot_research.callbacks import Callback, ProgressLog, TensorBoardCallback, 
 from lpot_research.config import ExitPolicy, Settings, load_settings
 from lpot_research.cpu import cpu_info
 from lpot_research.criterion import AccuracyCriterion
-from lpot_research.errors import ConfigError
+from lpot_research.errors import ConfigError, LpotError
 from lpot_research.evaluation import Evaluator, check_metric
 from lpot_research.history import History
 from lpot_research.inspector import Inspector
@@ -93,8 +93,11 @@ def _output_dir(output_dir: str | Path | None, resume: bool) -> Path:
         raise ConfigError(f"resume: {str(out)!r} holds no run to continue (no {History.FILENAME}); start a new run "
                           "without resume, or give the directory of the run to continue")
     if not resume and History.exists(out):
-        n = sum(1 for line in open(out / History.FILENAME, "rb") if b'"kind": "trial"' in line)
-        raise ConfigError(f"output_dir={str(out)!r} already holds a run ({n} trial(s)); pass resume=True to continue "
+        try:
+            held = f"{len(History.read(out).trials)} trial(s)"
+        except LpotError as e:  # a damaged record is still a run not to overwrite
+            held = f"its record does not read: {e}"
+        raise ConfigError(f"output_dir={str(out)!r} already holds a run ({held}); pass resume=True to continue "
                           "it, or choose another output_dir")
     return out
 
@@ -143,6 +146,35 @@ def tune(
     quantization in place (else the configured loop of quantization.qat runs on the calibration data).
     `tracker` (e.g. `lpot_research.tracking.WandbTracker()`) and `callbacks` see the run as it goes.
     """
+    settings, crit, ex = _settings(config, accuracy_criterion, exit_policy)
+    out = _output_dir(output_dir, resume)
+    _default_logging()
+    adaptor, strat, obj = _components(framework, strategy, objective, settings)
+    calib_dataloader, metric = _check_inputs(adaptor, settings, calib_dataloader, eval_dataloader, metric, eval_func,
+                                             q_func)
+    prepared, example_inputs = _sanity_run(adaptor, model, calib_dataloader, example_inputs, settings.quantization,
+                                           q_func, settings.random_seed)
+    bench = settings.benchmark.build(bench_batch_size if bench_batch_size is not None else 32)
+    bench_inputs = (adaptor.take_inputs(eval_dataloader, bench.batch_size, "evaluation") if eval_dataloader is not None
+                    else adaptor.take_inputs(calib_dataloader, bench.batch_size, "calibration"))
+    evaluator = Evaluator(adaptor, eval_dataloader, metric, eval_func, settings.evaluation.ranking_samples,
+                          settings.evaluation.early_stop)
+    runner = TrialRunner(adaptor, prepared, calib_dataloader, example_inputs, evaluator, crit.for_metric(metric), obj,
+                         bench, bench_inputs)
+    names = {"strategy": strat.name, "framework": adaptor.name, "model": model_name}
+    description = _describe_run(names, runner, strat, settings, q_func)
+    history = History(out, stable_hash(description), description)
+    watchers = _watchers(tracker, callbacks, {**description, "exit_policy": dataclasses.asdict(ex),
+                                              "threads": settings.threads}, settings.tensorboard, out)
+    resume_hint = resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)"
+    return _run(_tuner(runner, strat, history, settings, ex, names, watchers, out, resume_hint), watchers)
+
+
+def _settings(config: Mapping[str, Any] | Settings | str | Path | None,
+              accuracy_criterion: AccuracyCriterion | Mapping[str, Any] | None,
+              exit_policy: ExitPolicy | Mapping[str, Any] | None) -> tuple[Settings, AccuracyCriterion, ExitPolicy]:
+    """The run's settings: `config` with the keyword arguments over it (a mapping is merged and validated
+    with the rest; an AccuracyCriterion or ExitPolicy object is taken as it is)."""
     settings = config if isinstance(config, Settings) else load_settings(_mapping(config))
     if accuracy_criterion is not None and not isinstance(accuracy_criterion, AccuracyCriterion):
         settings = load_settings({**_asdict(settings), "accuracy_criterion": dict(accuracy_criterion)})
@@ -150,10 +182,12 @@ def tune(
         settings = load_settings({**_asdict(settings), "exit_policy": dict(exit_policy)})
     crit = accuracy_criterion if isinstance(accuracy_criterion, AccuracyCriterion) else settings.accuracy_criterion
     ex = exit_policy if isinstance(exit_policy, ExitPolicy) else settings.exit_policy
-    q, seed = settings.quantization, settings.random_seed
-    out = _output_dir(output_dir, resume)
-    _default_logging()
+    return settings, crit, ex
 
+
+def _components(framework: str | Adaptor, strategy: str | Strategy, objective: Any, settings: Settings
+                ) -> tuple[Adaptor, Strategy, Objective]:
+    """The adaptor, strategy and objective, built from their names or taken as given."""
     if isinstance(framework, str):
         adaptor = make_adaptor(framework, threads=settings.threads)
     elif isinstance(framework, Adaptor):
@@ -161,13 +195,20 @@ def tune(
     else:
         raise ConfigError(f"framework={framework!r} must be a name ({', '.join(FRAMEWORKS)}) or an Adaptor")
     if isinstance(strategy, str):
-        strat = make_strategy(strategy, seed=seed)
+        strat = make_strategy(strategy, seed=settings.random_seed)
     elif isinstance(strategy, Strategy):
         strat = strategy
     else:
         raise ConfigError(f"strategy={strategy!r} must be a name ({', '.join(STRATEGIES)}) or a Strategy")
-    obj = _objective(objective if objective is not None else "performance")
+    return adaptor, strat, _objective(objective if objective is not None else "performance")
 
+
+def _check_inputs(adaptor: Adaptor, settings: Settings, calib_dataloader: Iterable[Any] | None,
+                  eval_dataloader: Iterable[Any] | None, metric: Any, eval_func: Callable[[Any], float] | None,
+                  q_func: Callable[[Any], Any] | None) -> tuple[Iterable[Any], Any]:
+    """The calibration data (a YAML description replaces the given loader) and the metric (top-1 by
+    default), after every check that needs no model run: each bad input is one clear error."""
+    q = settings.quantization
     if q.calibration.dataloader is not None:  # described in YAML: it replaces the given one
         from lpot_research.data import build_dataloader
 
@@ -188,10 +229,16 @@ def tune(
     if eval_func is None:
         metric = metric if metric is not None else TopK(1)
         check_metric(metric)
-    crit = crit.for_metric(metric)
     if settings.tensorboard and not _installed("tensorboardX"):
         raise ConfigError("tensorboard=true needs tensorboardX (pip install 'lpot-research[tensorboard]')")
+    return calib_dataloader, metric
 
+
+def _sanity_run(adaptor: Adaptor, model: Any, calib_dataloader: Iterable[Any], example_inputs: Any, q: Any,
+                q_func: Callable[[Any], Any] | None, seed: int) -> tuple[Any, Any]:
+    """The prepared model and the example inputs (the first calibration batch unless given), once the
+    model has run on that batch: a model that does not run on the data fails here, in one line, not in
+    every trial."""
     try:
         import torch
 
@@ -205,7 +252,7 @@ def tune(
     if example_inputs is None:
         example_inputs = first
     prepared = adaptor.prepare(model, example_inputs)
-    try:  # a model that does not run on the data fails here, in one line, not in every trial
+    try:
         adaptor.predict(prepared, first)
     except Exception as e:  # noqa: BLE001 - any framework's shape/dtype error
         from lpot_research.adaptors.base import describe_inputs
@@ -213,54 +260,66 @@ def tune(
 
         raise DataError(f"the model does not run on the calibration data's inputs ({describe_inputs(first)}): "
                         f"{one_line(e)}") from None
-    bench = settings.benchmark.build(bench_batch_size if bench_batch_size is not None else 32)
-    bench_inputs = (adaptor.take_inputs(eval_dataloader, bench.batch_size, "evaluation") if eval_dataloader is not None
-                    else adaptor.take_inputs(calib_dataloader, bench.batch_size, "calibration"))
-    evaluator = Evaluator(adaptor, eval_dataloader, metric, eval_func, settings.evaluation.ranking_samples,
-                          settings.evaluation.early_stop)
-    names = {"strategy": strat.name, "framework": adaptor.name, "model": model_name}
-    description = {  # what makes a run: its hash guards resume, and the tracker records it as the run's config
+    return prepared, example_inputs
+
+
+def _describe_run(names: dict[str, str], runner: TrialRunner, strat: Strategy, settings: Settings,
+                  q_func: Callable[[Any], Any] | None) -> dict[str, Any]:
+    """What makes a run: its hash guards resume, and the tracker records it as the run's config."""
+    return {
         "names": names,
-        "model": adaptor.fingerprint(prepared),
-        "data": {"benchmark_inputs": fingerprint_inputs(bench_inputs), "evaluation": evaluator.kind},
-        "adaptor": _describe(adaptor),
+        "model": runner.adaptor.fingerprint(runner.model),
+        "data": {"benchmark_inputs": fingerprint_inputs(runner.bench_inputs), "evaluation": runner.evaluator.kind},
+        "adaptor": _describe(runner.adaptor),
         "strategy": _describe(strat),
-        "quantization": dataclasses.asdict(q),
-        "criterion": dataclasses.asdict(crit),
-        "benchmark": dataclasses.asdict(bench),
+        "quantization": dataclasses.asdict(settings.quantization),
+        "criterion": dataclasses.asdict(runner.criterion),
+        "benchmark": dataclasses.asdict(runner.bench),
         "ranking_samples": settings.evaluation.ranking_samples,
-        "objective": _describe(obj),  # with its arguments (e.g. weighted's weights)
-        "seed": seed,
+        "objective": _describe(runner.objective),  # with its arguments (e.g. weighted's weights)
+        "seed": settings.random_seed,
         # the CPU class decides kernels and quantizer settings (e.g. 7-bit INT8 without VNNI): trials
         # measured on another class are not this run's
         "cpu": cpu_info().isa_class,
         "q_func": getattr(q_func, "__qualname__", repr(q_func)) if q_func is not None else None,
     }
-    history = History(out, stable_hash(description), description)
-    runner = TrialRunner(adaptor, prepared, calib_dataloader, example_inputs, evaluator, crit, obj, bench,
-                         bench_inputs)
+
+
+def _watchers(tracker: Tracker | None, callbacks: list[Callback] | None, tracked: dict[str, Any], tensorboard: bool,
+              out: Path) -> list[Callback]:
+    """Whatever watches the run: the progress log, then the tracker (given `tracked` as the run's config),
+    TensorBoard and the caller's callbacks."""
     watchers: list[Callback] = [ProgressLog()]
     if tracker is not None:
         if not isinstance(tracker, Tracker):
             raise ConfigError(f"tracker={tracker!r} must be an lpot_research.tracking.Tracker")
-        watchers.append(TrackerCallback(tracker, {**description, "exit_policy": dataclasses.asdict(ex),
-                                                  "threads": settings.threads}, out))
-    if settings.tensorboard:
+        watchers.append(TrackerCallback(tracker, tracked, out))
+    if tensorboard:
         watchers.append(TensorBoardCallback(out / "tensorboard"))
-    watchers += list(callbacks or [])
-    tuner = Tuner(adaptor=adaptor, strategy=strat, runner=runner,
-                  inspector=Inspector(adaptor, prepared, calib_dataloader, example_inputs, history), history=history,
-                  space_settings={"approach": q.approach, "sampling_sizes": _sampling_sizes(adaptor, q,
-                                                                                            calib_dataloader),
-                                  "model_wise": _asdict(q.model_wise), "op_wise": q.op_wise},
-                  criterion=crit, objective=obj, exit=ex, example_inputs=example_inputs, out=out, names=names,
-                  callbacks=watchers,
-                  resume_hint=resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)",
-                  parallel=settings.parallel, threads=settings.threads)
+    return watchers + list(callbacks or [])
+
+
+def _tuner(runner: TrialRunner, strat: Strategy, history: History, settings: Settings, ex: ExitPolicy,
+           names: dict[str, str], watchers: list[Callback], out: Path, resume_hint: str) -> Tuner:
+    """The tuner, wired to the parts of this run."""
+    q, adaptor = settings.quantization, runner.adaptor
+    return Tuner(adaptor=adaptor, strategy=strat, runner=runner,
+                 inspector=Inspector(adaptor, runner.model, runner.calib, runner.example_inputs, history),
+                 history=history,
+                 space_settings={"approach": q.approach, "sampling_sizes": _sampling_sizes(adaptor, q, runner.calib),
+                                 "model_wise": _asdict(q.model_wise), "op_wise": q.op_wise},
+                 criterion=runner.criterion, objective=runner.objective, exit=ex, example_inputs=runner.example_inputs,
+                 out=out, names=names, callbacks=watchers, resume_hint=resume_hint, parallel=settings.parallel,
+                 threads=settings.threads)
+
+
+def _run(tuner: Tuner, watchers: list[Callback]) -> TuneResult:
+    """Run the tuner; every watcher is closed, told whether the run completed (an interrupted or failed
+    run did not: its W&B run says so)."""
     failed = True
     try:
         result = tuner.run()
-        failed = result.interrupted  # an interrupted run is not a complete one (its W&B run says so)
+        failed = result.interrupted
         return result
     finally:
         for cb in watchers:

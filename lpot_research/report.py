@@ -164,7 +164,8 @@ class Reporter:
             arrays[f"output{i}"] = numpy_inputs(o)[0]
         np.savez(run.out / "best_model_check.npz", **arrays)
 
-    def log(self, s: dict[str, Any], best: TrialRecord | None) -> None:
+    def _table(self, s: dict[str, Any], best: TrialRecord | None) -> list[str]:
+        """The closing table: FP32, the best and the Pareto front, then the run's costs."""
         run = self.run
         b = run.baseline
         spread = b.get("latency_spread")
@@ -188,8 +189,13 @@ class Reporter:
             lines.append(f"{t:>6} {role:<8} {_num(acc, 9, 4)} {_num(lat, 11, 3)} {_num(fp32, 10, 3)} "
                          f"{_fmt_ratio(ratio):>8} {(size or 0) / 1e6:>8.3f}  {note}")
         lines.append(f"time: {cost_line(s['costs'])}")
+        return lines
+
+    def log(self, s: dict[str, Any], best: TrialRecord | None) -> None:
+        run = self.run
+        b = run.baseline
         log.info("tuning finished: %s; %d trial(s) (%d failed) in %.1f s\n%s", s["stop_reason"], s["trials"],
-                 s["failed_trials"], s["elapsed_s"], "\n".join(lines))
+                 s["failed_trials"], s["elapsed_s"], "\n".join(self._table(s, best)))
         if best is None:
             log.warning("no trial produced a working quantized model; the FP32 model is the result")
             return
@@ -207,19 +213,8 @@ class Reporter:
         elif run.objective.key == "size_bytes" and d["size_ratio"] is not None:
             log.info("INT8/FP32 model size ratio: %.2fx (%.1f MB vs %.1f MB)", d["size_ratio"],
                      (d["size_bytes"] or 0) / 1e6, b["size_bytes"] / 1e6)
-        ratio = d["latency_ratio"]
-        if ratio is not None and d["quantized_ops"]:
-            spread = d.get("latency_spread")
-            noise = f" +-{spread:.0%}" if spread is not None and spread < 1 else ""
-            if within_noise(ratio, spread, 1.0, 0.0):
-                log.warning("the tuned model is as fast as FP32 within measurement noise: latency ratio %.2fx%s",
-                            ratio, noise)
-            elif ratio < 1.0:
-                log.info("INT8/FP32 latency ratio: %.2fx%s (%.1fx faster than FP32)", ratio, noise, 1 / ratio)
-            else:
-                log.warning("the tuned model is SLOWER than FP32: latency ratio %.2fx%s (%.3f ms vs %.3f ms); "
-                            "it is not an optimized model", ratio, noise, best.metrics["latency_ms"],
-                            best.metrics.get("fp32_latency_ms", b["latency_ms"]))
+        if d["latency_ratio"] is not None and d["quantized_ops"]:
+            _log_speed(d, best, b)
         if d["within_noise"]:
             log.info("within measurement noise of the best's latency (as fast, as far as can be measured): trial(s) %s",
                      ", ".join(f"#{t}" for t in d["within_noise"]))
@@ -228,6 +223,22 @@ class Reporter:
         if d["unquantizable_ops"]:
             log.info("not quantizable by %s with %s (left FP32): %s", run.adaptor.name, run.space.approach,
                      ", ".join(d["unquantizable_ops"]))
+
+
+def _log_speed(d: dict[str, Any], best: TrialRecord, b: dict[str, Any]) -> None:
+    """The verdict on the best's latency ratio `d["latency_ratio"]`: as fast as FP32 within its spread,
+    faster, or slower."""
+    ratio, spread = d["latency_ratio"], d.get("latency_spread")
+    noise = f" +-{spread:.0%}" if spread is not None and spread < 1 else ""
+    if within_noise(ratio, spread, 1.0, 0.0):
+        log.warning("the tuned model is as fast as FP32 within measurement noise: latency ratio %.2fx%s",
+                    ratio, noise)
+    elif ratio < 1.0:
+        log.info("INT8/FP32 latency ratio: %.2fx%s (%.1fx faster than FP32)", ratio, noise, 1 / ratio)
+    else:
+        log.warning("the tuned model is SLOWER than FP32: latency ratio %.2fx%s (%.3f ms vs %.3f ms); "
+                    "it is not an optimized model", ratio, noise, best.metrics["latency_ms"],
+                    best.metrics.get("fp32_latency_ms", b["latency_ms"]))
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
