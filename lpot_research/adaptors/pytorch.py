@@ -245,7 +245,10 @@ class PyTorchAdaptor(Adaptor):
         return _qconfig(choice, self._reduce_range())
 
     def _op_names(self, model: nn.Module) -> list[str]:
-        return [name for name, _ in self._ops(model)]
+        """The Conv/Linear modules, in declaration order (no tracing: this runs every trial)."""
+        if is_script(model):
+            return [name for name, _ in self._ops(model)]
+        return [name for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
 
     def _quantize(self, model: nn.Module, config: TuneConfig, calib_dataloader: Iterable[Any],
                   example_inputs: Any) -> nn.Module:
