@@ -8,7 +8,9 @@ What a parallel run keeps of a serial one:
 - A trial that finishes before an earlier one is written to the history at once (an `ahead` record):
   a killed run loses no finished trial, and its resume takes it from there instead of running it again.
 - Workers run a trial's accuracy phase (quantize, evaluate, size). Latency is measured in this process
-  once nothing is in flight (at the end of a batch), so no benchmark shares the cores with a trial.
+  once nothing is in flight (at the end of a batch), so no benchmark shares the cores with a trial. A
+  serial run measures the same way: the record is written, then a passing trial is measured
+  (`TrialRunner.measure_recorded`), so both write the same lines and measure the same trials.
 - Trials that start before the evaluation order is known (the first ones of a run scored per sample)
   are evaluated whole and send their scores back: the first on record sets the order, and each one's
   ranking accuracy is computed under it, as in a serial run.
@@ -125,7 +127,7 @@ def run_task(token: str, payload: bytes | None, task: Task) -> tuple[str, Any, A
         ev.set_order(task.order)
     try:
         with deadline(task.seconds):
-            rec, _, outcome = runner.run(TuneConfig.from_dict(task.config, task.note), task.n, 0.0, measure=False)
+            rec, _, outcome = runner.run(TuneConfig.from_dict(task.config, task.note), task.n, 0.0)
     except TrialTimeout:
         return "stopped", "timeout", None
     except KeyboardInterrupt:
@@ -322,16 +324,12 @@ class TrialScheduler:
         self._held.append((rec, model))
         return rec
 
-    @staticmethod
-    def _unmeasured(rec: TrialRecord) -> bool:
-        return rec.passed and rec.objective is None
-
     def _report(self, measure: bool = True) -> None:
         """Report held records in order: all of them (measuring the passing ones first, which needs
         nothing in flight), or with `measure=False` only those before the first that needs measuring."""
         while self._held:
             rec, model = self._held[0]
-            if self._unmeasured(rec):
+            if self.runner.unmeasured(rec):
                 if not measure:
                     return
                 if model is None:

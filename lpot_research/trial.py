@@ -1,8 +1,10 @@
 """One trial: quantize a configuration, evaluate it (stopping early when it cannot pass), and measure
 what decides something; with the seconds each step took.
 
-A trial that meets the criterion is measured at once (its objective ranks it); a failing one only when
-a report needs it (`measure`, later). Size is always read (it costs a serialization).
+A trial's record is written as soon as its accuracy is known; a trial that meets the criterion is then
+measured (`measure_recorded`: its objective ranks it), in the tuning process with nothing else running,
+serial and parallel runs alike; a failing one only when a report needs it. Size is always read (it costs
+a serialization).
 """
 
 from __future__ import annotations
@@ -48,9 +50,8 @@ class TrialRunner:
         calibrate = self.adaptor.calibration.seconds - cal0
         return qmodel, {"calibrate_s": calibrate, "quantize_s": time.perf_counter() - t0 - calibrate}
 
-    def run(self, cfg: TuneConfig, n: int, elapsed: float, measure: bool = True
-            ) -> tuple[TrialRecord, Any, Outcome | None]:
-        """Trial `n` of `cfg` (`measure=False`: the accuracy phase only, for a worker). A failure of the
+    def run(self, cfg: TuneConfig, n: int, elapsed: float) -> tuple[TrialRecord, Any, Outcome | None]:
+        """Trial `n` of `cfg`: its accuracy phase (quantize, evaluate, size). A failure of the
         configuration (it does not quantize, its metric is NaN) is recorded; the budget running out
         (TrialTimeout), Ctrl-C and the run's own record errors are not the configuration's and
         propagate."""
@@ -80,12 +81,14 @@ class TrialRunner:
             accuracy_bound=outcome.bound if ok else None, samples=outcome.samples if ok else None,
             metrics=metrics, costs=costs, note=cfg.note, error=err,
         )
-        if rec.passed and measure:  # its objective decides its rank among passing configs: measure it now
-            self.measure(rec, qmodel)
         rec.objective = self.objective_value(rec)
         rec.duration_s = time.perf_counter() - t0
         rec.elapsed_s = elapsed + rec.duration_s
         return rec, qmodel, outcome
+
+    def unmeasured(self, rec: TrialRecord) -> bool:
+        """A passing trial that lacks a measurement it gets (`needs`)."""
+        return rec.passed and any(k not in rec.metrics for k in self.needs())
 
     def needs(self) -> tuple[str, ...]:
         """The measurements a passing trial gets: latency always (every report shows it), plus the

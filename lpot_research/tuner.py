@@ -99,9 +99,8 @@ class Tuner:
         log.debug("ops and options: %s", {n: [o.short() for o in opts] for n, opts in self.space.options})
         self._emit("on_start")
         self._baseline()
-        needs = self.runner.needs()
         for rec in self.history.trials:  # a resumed run: a passing trial killed before its measurement gets it
-            if rec.passed and any(k not in rec.metrics for k in needs):
+            if self.runner.unmeasured(rec):
                 self._complete(rec)
         for rec in self.history.trials:  # a resumed run's watchers get the whole curve
             self.best = better(self.best, rec, self.criterion.hib)
