@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lpot_research.benchmark import Benchmark, measure
-from lpot_research.history import History
+from lpot_research.history import SENSITIVITY, History, analysis_key
 from lpot_research.report import TIMED
 from lpot_research.strategies.basic import BasicStrategy
 from tests.fakes import FakeAdaptor, indexed_loader
@@ -45,7 +45,9 @@ def test_costs_are_positive_and_add_up_to_the_wall_time(tmp_path):
     s = res.summary
     c = s["costs"]
     assert c["rejected_early"] > 0 and c["analysis_s"] > 0
-    assert any(k.startswith("sensitivity:") for k in History.read(tmp_path).analysis_seconds)
+    h = History.read(tmp_path)
+    assert [analysis_key(SENSITIVITY, c) for c in h.per_config(SENSITIVITY)] == [
+        k for k in h.analysis_seconds if k.startswith(analysis_key(SENSITIVITY, ""))]
     assert all(c[k] >= 0 for k in (*TIMED, "other_s")), c
     for t in History.read(tmp_path).trials:
         assert all(v >= 0 for v in t.costs.values()), (t.trial, t.costs)
