@@ -144,7 +144,8 @@ def tune(
     A new run needs a new (or empty) `output_dir`; `resume=True` continues the run in it. With
     `quantization.approach: quant_aware_training`, `q_func(model)` trains the model prepared with fake
     quantization in place (else the configured loop of quantization.qat runs on the calibration data).
-    `tracker` (e.g. `lpot_research.tracking.WandbTracker()`) and `callbacks` see the run as it goes.
+    `tracker` (e.g. `lpot_research.tracking.WandbTracker()`) and `callbacks` (lpot_research.callbacks.Callback)
+    see the run as it goes, through a read-only `RunView`.
     """
     settings, crit, ex = _settings(config, accuracy_criterion, exit_policy)
     out = _output_dir(output_dir, resume)

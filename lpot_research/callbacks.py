@@ -1,34 +1,81 @@
 """What watches a run: the tuner calls each callback at the start, after the baseline, after every
-trial and at the end (in the manner of Optuna's `optimize(..., callbacks=)`). A callback reads; the
-history is the run's state. Built in: the progress log, the experiment tracker (W&B) and TensorBoard.
+trial and at the end (in the manner of Optuna's `optimize(..., callbacks=)`). A callback reads: it is
+given a `RunView` of the run, never the tuner; the history is the run's state. Built in: the progress
+log, the experiment tracker (W&B) and TensorBoard.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from lpot_research.config import ExitPolicy
+from lpot_research.criterion import AccuracyCriterion
 from lpot_research.history import TrialRecord, metric_ratio
+from lpot_research.objectives import Objective
+from lpot_research.space import TuningSpace
+from lpot_research.summary import EvaluationSummary, Summary
 from lpot_research.tracking import TensorBoardDump, Tracker, trial_row
 
 log = logging.getLogger("lpot_research")
 
 
-class Callback:
-    """Override any of these. `run` is the tuner (its history, space, criterion, objective, names)."""
+class ReadHistory(Protocol):
+    """The run's history, for reading (lpot_research.history.History)."""
 
-    def on_start(self, run: Any) -> None:
+    @property
+    def trials(self) -> list[TrialRecord]: ...
+
+    @property
+    def stopped(self) -> list[dict[str, Any]]: ...
+
+    @property
+    def analysis(self) -> dict[str, Any]: ...
+
+    @property
+    def analysis_seconds(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What callbacks and the reporter see of a run, built by the tuner once the space exists (again once
+    the baseline exists: `on_start`'s view has an empty `baseline` and no `evaluation` yet)."""
+
+    names: dict[str, str]  # strategy, framework, model
+    framework: str  # the adaptor's name
+    space: TuningSpace
+    criterion: AccuracyCriterion
+    objective: Objective
+    exit: ExitPolicy
+    out: Path  # the run dir
+    history: ReadHistory
+    workers: int  # trials run at once (1: serial)
+    cpu_notes: list[str]  # what this CPU changes in how the back end quantizes
+    # the per-op outputs on the probe batch of `model` (None: the FP32 reference build), e.g. for TensorBoard
+    op_outputs: Callable[[Any], dict[str, Any]]
+    baseline: dict[str, Any]  # the FP32 baseline's accuracy and measurements
+    evaluation: EvaluationSummary | None  # the evaluator: kind, samples, ranking samples, early stop
+
+
+class Callback:
+    """Override any of these. `run` is a read-only `RunView` of the run (its history, space, criterion,
+    objective, exit policy, names, baseline)."""
+
+    def on_start(self, run: RunView) -> None:
         """Before the baseline."""
 
-    def on_baseline(self, run: Any, baseline: dict[str, Any]) -> None:
+    def on_baseline(self, run: RunView, baseline: dict[str, Any]) -> None:
         """The FP32 baseline (measured now or read from the history of a resumed run)."""
 
-    def on_trial(self, run: Any, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool) -> None:
+    def on_trial(self, run: RunView, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool
+                 ) -> None:
         """A finished trial (`replayed`: one of a resumed run, read from its history; `model` None)."""
 
-    def on_finish(self, run: Any, summary: dict[str, Any]) -> None:
-        """The run's summary, once it is written."""
+    def on_finish(self, run: RunView, summary: Summary) -> None:
+        """The run's summary (lpot_research.summary.Summary), once it is written."""
 
     def close(self, failed: bool) -> None:
         """Always called last, also when the run raised."""
@@ -42,12 +89,13 @@ class ProgressLog(Callback):
     """One line per trial: accuracy against FP32 (or where a rejected evaluation stopped), pass/fail,
     the objective, the latency ratio, the best so far and the trial's seconds."""
 
-    def on_trial(self, run: Any, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool) -> None:
+    def on_trial(self, run: RunView, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool
+                 ) -> None:
         if replayed:
             return
         base = run.baseline["accuracy"]
         if rec.ok and rec.rejected:
-            body = (f"acc <= {rec.accuracy_bound:.4f} fail (stopped after {rec.samples}/{run.evaluator.samples} "
+            body = (f"acc <= {rec.accuracy_bound:.4f} fail (stopped after {rec.samples}/{run.evaluation.samples} "
                     f"samples: cannot reach {run.criterion.threshold(base):.4f})")
         elif rec.ok:
             delta = (rec.accuracy - base) / abs(base) if base else float("nan")
@@ -79,16 +127,17 @@ class TrackerCallback(Callback):
     def __init__(self, tracker: Tracker, config: dict[str, Any], run_dir: Path) -> None:
         self.tracker, self.config, self.run_dir = tracker, config, run_dir
 
-    def on_start(self, run: Any) -> None:
+    def on_start(self, run: RunView) -> None:
         self.tracker.start(run.names, self.config, self.run_dir)
 
-    def on_baseline(self, run: Any, baseline: dict[str, Any]) -> None:
+    def on_baseline(self, run: RunView, baseline: dict[str, Any]) -> None:
         self.tracker.log_baseline({k: v for k, v in baseline.items() if not isinstance(v, dict)})
 
-    def on_trial(self, run: Any, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool) -> None:
+    def on_trial(self, run: RunView, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool
+                 ) -> None:
         self.tracker.log_trial(trial_row(rec, best, run.baseline))
 
-    def on_finish(self, run: Any, summary: dict[str, Any]) -> None:
+    def on_finish(self, run: RunView, summary: Summary) -> None:
         self.tracker.log_summary(summary)
 
     def close(self, failed: bool) -> None:
@@ -103,23 +152,21 @@ class TensorBoardCallback(Callback):
         self.logdir = logdir
         self.dump: TensorBoardDump | None = None
 
-    def _add(self, run: Any, step: int, model: Any, accuracy: float | None) -> None:
-        space = run.space
+    def _add(self, run: RunView, step: int, model: Any, accuracy: float | None) -> None:
         try:
-            if model is None:
-                model = run.inspector.fp32_build(space.model_wise_configs()[0])
-            outputs = run.inspector.outputs(model, space.op_names, space.sampling_sizes[0])
+            outputs = run.op_outputs(model)
         except Exception as e:  # a debugging aid must not end the run
             log.warning("tensorboard: per-op inspection failed at step %d (%s: %s)", step, type(e).__name__, e)
             return
         assert self.dump is not None
         self.dump.add(step, outputs, accuracy)
 
-    def on_baseline(self, run: Any, baseline: dict[str, Any]) -> None:
+    def on_baseline(self, run: RunView, baseline: dict[str, Any]) -> None:
         self.dump = TensorBoardDump(self.logdir)
         self._add(run, 0, None, baseline["accuracy"])
 
-    def on_trial(self, run: Any, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool) -> None:
+    def on_trial(self, run: RunView, rec: TrialRecord, best: TrialRecord | None, model: Any, replayed: bool
+                 ) -> None:
         if model is not None and self.dump is not None:
             self._add(run, rec.trial, model, rec.shown_accuracy)
 

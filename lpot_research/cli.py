@@ -282,8 +282,8 @@ def run_job(cfg: DictConfig) -> float:
     if result.interrupted:
         sys.exit(130)
     s = result.summary
-    best = s["best"]
-    return float(best["objective"]) if s["met_criterion"] and best and best["objective"] is not None else math.inf
+    best = s.best
+    return float(best.objective) if s.met_criterion and best and best.objective is not None else math.inf
 
 
 def print_and_exit(msg: str, code: int = 2) -> Any:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lpot_research.callbacks import RunView
 from lpot_research.cpu import cpu_summary
 from lpot_research.history import TrialRecord, metric_ratio
 from lpot_research.ranking import pareto_front, within_noise
 from lpot_research.space import TuneConfig, TuningSpace
+from lpot_research.summary import BestSummary, Costs, CriterionSummary, ParetoPoint, Summary
 
 log = logging.getLogger("lpot_research")
 COSTS = ("calibrate_s", "quantize_s", "evaluate_s", "benchmark_s")  # a trial's (and the baseline's) steps
@@ -55,15 +59,15 @@ def cost_totals(trials: list[TrialRecord], baseline: dict[str, Any], analysis_se
             "benchmarked": sum("latency_ms" in t.metrics for t in trials)}
 
 
-def cost_line(c: dict[str, Any]) -> str:
+def cost_line(c: Costs) -> str:
     """Where the time went, in one line (the closing log and report.md)."""
-    other = (f", other {c['other_s']:.1f} s" if c.get("other_s") is not None
-             else f" (worker seconds over {c.get('workers')} processes)")
-    return (f"calibration {c['calibrate_s']:.1f} s, quantization {c['quantize_s']:.1f} s, evaluation "
-            f"{c['evaluate_s']:.1f} s ({c['full_evaluations']} whole-set, {c['rejected_early']} stopped early"
-            + (f", {c['samples_evaluated']} samples" if c["samples_evaluated"] else "")
-            + f"), benchmark {c['benchmark_s']:.1f} s ({c['benchmarked']} trials timed), per-op analysis "
-            f"{c.get('analysis_s', 0.0):.1f} s{other}")
+    other = (f", other {c.other_s:.1f} s" if c.other_s is not None
+             else f" (worker seconds over {c.workers} processes)")
+    return (f"calibration {c.calibrate_s:.1f} s, quantization {c.quantize_s:.1f} s, evaluation "
+            f"{c.evaluate_s:.1f} s ({c.full_evaluations} whole-set, {c.rejected_early} stopped early"
+            + (f", {c.samples_evaluated} samples" if c.samples_evaluated else "")
+            + f"), benchmark {c.benchmark_s:.1f} s ({c.benchmarked} trials timed), per-op analysis "
+            f"{c.analysis_s:.1f} s{other}")
 
 
 def latency_rivals(trials: list[TrialRecord], best: TrialRecord, baseline: dict[str, Any]) -> list[TrialRecord]:
@@ -77,73 +81,86 @@ def latency_rivals(trials: list[TrialRecord], best: TrialRecord, baseline: dict[
             and within_noise(metric_ratio(t, baseline, "latency_ms"), t.metrics.get("latency_spread"), ratio, spread)]
 
 
+@dataclass(frozen=True)
+class ModelWriter:
+    """How the reporter writes the best model: the framework's `save(model, path)` (returns the saved
+    path) and `predict(model, inputs)`, and the inputs its check file records (the first 16 are)."""
+
+    save: Callable[[Any, Path], Path]
+    predict: Callable[[Any, Any], Any]
+    check_inputs: Any
+
+
 class Reporter:
-    def __init__(self, run: Any) -> None:
-        self.run = run
+    """The end of a run, from a read-only view of it (`RunView`) and how to write its best model."""
+
+    def __init__(self, run: RunView, writer: ModelWriter) -> None:
+        self.run, self.writer = run, writer
 
     def summary(self, best: TrialRecord | None, stop_reason: str, elapsed: float, model_path: Path | None
-                ) -> dict[str, Any]:
+                ) -> Summary:
         run = self.run
         b, trials, space = run.baseline, run.history.trials, run.space
+        assert run.evaluation is not None  # the view after the baseline
         baseline = {k: b[k] for k in ("accuracy", "latency_ms", "latency_spread", "size_bytes", run.objective.key)
                     if k in b}
-        best_d: dict[str, Any] | None = None
+        best_s: BestSummary | None = None
         if best is not None:
             fb = fallback_ops(space, best.config)
-            best_d = {
-                "trial": best.trial, "config_id": best.config_id, "accuracy": best.accuracy,
+            best_s = BestSummary(
+                trial=best.trial, config_id=best.config_id, accuracy=best.accuracy,
                 **{k: best.metrics.get(k) for k in ("latency_ms", "latency_spread", "fp32_latency_ms", "size_bytes")},
-                "objective": best.objective,
-                "latency_ratio": metric_ratio(best, b, "latency_ms"),
-                "size_ratio": metric_ratio(best, b, "size_bytes"),
-                "quantized_ops": sum(1 for _, c in TuneConfig.from_dict(best.config).ops if c.quantized),
-                "fallback_ops": list(fb), "fallback_dtypes": fb,
-                "unquantizable_ops": [n for n in space.op_names if n not in space.quantizable],
-                "passed": best.passed,
-                "model_path": str(model_path) if model_path else None,
-                "within_noise": [t.trial for t in latency_rivals(trials, best, b)],
-            }
-        ratio = best_d["latency_ratio"] if best_d else None
-        return {
-            **run.names,
-            "objective": run.objective.name,
-            "criterion": {"kind": run.criterion.kind, "tolerance": run.criterion.tolerance,
-                          "higher_is_better": run.criterion.hib, "threshold": run.criterion.threshold(b["accuracy"])},
-            "baseline": baseline,
-            "best": best_d,
-            "trials": len(trials),
-            "failed_trials": sum(not t.ok for t in trials),
-            "met_criterion": bool(best and best.passed),
-            "faster_than_fp32": bool(ratio is not None and ratio < 1.0 and best_d and best_d["quantized_ops"]),
-            "stop_reason": stop_reason,
-            "stopped_trials": run.history.stopped,
-            "elapsed_s": round(elapsed, 3),
-            "costs": cost_totals(trials, b, run.history.analysis_seconds, elapsed, run.trials.workers),
-            "evaluation": {"kind": run.evaluator.kind, "samples": run.evaluator.samples,
-                           "ranking_samples": run.evaluator.ranking_size,
-                           "early_stop": run.evaluator.early_stop and run.evaluator.per_sample},
-            "cpu": cpu_summary(),
-            "cpu_notes": run.adaptor.cpu_notes(),
-            "space_size": space.size,
-            "pareto_front": [{"trial": r.trial, "accuracy": r.accuracy, "objective": r.objective, "note": r.note}
-                             for r in pareto_front(trials, run.criterion.hib)],
-            "run_dir": str(run.out),
-        }
+                objective=best.objective,
+                latency_ratio=metric_ratio(best, b, "latency_ms"),
+                size_ratio=metric_ratio(best, b, "size_bytes"),
+                quantized_ops=sum(1 for _, c in TuneConfig.from_dict(best.config).ops if c.quantized),
+                fallback_ops=list(fb), fallback_dtypes=fb,
+                unquantizable_ops=[n for n in space.op_names if n not in space.quantizable],
+                passed=best.passed,
+                model_path=str(model_path) if model_path else None,
+                within_noise=[t.trial for t in latency_rivals(trials, best, b)],
+            )
+        ratio = best_s.latency_ratio if best_s else None
+        return Summary(
+            names=dict(run.names),
+            objective=run.objective.name,
+            criterion=CriterionSummary(kind=run.criterion.kind, tolerance=run.criterion.tolerance,
+                                       higher_is_better=run.criterion.hib,
+                                       threshold=run.criterion.threshold(b["accuracy"])),
+            baseline=baseline,
+            best=best_s,
+            trials=len(trials),
+            failed_trials=sum(not t.ok for t in trials),
+            met_criterion=bool(best and best.passed),
+            faster_than_fp32=bool(ratio is not None and ratio < 1.0 and best_s and best_s.quantized_ops),
+            stop_reason=stop_reason,
+            stopped_trials=run.history.stopped,
+            elapsed_s=round(elapsed, 3),
+            costs=Costs(**cost_totals(trials, b, run.history.analysis_seconds, elapsed, run.workers)),
+            evaluation=run.evaluation,
+            cpu=cpu_summary(),
+            cpu_notes=run.cpu_notes,
+            space_size=space.size,
+            pareto_front=[ParetoPoint(trial=r.trial, accuracy=r.accuracy, objective=r.objective, note=r.note)
+                          for r in pareto_front(trials, run.criterion.hib)],
+            run_dir=str(run.out),
+        )
 
-    def write(self, summary: dict[str, Any], best: TrialRecord | None, best_model: Any) -> Path | None:
+    def write(self, summary: Summary, best: TrialRecord | None, best_model: Any) -> Path | None:
         """summary.json and best_config.yaml; the best model in its framework's format (returns its path),
         with best_model_check.npz: inputs and the tuned model's outputs on them, so that
         scripts/verify_saved_model.py can check the saved file on any run (an API run too)."""
         run = self.run
         path = None
         if best is not None and best_model is not None:
-            path = run.adaptor.save(best_model, run.out / "best_model", run.example_inputs)
-            summary["best"]["model_path"] = str(path)
+            path = self.writer.save(best_model, run.out / "best_model")
+            assert summary.best is not None
+            summary.best.model_path = str(path)
             self._write_check(best_model)
             _write_yaml(run.out / "best_config.yaml", {"config_id": best.config_id, "trial": best.trial,
                                                         "accuracy": best.accuracy, **best.config})
         with open(run.out / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2)
+            json.dump(summary.to_dict(), f, indent=2)
         write_report(run.out, summary, run.history.trials)
         return path
 
@@ -153,18 +170,17 @@ class Reporter:
         from lpot_research.adaptors.base import numpy_inputs
         from lpot_research.batches import first
 
-        run = self.run
-        inputs = first(run.runner.bench_inputs, 16)
-        outputs = run.adaptor.predict(model, inputs)
+        inputs = first(self.writer.check_inputs, 16)
+        outputs = self.writer.predict(model, inputs)
         arrays = {}
         names = list(inputs) if isinstance(inputs, dict) else None
         for i, a in enumerate(numpy_inputs(inputs)):
             arrays[f"input:{names[i]}" if names else f"input{i}"] = a
         for i, o in enumerate(outputs if isinstance(outputs, tuple | list) else (outputs,)):
             arrays[f"output{i}"] = numpy_inputs(o)[0]
-        np.savez(run.out / "best_model_check.npz", **arrays)
+        np.savez(self.run.out / "best_model_check.npz", **arrays)
 
-    def _table(self, s: dict[str, Any], best: TrialRecord | None) -> list[str]:
+    def _table(self, s: Summary, best: TrialRecord | None) -> list[str]:
         """The closing table: FP32, the best and the Pareto front, then the run's costs."""
         run = self.run
         b = run.baseline
@@ -188,47 +204,49 @@ class Reporter:
         for t, role, acc, lat, fp32, ratio, size, note in rows:
             lines.append(f"{t:>6} {role:<8} {_num(acc, 9, 4)} {_num(lat, 11, 3)} {_num(fp32, 10, 3)} "
                          f"{_fmt_ratio(ratio):>8} {(size or 0) / 1e6:>8.3f}  {note}")
-        lines.append(f"time: {cost_line(s['costs'])}")
+        lines.append(f"time: {cost_line(s.costs)}")
         return lines
 
-    def log(self, s: dict[str, Any], best: TrialRecord | None) -> None:
+    def log(self, s: Summary, best: TrialRecord | None) -> None:
         run = self.run
         b = run.baseline
-        log.info("tuning finished: %s; %d trial(s) (%d failed) in %.1f s\n%s", s["stop_reason"], s["trials"],
-                 s["failed_trials"], s["elapsed_s"], "\n".join(self._table(s, best)))
+        log.info("tuning finished: %s; %d trial(s) (%d failed) in %.1f s\n%s", s.stop_reason, s.trials,
+                 s.failed_trials, s.elapsed_s, "\n".join(self._table(s, best)))
         if best is None:
             log.warning("no trial produced a working quantized model; the FP32 model is the result")
             return
-        if s["met_criterion"]:
+        if s.met_criterion:
             log.info("best: trial %d meets the criterion: accuracy %.4f vs FP32 %.4f (threshold %.4f)",
-                     best.trial, best.accuracy, b["accuracy"], s["criterion"]["threshold"])
+                     best.trial, best.accuracy, b["accuracy"], s.criterion.threshold)
         else:
             log.warning("NO configuration met the criterion (threshold %.4f); best effort: trial %d with accuracy "
-                        "%.4f. See the Pareto front in summary.json", s["criterion"]["threshold"], best.trial,
+                        "%.4f. See the Pareto front in summary.json", s.criterion.threshold, best.trial,
                         best.shown_accuracy)
-        d = s["best"]
-        if not d["quantized_ops"]:
+        d = s.best
+        assert d is not None
+        if not d.quantized_ops:
             log.warning("the best configuration quantizes no op (every op stays FP32/BF16): it is not an INT8 "
                         "model, and no speed-up from quantization can be claimed")
-        elif run.objective.key == "size_bytes" and d["size_ratio"] is not None:
-            log.info("INT8/FP32 model size ratio: %.2fx (%.1f MB vs %.1f MB)", d["size_ratio"],
-                     (d["size_bytes"] or 0) / 1e6, b["size_bytes"] / 1e6)
-        if d["latency_ratio"] is not None and d["quantized_ops"]:
+        elif run.objective.key == "size_bytes" and d.size_ratio is not None:
+            log.info("INT8/FP32 model size ratio: %.2fx (%.1f MB vs %.1f MB)", d.size_ratio,
+                     (d.size_bytes or 0) / 1e6, b["size_bytes"] / 1e6)
+        if d.latency_ratio is not None and d.quantized_ops:
             _log_speed(d, best, b)
-        if d["within_noise"]:
+        if d.within_noise:
             log.info("within measurement noise of the best's latency (as fast, as far as can be measured): trial(s) %s",
-                     ", ".join(f"#{t}" for t in d["within_noise"]))
-        if d["fallback_ops"]:
-            log.info("fallback ops: %s", d["fallback_dtypes"])
-        if d["unquantizable_ops"]:
-            log.info("not quantizable by %s with %s (left FP32): %s", run.adaptor.name, run.space.approach,
-                     ", ".join(d["unquantizable_ops"]))
+                     ", ".join(f"#{t}" for t in d.within_noise))
+        if d.fallback_ops:
+            log.info("fallback ops: %s", d.fallback_dtypes)
+        if d.unquantizable_ops:
+            log.info("not quantizable by %s with %s (left FP32): %s", run.framework, run.space.approach,
+                     ", ".join(d.unquantizable_ops))
 
 
-def _log_speed(d: dict[str, Any], best: TrialRecord, b: dict[str, Any]) -> None:
-    """The verdict on the best's latency ratio `d["latency_ratio"]`: as fast as FP32 within its spread,
+def _log_speed(d: BestSummary, best: TrialRecord, b: dict[str, Any]) -> None:
+    """The verdict on the best's latency ratio `d.latency_ratio`: as fast as FP32 within its spread,
     faster, or slower."""
-    ratio, spread = d["latency_ratio"], d.get("latency_spread")
+    ratio, spread = d.latency_ratio, d.latency_spread
+    assert ratio is not None
     noise = f" +-{spread:.0%}" if spread is not None and spread < 1 else ""
     if within_noise(ratio, spread, 1.0, 0.0):
         log.warning("the tuned model is as fast as FP32 within measurement noise: latency ratio %.2fx%s",
@@ -253,14 +271,14 @@ def _acc(t: TrialRecord) -> str:
     return f"{t.accuracy:.4f}" if t.accuracy is not None else f"<= {t.accuracy_bound:.4f} (stopped at {t.samples})"
 
 
-def tuning_curve(path: Path, summary: dict[str, Any], trials: list[TrialRecord]) -> None:
+def tuning_curve(path: Path, summary: Summary, trials: list[TrialRecord]) -> None:
     """Best-so-far accuracy against the threshold, and the accuracy of each trial, per trial."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hib = summary["criterion"]["higher_is_better"]
+    hib = summary.criterion.higher_is_better
     xs, each, best, b = [], [], [], None
     for t in trials:
         a = t.accuracy if t.accuracy is not None else t.accuracy_bound
@@ -272,11 +290,11 @@ def tuning_curve(path: Path, summary: dict[str, Any], trials: list[TrialRecord])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(xs, each, "o", ms=3, alpha=0.5, label="trial (a stopped one at its bound)")
     ax.plot(xs, best, "-", label="best so far")
-    ax.axhline(summary["criterion"]["threshold"], ls="--", c="gray", label="threshold")
-    ax.axhline(summary["baseline"]["accuracy"], ls=":", c="black", label="FP32")
+    ax.axhline(summary.criterion.threshold, ls="--", c="gray", label="threshold")
+    ax.axhline(summary.baseline["accuracy"], ls=":", c="black", label="FP32")
     ax.set_xlabel("trial")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{summary['strategy']} / {summary['framework']} / {summary['model']}")
+    ax.set_title(f"{summary.strategy} / {summary.framework} / {summary.model}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -287,9 +305,9 @@ def _pm(spread: float | None) -> str:
     return f" +-{spread:.0%}" if spread is not None and spread < 10 else ""
 
 
-def write_report(out: Path, s: dict[str, Any], trials: list[TrialRecord]) -> None:
+def write_report(out: Path, s: Summary, trials: list[TrialRecord]) -> None:
     """report.md: the run for people, with the numbers of summary.json and the tuning curve."""
-    b, best, c = s["baseline"], s["best"], s["costs"]
+    b, best, c = s.baseline, s.best, s.costs
     curve = "(one trial: no tuning curve)\n"
     if len(trials) > 1:
         try:
@@ -298,16 +316,16 @@ def write_report(out: Path, s: dict[str, Any], trials: list[TrialRecord]) -> Non
         except Exception as e:  # noqa: BLE001 - a picture must not cost the run its report
             curve = f"(no tuning curve: {type(e).__name__}: {e})\n"
     ratio = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
+    cr = s.criterion
     lines = [
-        f"# {s['strategy']} / {s['framework']} / {s['model']}",
+        f"# {s.strategy} / {s.framework} / {s.model}",
         "",
-        f"- CPU: {s['cpu']['model']} [{s['cpu']['class']}: {s['cpu']['features']}]"
-        + (f", capped from {s['cpu']['capped_from']}" if s["cpu"].get("capped_from") else ""),
-        f"- {s['framework']}: {'; '.join(s['cpu_notes']) or 'nothing depends on the CPU class'}",
-        f"- criterion: {s['criterion']['kind']} {s['criterion']['tolerance']} "
-        f"(threshold {s['criterion']['threshold']:.4f}), objective: {s['objective']}",
-        f"- result: {'met the criterion' if s['met_criterion'] else 'did NOT meet the criterion'}; "
-        f"{s['trials']} trial(s), {s['failed_trials']} failed, in {s['elapsed_s']:.1f} s; stop: {s['stop_reason']}",
+        f"- CPU: {s.cpu['model']} [{s.cpu['class']}: {s.cpu['features']}]"
+        + (f", capped from {s.cpu['capped_from']}" if s.cpu.get("capped_from") else ""),
+        f"- {s.framework}: {'; '.join(s.cpu_notes) or 'nothing depends on the CPU class'}",
+        f"- criterion: {cr.kind} {cr.tolerance} (threshold {cr.threshold:.4f}), objective: {s.objective}",
+        f"- result: {'met the criterion' if s.met_criterion else 'did NOT meet the criterion'}; "
+        f"{s.trials} trial(s), {s.failed_trials} failed, in {s.elapsed_s:.1f} s; stop: {s.stop_reason}",
         "",
         "| | accuracy | latency ms | FP32 ms in the same pairs | vs FP32 | size MB | size vs FP32 |",
         "|---|---|---|---|---|---|---|",
@@ -315,23 +333,23 @@ def write_report(out: Path, s: dict[str, Any], trials: list[TrialRecord]) -> Non
         f"{b.get('latency_ms', float('nan')):.3f} | - | 1.00x | {b['size_bytes'] / 1e6:.3f} | 1.00x |",
     ]
     if best:
-        lat, fp32 = best.get("latency_ms"), best.get("fp32_latency_ms")
-        lines.append(f"| best (trial {best['trial']}) | {best['accuracy']:.4f} | "
+        lat, fp32 = best.latency_ms, best.fp32_latency_ms
+        lines.append(f"| best (trial {best.trial}) | {best.accuracy:.4f} | "
                      f"{'-' if lat is None else f'{lat:.3f}'} | {'-' if fp32 is None else f'{fp32:.3f}'} | "
-                     f"{ratio(best['latency_ratio'])}{_pm(best.get('latency_spread'))}"
-                     f" | {(best['size_bytes'] or 0) / 1e6:.3f} | {ratio(best['size_ratio'])} |")
-        lines += ["", f"Quantized ops: {best['quantized_ops']}; fallback ops: "
-                  + (", ".join(f"`{n}` ({d})" for n, d in best["fallback_dtypes"].items()) or "none")]
-        if best.get("within_noise"):
+                     f"{ratio(best.latency_ratio)}{_pm(best.latency_spread)}"
+                     f" | {(best.size_bytes or 0) / 1e6:.3f} | {ratio(best.size_ratio)} |")
+        lines += ["", f"Quantized ops: {best.quantized_ops}; fallback ops: "
+                  + (", ".join(f"`{n}` ({d})" for n, d in best.fallback_dtypes.items()) or "none")]
+        if best.within_noise:
             lines += ["", "Within measurement noise of the best's latency: trial(s) "
-                      + ", ".join(str(t) for t in best["within_noise"])]
-    lines += ["", curve, "## Where the time went", "", f"{cost_line(c)}; wall time {s['elapsed_s']:.1f} s", "",
+                      + ", ".join(str(t) for t in best.within_noise)]
+    lines += ["", curve, "## Where the time went", "", f"{cost_line(c)}; wall time {s.elapsed_s:.1f} s", "",
               "## Trials", "",
               "| trial | configuration | accuracy | passed | latency vs FP32 | seconds |", "|---|---|---|---|---|---|"]
     for t in trials:
         lines.append(f"| {t.trial} | {t.note or t.config_id} | {_acc(t)} | {'yes' if t.passed else 'no'} | "
                      f"{ratio(metric_ratio(t, b, 'latency_ms'))} | {t.duration_s:.1f} |")
-    if s.get("stopped_trials"):
+    if s.stopped_trials:
         lines += ["", "Stopped (not finished, run again on resume): "
-                  + "; ".join(f"trial {x['trial']} ({x['reason']})" for x in s["stopped_trials"])]
+                  + "; ".join(f"trial {x['trial']} ({x['reason']})" for x in s.stopped_trials)]
     (out / "report.md").write_text("\n".join(lines) + "\n")

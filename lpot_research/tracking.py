@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lpot_research.history import metric_ratio
+from lpot_research.summary import Summary
 
 log = logging.getLogger("lpot_research")
 
@@ -32,8 +33,8 @@ class Tracker:
     def log_trial(self, trial: dict[str, Any]) -> None:
         """One evaluated trial (see `trial_row` for the keys)."""
 
-    def log_summary(self, summary: dict[str, Any]) -> None:
-        """The run's summary.json content."""
+    def log_summary(self, summary: Summary) -> None:
+        """The run's summary (lpot_research.summary.Summary; `to_dict()` is summary.json's content)."""
 
     def finish(self, failed: bool = False) -> None:
         """Always called last, also when the job raised."""
@@ -93,11 +94,11 @@ class WandbTracker(Tracker):
     def log_trial(self, trial: dict[str, Any]) -> None:
         self.run.log({k: v for k, v in trial.items() if v is not None})
 
-    def log_summary(self, summary: dict[str, Any]) -> None:
-        flat = {"met_criterion": summary["met_criterion"], "trials": summary["trials"],
-                "failed_trials": summary["failed_trials"], "stop_reason": summary["stop_reason"],
-                "elapsed_s": summary["elapsed_s"], "faster_than_fp32": summary["faster_than_fp32"]}
-        for k, v in (summary.get("best") or {}).items():
+    def log_summary(self, summary: Summary) -> None:
+        flat = {"met_criterion": summary.met_criterion, "trials": summary.trials,
+                "failed_trials": summary.failed_trials, "stop_reason": summary.stop_reason,
+                "elapsed_s": summary.elapsed_s, "faster_than_fp32": summary.faster_than_fp32}
+        for k, v in (summary.best.to_dict() if summary.best else {}).items():
             if isinstance(v, int | float | str | bool) or v is None:
                 flat[f"best/{k}"] = v
         self.run.summary.update(flat)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpot_research.callbacks import Callback
+from lpot_research.callbacks import Callback, RunView
 from lpot_research.config import ExitPolicy, Parallel
 from lpot_research.cpu import cpu_info
 from lpot_research.criterion import AccuracyCriterion
@@ -27,10 +27,11 @@ from lpot_research.history import EVAL_ORDER, FP32_SCORES, History, TrialRecord
 from lpot_research.inspector import Inspector
 from lpot_research.objectives import Objective
 from lpot_research.ranking import better, rank_key
-from lpot_research.report import Reporter
+from lpot_research.report import ModelWriter, Reporter
 from lpot_research.scheduler import Stop, TrialScheduler
 from lpot_research.space import TuneConfig, TuningSpace, build_space
 from lpot_research.strategies.base import Result, Strategy, StrategyContext, UntilPass
+from lpot_research.summary import EvaluationSummary, Summary
 from lpot_research.trial import TrialRunner, one_line
 
 log = logging.getLogger("lpot_research")
@@ -39,7 +40,7 @@ PARETO_MEASURED = 3  # when nothing passes, the most accurate trials measured fo
 
 @dataclass
 class TuneResult:
-    summary: dict[str, Any]
+    summary: Summary
     best_config: TuneConfig | None
     model: Any  # the best quantized model (or the FP32 model when no trial succeeded)
     output_dir: Path
@@ -48,7 +49,7 @@ class TuneResult:
 
     @property
     def met_criterion(self) -> bool:
-        return bool(self.summary["met_criterion"])
+        return bool(self.summary.met_criterion)
 
 
 @dataclass
@@ -73,10 +74,26 @@ class Tuner:
     def __post_init__(self) -> None:
         self.evaluator, self.best, self._best_model = self.runner.evaluator, None, None
         self.baseline: dict[str, Any] = {}
+        self.view: RunView | None = None  # what callbacks and the reporter see, once the space exists
+
+    def _view(self, evaluation: EvaluationSummary | None) -> RunView:
+        """A read-only view of the run as it stands (its baseline so far)."""
+        return RunView(names=self.names, framework=self.adaptor.name, space=self.space, criterion=self.criterion,
+                       objective=self.objective, exit=self.exit, out=self.out, history=self.history,
+                       workers=self.parallel.workers if self.parallel is not None else 1,
+                       cpu_notes=self.adaptor.cpu_notes(), op_outputs=self._op_outputs, baseline=self.baseline,
+                       evaluation=evaluation)
+
+    def _op_outputs(self, model: Any) -> dict[str, Any]:
+        """The per-op outputs of `model` (None: the FP32 reference build) on the probe batch."""
+        space = self.space
+        if model is None:
+            model = self.inspector.fp32_build(space.model_wise_configs()[0])
+        return self.inspector.outputs(model, space.op_names, space.sampling_sizes[0])
 
     def _emit(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:
-            getattr(cb, event)(self, *args)
+            getattr(cb, event)(self.view, *args)
 
     def _result(self, rec: TrialRecord) -> Result:
         cfg = self.space.canonical(TuneConfig.from_dict(rec.config, rec.note))
@@ -97,6 +114,7 @@ class Tuner:
                  "evaluation %s", self.out, len(self.space.op_names), self.space.size, s["approach"],
                  self.strategy.name, self.objective.name, self.criterion.describe(), self.evaluator.kind)
         log.debug("ops and options: %s", {n: [o.short() for o in opts] for n, opts in self.space.options})
+        self.view = self._view(None)
         self._emit("on_start")
         self._baseline()
         for rec in self.history.trials:  # a resumed run: a passing trial killed before its measurement gets it
@@ -137,6 +155,9 @@ class Tuner:
         self.baseline = self.runner.baseline
         if EVAL_ORDER in h.analysis:
             self.evaluator.set_order(h.analysis[EVAL_ORDER])
+        ev = self.evaluator
+        self.view = self._view(EvaluationSummary(kind=ev.kind, samples=ev.samples, ranking_samples=ev.ranking_size,
+                                                 early_stop=ev.early_stop and ev.per_sample))
         self._emit("on_baseline", self.baseline)
 
     def _ask(self, gen: Any, value: Any) -> Any:
@@ -216,7 +237,9 @@ class Tuner:
         elif best is not None and "latency_ms" not in best.metrics:  # e.g. objective=modelsize
             self._complete(best, ("latency_ms",))
         model = self._model_of(best) if best is not None else self.runner.model
-        reporter = Reporter(self)
+        assert self.view is not None
+        reporter = Reporter(self.view, ModelWriter(lambda m, path: self.adaptor.save(m, path, self.example_inputs),
+                                                   self.adaptor.predict, self.runner.bench_inputs))
         summary = reporter.summary(best, stop_reason, self._elapsed(), None)
         reporter.write(summary, best, model if best is not None else None)
         self._emit("on_finish", summary)

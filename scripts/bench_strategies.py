@@ -63,17 +63,17 @@ def main() -> int:
         history = History.read(out / name)
         base, trials = history.baseline, history.trials
         first = next((t for t in trials if t.passed), None)
-        best = res.summary["best"] or {}
+        best = res.summary.best
         rows.append({
             "strategy": name,
             "to_goal": first.trial if first else None,
             "s_to_goal": first.elapsed_s - base["duration_s"] if first else None,
-            "best_acc": best.get("accuracy"),
-            "ratio": best.get("latency_ratio"),
-            "trials": res.summary["trials"],
+            "best_acc": best.accuracy if best else None,
+            "ratio": best.latency_ratio if best else None,
+            "trials": res.summary.trials,
             "wall": wall,
-            "fp32": res.summary["baseline"]["accuracy"],
-            "threshold": res.summary["criterion"]["threshold"],
+            "fp32": res.summary.baseline["accuracy"],
+            "threshold": res.summary.criterion.threshold,
         })
 
     print(f"\nmodel {bundle.name}: FP32 accuracy {rows[0]['fp32']:.4f}, criterion >= {rows[0]['threshold']:.4f}; "

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from lpot_research.history import History
+from lpot_research.summary import Summary
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = Summary.from_dict(json.loads((run_dir / "summary.json").read_text()))
     return {"dir": run_dir, "summary": summary, "trials": History.read(run_dir).trials}
 
 
@@ -34,9 +35,9 @@ def find_runs(sweep: Path) -> list[dict[str, Any]]:
 
 def curves(run: dict[str, Any]) -> tuple[list[float], list[float]]:
     """Best-so-far accuracy and best-so-far objective ratio (passing configs only; NaN before one)."""
-    s = run["summary"]
-    hib = s["criterion"]["higher_is_better"]
-    base_obj = s["baseline"].get(_objective_key(s))
+    s: Summary = run["summary"]
+    hib = s.criterion.higher_is_better
+    base_obj = s.baseline.get(_objective_key(s))
     acc_curve, obj_curve = [], []
     best_acc, best_obj = math.nan, math.nan
     for t in run["trials"]:
@@ -51,15 +52,14 @@ def curves(run: dict[str, Any]) -> tuple[list[float], list[float]]:
     return acc_curve, obj_curve
 
 
-def _objective_key(summary: dict[str, Any]) -> str:
+def _objective_key(summary: Summary) -> str:
     return {"performance": "latency_ms", "modelsize": "size_bytes", "footprint": "footprint_bytes"}.get(
-        summary.get("objective", "performance"), "latency_ms")
+        summary.objective, "latency_ms")
 
 
 def label(run: dict[str, Any], runs: list[dict[str, Any]]) -> str:
-    s = run["summary"]
-    name = s["strategy"]
-    if sum(r["summary"]["strategy"] == name for r in runs) > 1:  # several runs per strategy: add the dir
+    name = run["summary"].strategy
+    if sum(r["summary"].strategy == name for r in runs) > 1:  # several runs per strategy: add the dir
         name += f" ({run['dir'].name})"
     return name
 
@@ -72,13 +72,13 @@ def table(runs: list[dict[str, Any]]) -> str:
     for r in runs:
         s, t = r["summary"], r["trials"]
         first = next((x.trial for x in t if x.passed), None)
-        best = s["best"] or {}
-        ratio = best.get("latency_ratio")
+        best = s.best
+        ratio = best.latency_ratio if best else None
         lines.append(
-            f"{label(r, runs):<{w}} {s['model']:<16} {first if first is not None else 'never':>13} "
-            f"{best.get('accuracy', math.nan):>9.4f} {s['baseline']['accuracy']:>9.4f} "
-            f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>15} {s['trials']:>6} {s['elapsed_s']:>8.1f}  "
-            f"{s['stop_reason']}")
+            f"{label(r, runs):<{w}} {s.model:<16} {first if first is not None else 'never':>13} "
+            f"{best.accuracy if best else math.nan:>9.4f} {s.baseline['accuracy']:>9.4f} "
+            f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>15} {s.trials:>6} {s.elapsed_s:>8.1f}  "
+            f"{s.stop_reason}")
     return "\n".join(lines)
 
 
@@ -97,10 +97,10 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
         ax2.plot(xs, obj, marker=".", label=name)
     if runs:
         s = runs[0]["summary"]
-        ax1.axhline(s["baseline"]["accuracy"], color="grey", ls="--", lw=1, label="FP32")
-        ax1.axhline(s["criterion"]["threshold"], color="red", ls=":", lw=1, label="criterion")
+        ax1.axhline(s.baseline["accuracy"], color="grey", ls="--", lw=1, label="FP32")
+        ax1.axhline(s.criterion.threshold, color="red", ls=":", lw=1, label="criterion")
         ax2.axhline(1.0, color="grey", ls="--", lw=1, label="FP32")
-        ax2.set_ylabel(f"best passing {s.get('objective', 'performance')} / FP32 (lower is better)")
+        ax2.set_ylabel(f"best passing {s.objective} / FP32 (lower is better)")
     ax1.set_xlabel("trial")
     ax1.set_ylabel("best accuracy so far")
     ax1.set_title("accuracy")

@@ -24,6 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("basic", "mse", "random", "tpe", "bayesian", "exhaustive")
 
 
+def _summary(res) -> dict:
+    """A run's summary.json: the same on disk in any checkout (`TuneResult.summary` became a typed object)."""
+    return json.loads((Path(res.output_dir) / "summary.json").read_text())
+
+
 def digest(out: Path) -> dict:
     """The runs, in the checkout this process imports lpot_research from (its working directory)."""
     import lpot_research
@@ -46,7 +51,7 @@ def digest(out: Path) -> dict:
     runs["digits_cnn random modelsize"] = (res, History.read(d))
     return {name: {"trials": [[t.config_id, t.note, t.accuracy, t.rank_accuracy, t.passed, t.rejected, t.samples]
                               for t in h.trials],
-                   "best": (res.summary["best"] or {}).get("config_id"), "stop": res.summary["stop_reason"]}
+                   "best": (_summary(res)["best"] or {}).get("config_id"), "stop": _summary(res)["stop_reason"]}
             for name, (res, h) in runs.items()}
 
 

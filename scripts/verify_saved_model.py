@@ -150,12 +150,14 @@ def main() -> int:
         os.environ["LPOT_CPU_ISA"] = cap
         print(f"the run was capped to {cap} (LPOT_CPU_ISA): so are the kernels here")
     import lpot_research  # noqa: F401  (applies LPOT_CPU_ISA to the frameworks' switches before they load)
+    from lpot_research.summary import Summary
 
-    adaptor = summary["framework"]
+    s = Summary.from_dict(summary)
+    adaptor = s.framework
     if adaptor not in RUNNERS:
         print(f"error: no loader for framework {adaptor}; valid: {', '.join(RUNNERS)}", file=sys.stderr)
         return 2
-    if not summary.get("best") or not summary["best"].get("model_path"):
+    if s.best is None or not s.best.model_path:
         print("error: the run saved no quantized model (no trial succeeded)", file=sys.stderr)
         return 2
     config = args.run_dir / "config_resolved.yaml"
@@ -176,7 +178,7 @@ def main() -> int:
     metric.reset()
     for inputs, labels in bundle.eval_dataloader:
         metric.update(run(inputs), labels)
-    got, reported = float(metric.result()), summary["best"]["accuracy"]
+    got, reported = float(metric.result()), s.best.accuracy
     ok = abs(got - reported) <= args.atol
     print(f"reported accuracy {reported:.6f}, saved model re-evaluated {got:.6f}: {'MATCH' if ok else 'MISMATCH'}")
     return 0 if ok else 1

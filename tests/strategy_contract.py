@@ -69,17 +69,17 @@ class StrategyContract:
     def test_evaluated_configs_never_cost_a_trial(self, tmp_path):
         res = run_fake(tmp_path, self.landscape(), self.make(), merge(NO_PASS, LONG))
         ids = [t.config_id for t in trials(res)]
-        assert len(ids) == len(set(ids)) == res.summary["trials"]
+        assert len(ids) == len(set(ids)) == res.summary.trials
 
     def test_max_trials_is_respected(self, tmp_path):
         res = run_fake(tmp_path, self.landscape(), self.make(), merge(NO_PASS, {"exit_policy": {"timeout": 3600,
                                                                                              "max_trials": 3}}))
-        assert res.summary["trials"] == 3 and "max_trials" in res.summary["stop_reason"]
+        assert res.summary.trials == 3 and "max_trials" in res.summary.stop_reason
 
     def test_timeout_is_respected(self, tmp_path):
         res = run_fake(tmp_path, self.landscape(sleep=0.1), self.make(),
                        merge(NO_PASS, {"exit_policy": {"timeout": 0.45, "max_trials": 1000}}))
-        assert "timeout" in res.summary["stop_reason"] and 1 <= res.summary["trials"] <= 6
+        assert "timeout" in res.summary.stop_reason and 1 <= res.summary.trials <= 6
 
     def test_ends_when_its_space_is_exhausted(self, tmp_path):
         # 3 configurations: op1 is int8 (one spec) / bf16 / fp32, op0 is pinned to fp32
@@ -90,8 +90,8 @@ class StrategyContract:
                  "exit_policy": {"timeout": 3600, "max_trials": 50}}
         res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1], bf16_penalty=0.05), self.make(), small)
         assert res.space.size == 3
-        assert res.summary["stop_reason"].startswith("strategy finished") and res.summary["trials"] <= 3
-        assert res.summary["elapsed_s"] < 30
+        assert res.summary.stop_reason.startswith("strategy finished") and res.summary.trials <= 3
+        assert res.summary.elapsed_s < 30
 
     def test_workers_evaluate_the_same_configs_and_find_the_same_best(self, tmp_path):
         """The parallel contract: for a seed, the evaluated configs (in trial order) and the best do not
@@ -102,8 +102,8 @@ class StrategyContract:
             par = run_fake(tmp_path / f"{name}-2", self.landscape(), self.make(7), merge(cfg, TWO_WORKERS))
             assert [t.config_id for t in trials(par)] == [t.config_id for t in trials(serial)], name
             assert len(trials(serial)) >= 3
-            assert par.summary["best"]["config_id"] == serial.summary["best"]["config_id"], name
-            assert par.summary["stop_reason"] == serial.summary["stop_reason"], name
+            assert par.summary.best.config_id == serial.summary.best.config_id, name
+            assert par.summary.stop_reason == serial.summary.stop_reason, name
             if name == "passing":
                 assert all(t.objective is not None for t in trials(par) if t.passed)
 
@@ -121,7 +121,7 @@ class StrategyContract:
                                        eval_loader=indexed_loader(1000))
             fast, full = trials(runs[True]), trials(runs[False])
             assert [(t.config_id, t.passed) for t in fast] == [(t.config_id, t.passed) for t in full], name
-            assert runs[True].summary["best"]["config_id"] == runs[False].summary["best"]["config_id"], name
+            assert runs[True].summary.best.config_id == runs[False].summary.best.config_id, name
             assert not any(t.rejected for t in full), name
             assert [t.rank_accuracy for t in fast] == [t.rank_accuracy for t in full], name
             rejected += sum(t.rejected for t in fast)
@@ -136,4 +136,4 @@ class StrategyContract:
         run_fake(tmp_path / "run", self.landscape(), self.make(3), merge(cfg, {"exit_policy": {"max_trials": 5}}))
         resumed = run_fake(tmp_path / "run", self.landscape(), self.make(3), cfg)
         assert [t.config_id for t in trials(resumed)] == [t.config_id for t in trials(full)]
-        assert resumed.summary["best"]["config_id"] == full.summary["best"]["config_id"]
+        assert resumed.summary.best.config_id == full.summary.best.config_id

@@ -30,8 +30,8 @@ def test_tune_with_eval_func(bundle, tmp_path):
                              config={"accuracy_criterion": {"kind": "absolute", "tolerance": 0.01},
                                      "quantization": {"calibration": {"sampling_size": 64}}, "threads": 1},
                              output_dir=tmp_path, model_name="digits_api")
-    assert res.met_criterion and len(calls) == 1 + res.summary["trials"]
-    assert res.summary["model"] == "digits_api" and res.summary["criterion"]["kind"] == "absolute"
+    assert res.met_criterion and len(calls) == 1 + res.summary.trials
+    assert res.summary.model == "digits_api" and res.summary.criterion.kind == "absolute"
     assert type(res.model.fc).__module__.startswith("torch.ao.nn.quantized")
     assert (tmp_path / "best_model.pt").exists()
 
@@ -40,7 +40,7 @@ def test_op_wise_forces_a_named_op_to_fp32(bundle, tmp_path):
     res = lpot_research.tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, TopK(1),
                              config={"quantization": {"op_wise": {"fc": {"activation": {"dtype": "fp32"}}}}},
                              output_dir=tmp_path)
-    assert res.summary["best"]["fallback_ops"] == ["fc"]
+    assert res.summary.best.fallback_ops == ["fc"]
     assert type(res.model.fc) is torch.nn.Linear
 
 

@@ -27,11 +27,11 @@ def test_stage_order_and_stop_when_met(tmp_path):
     # stage 3 falls back op3, op2, op1 (0.969, 0.983, 0.992 >= 0.99) and the first pass ends the run
     assert notes[4:] == [f"stage 3: +op{i} -> bf16 ({k}/4 ops)" for k, i in ((1, 3), (2, 2), (3, 1))]
     s = res.summary
-    assert s["met_criterion"] and s["trials"] == 7
-    assert sorted(s["best"]["fallback_ops"]) == ["op1", "op2", "op3"]
-    assert set(s["best"]["fallback_dtypes"].values()) == {"bf16"}
-    assert s["best"]["accuracy"] == 0.992
-    assert "fallback meets the criterion" not in s["stop_reason"]  # the tuner stopped it at the first pass
+    assert s.met_criterion and s.trials == 7
+    assert sorted(s.best.fallback_ops) == ["op1", "op2", "op3"]
+    assert set(s.best.fallback_dtypes.values()) == {"bf16"}
+    assert s.best.accuracy == 0.992
+    assert "fallback meets the criterion" not in s.stop_reason  # the tuner stopped it at the first pass
     # the probe quantizations happen outside trials: 4 model-wise + 4 ops alone + 3 stage-3 trials
     assert len(adaptor.quantize_calls) == 4 + 4 + 3
 
@@ -40,7 +40,7 @@ def test_a_resumed_run_reuses_the_recorded_impact(tmp_path):
     run_fake(tmp_path, FakeAdaptor(ops=4), BasicStrategy(seed=1), config={"exit_policy": {"max_trials": 5}})
     again = FakeAdaptor(ops=4)
     res = run_fake(tmp_path, again, BasicStrategy(seed=1))
-    assert res.summary["trials"] == 7
+    assert res.summary.trials == 7
     # only the two new stage-3 trials quantize (the best is the last, in memory): no probe ran again
     assert len(again.quantize_calls) == 2
     h = History.read(tmp_path)
@@ -63,7 +63,7 @@ def test_without_measured_impact_stage2_runs_a_trial_per_op(tmp_path):
     # "+op3" repeats a stage-2 config and costs no trial; +op1 reaches 0.992
     assert notes[8:] == ["stage 2b: first 2 ops -> bf16", "stage 3: +op2 -> bf16 (2/4 ops)",
                          "stage 3: +op1 -> bf16 (3/4 ops)"]
-    assert res.summary["met_criterion"] and res.summary["trials"] == 11
+    assert res.summary.met_criterion and res.summary.trials == 11
 
 
 BLOCK = {"ops": 8, "penalties": [0.01] * 4 + [0.0005] * 4}  # the first four of eight ops carry the error
@@ -76,8 +76,8 @@ def test_block_stage_finds_the_input_side_prefix(tmp_path):
     notes = history_notes(res)
     assert notes[12:] == ["stage 2b: first 2 ops -> bf16", "stage 2b: first 3 ops -> bf16"]
     s = res.summary
-    assert s["met_criterion"] and s["trials"] == 4 + 8 + 2
-    assert sorted(s["best"]["fallback_ops"]) == ["op0", "op1", "op2"]
+    assert s.met_criterion and s.trials == 4 + 8 + 2
+    assert sorted(s.best.fallback_ops) == ["op0", "op1", "op2"]
 
 
 def test_block_stage_bisects_with_a_time_budget(tmp_path):
@@ -87,7 +87,7 @@ def test_block_stage_bisects_with_a_time_budget(tmp_path):
     notes = history_notes(res)
     assert notes[12:15] == [f"stage 2b: first {k} ops -> bf16" for k in (4, 2, 3)]
     assert notes[15:] and all(n.startswith("stage 3") for n in notes[15:])
-    assert sorted(res.summary["best"]["fallback_ops"]) == ["op0", "op1", "op2"]
+    assert sorted(res.summary.best.fallback_ops) == ["op0", "op1", "op2"]
 
 
 def test_measured_sensitivity_finds_the_spread_error_without_a_block_stage(tmp_path):
@@ -96,7 +96,7 @@ def test_measured_sensitivity_finds_the_spread_error_without_a_block_stage(tmp_p
     res = run_fake(tmp_path, FakeAdaptor(**BLOCK), BasicStrategy())
     notes = history_notes(res)
     assert all(n.startswith("stage 3") for n in notes[4:]) and len(notes) == 4 + 3
-    fallback = res.summary["best"]["fallback_ops"]
+    fallback = res.summary.best.fallback_ops
     assert len(fallback) == 3 and set(fallback) < {"op0", "op1", "op2", "op3"}  # ties go bottom-up
 
 
@@ -105,7 +105,7 @@ def test_stage3_falls_back_in_impact_order(tmp_path):
     res = run_fake(tmp_path, FakeAdaptor(ops=4, penalties=[0.05, 0.001, 0.001, 0.001]), BasicStrategy())
     stage3 = [n for n in history_notes(res) if n.startswith("stage 3")]
     assert stage3 == ["stage 3: +op0 -> bf16 (1/4 ops)"]
-    assert res.summary["met_criterion"] and res.summary["best"]["fallback_ops"] == ["op0"]
+    assert res.summary.met_criterion and res.summary.best.fallback_ops == ["op0"]
 
 
 def test_fp32_after_bf16_is_not_enough(tmp_path):
@@ -116,8 +116,8 @@ def test_fp32_after_bf16_is_not_enough(tmp_path):
     assert all("fp32" not in n for n in notes[:first_fp32])
     assert any(n.startswith("stage 3") and "bf16" in n for n in notes[:first_fp32])
     assert notes[first_fp32].startswith("stage 3: +op2 -> fp32")
-    assert res.summary["met_criterion"]
-    assert set(res.summary["best"]["fallback_dtypes"].values()) == {"fp32"}
+    assert res.summary.met_criterion
+    assert set(res.summary.best.fallback_dtypes.values()) == {"fp32"}
 
 
 def test_passing_model_wise_config_ends_after_stage1(tmp_path):
@@ -125,15 +125,15 @@ def test_passing_model_wise_config_ends_after_stage1(tmp_path):
                    config={"exit_policy": {"timeout": 3600}})
     notes = history_notes(res)
     assert len(notes) == 4 and all(n.startswith("model-wise") for n in notes)
-    assert res.summary["met_criterion"]
-    assert res.summary["stop_reason"] == ("strategy finished: the best model-wise configuration meets the "
+    assert res.summary.met_criterion
+    assert res.summary.stop_reason == ("strategy finished: the best model-wise configuration meets the "
                                           "criterion; fallback cannot improve on it")
 
 
 def test_first_pass_stops_with_timeout_zero(tmp_path):
     res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.001] * 3), BasicStrategy())
-    assert res.summary["trials"] == 1 and res.summary["met_criterion"]
-    assert "first passing" in res.summary["stop_reason"]
+    assert res.summary.trials == 1 and res.summary.met_criterion
+    assert "first passing" in res.summary.stop_reason
 
 
 def test_failing_op_is_routed_around(tmp_path):
@@ -141,6 +141,6 @@ def test_failing_op_is_routed_around(tmp_path):
     # either, so it ranks first (infinitely sensitive) and falls back first
     res = run_fake(tmp_path, FakeAdaptor(ops=3, fail_ops=["op0"]), BasicStrategy())
     s = res.summary
-    assert s["failed_trials"] == 4 and s["met_criterion"]
+    assert s.failed_trials == 4 and s.met_criterion
     assert history_notes(res)[4] == "stage 3: +op0 -> bf16 (1/3 ops)"
-    assert "op0" in s["best"]["fallback_ops"]
+    assert "op0" in s.best.fallback_ops

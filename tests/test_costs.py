@@ -43,22 +43,22 @@ def test_costs_are_positive_and_add_up_to_the_wall_time(tmp_path):
     adaptor = CalibratingFake(ops=6, per_sample=n, sleep=0.01)
     res = run_fake(tmp_path, adaptor, BasicStrategy(seed=1), eval_loader=indexed_loader(n))
     s = res.summary
-    c = s["costs"]
-    assert c["rejected_early"] > 0 and c["analysis_s"] > 0
+    c = s.costs
+    assert c.rejected_early > 0 and c.analysis_s > 0
     h = History.read(tmp_path)
     assert [analysis_key(SENSITIVITY, c) for c in h.per_config(SENSITIVITY)] == [
         k for k in h.analysis_seconds if k.startswith(analysis_key(SENSITIVITY, ""))]
-    assert all(c[k] >= 0 for k in (*TIMED, "other_s")), c
+    assert all(getattr(c, k) >= 0 for k in (*TIMED, "other_s")), c
     for t in History.read(tmp_path).trials:
         assert all(v >= 0 for v in t.costs.values()), (t.trial, t.costs)
     # the histograms were computed once per process (the windows per algorithm): calibration seconds
     # are that one pass, not the pass counted again inside each window search
     assert adaptor.calibrations == 1
-    assert CALIBRATION_S <= c["calibrate_s"] < 1.5 * CALIBRATION_S + 0.01
-    assert sum(c[k] for k in TIMED) + c["other_s"] == pytest.approx(s["elapsed_s"], abs=0.01)
-    assert c["other_s"] < s["elapsed_s"]
+    assert CALIBRATION_S <= c.calibrate_s < 1.5 * CALIBRATION_S + 0.01
+    assert sum(getattr(c, k) for k in TIMED) + c.other_s == pytest.approx(s.elapsed_s, abs=0.01)
+    assert c.other_s < s.elapsed_s
     report = (tmp_path / "report.md").read_text()
-    assert f"per-op analysis {c['analysis_s']:.1f} s" in report and f"other {c['other_s']:.1f} s" in report
+    assert f"per-op analysis {c.analysis_s:.1f} s" in report and f"other {c.other_s:.1f} s" in report
 
 
 def test_sensitivity_reports_its_progress(tmp_path, caplog):
@@ -116,7 +116,7 @@ def test_an_unstable_fp32_latency_is_measured_again_then_flagged(tmp_path, caplo
     caplog.set_level(logging.INFO, logger="lpot_research")
     adaptor = NoisyBaseline(noisy, ops=4)
     res = run_fake(tmp_path, adaptor, BasicStrategy(seed=1))
-    b = res.summary["baseline"]
+    b = res.summary.baseline
     text = caplog.text
     assert "measuring it again" in text
     if noisy == 1:  # the second measurement is stable: it is the one kept
@@ -131,11 +131,11 @@ def test_the_fp32_latency_beside_a_ratio_comes_from_its_pairs(tmp_path, caplog):
     pairs; the baseline row is labelled as the lone measurement at the start."""
     caplog.set_level(logging.INFO, logger="lpot_research")
     res = run_fake(tmp_path, NoisyBaseline(3, ops=4), BasicStrategy(seed=1))
-    best = res.summary["best"]
-    assert best["fp32_latency_ms"] == 16.0 and best["latency_ratio"] == pytest.approx(best["latency_ms"] / 16.0)
-    assert res.summary["baseline"]["latency_ms"] == 48.0  # the noisy lone measurement, kept apart
-    row = next(line for line in caplog.text.splitlines() if line.strip().startswith(f"#{best['trial']} ")
+    best = res.summary.best
+    assert best.fp32_latency_ms == 16.0 and best.latency_ratio == pytest.approx(best.latency_ms / 16.0)
+    assert res.summary.baseline["latency_ms"] == 48.0  # the noisy lone measurement, kept apart
+    row = next(line for line in caplog.text.splitlines() if line.strip().startswith(f"#{best.trial} ")
                and " best " in line)
-    assert f"{best['latency_ms']:.3f}" in row and "16.000" in row and f"{best['latency_ratio']:.2f}x" in row
+    assert f"{best.latency_ms:.3f}" in row and "16.000" in row and f"{best.latency_ratio:.2f}x" in row
     report = (tmp_path / "report.md").read_text()
-    assert f"| {best['latency_ms']:.3f} | 16.000 | {best['latency_ratio']:.2f}x" in report
+    assert f"| {best.latency_ms:.3f} | 16.000 | {best.latency_ratio:.2f}x" in report

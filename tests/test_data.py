@@ -91,6 +91,6 @@ def test_calibration_dataloader_through_the_api(tmp_path):
     b = DigitsCNN().load()
     r = lpot_research.tune(b.model, None, b.eval_dataloader, b.metric, output_dir=tmp_path,
                            config={"quantization": {"calibration": {"dataloader": DIGITS, "sampling_size": 64}}})
-    assert r.summary["met_criterion"]
+    assert r.summary.met_criterion
     with pytest.raises(ConfigError, match="give a calib_dataloader, or describe one"):
         lpot_research.tune(b.model, None, b.eval_dataloader, b.metric, output_dir=tmp_path / "none")

@@ -174,7 +174,7 @@ def test_named_inputs_work_in_the_api_and_in_yaml(files, digits):
     ev = ArrayLoader({name: x[1300:]}, y[1300:], 64)
     r = lpot_research.tune(str(files / "model.onnx"), calib, ev, TopK(1), framework="onnxrt",
                            exit_policy={"max_trials": 1}, output_dir=files / "api_named")
-    assert r.summary["met_criterion"]
+    assert r.summary.met_criterion
     np.savez(files / "named.npz", pixels=x[1100:], y=y[1100:])
     out = files / "runs" / "yaml_named"
     r = tune(files, "framework=onnxrt", "model=file", "model.path=model.onnx", "data=npz", "data.path=named.npz",

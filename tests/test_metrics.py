@@ -78,11 +78,11 @@ def test_f1_through_the_api(tmp_path):
     b = DigitsCNN().load()
     r = lpot_research.tune(b.model, b.calib_dataloader, b.eval_dataloader, F1(average="macro"), output_dir=tmp_path)
     s = r.summary
-    assert s["met_criterion"] and 0.95 < s["baseline"]["accuracy"] < 1.0
+    assert s.met_criterion and 0.95 < s.baseline["accuracy"] < 1.0
     ref = F1(average="macro")  # the baseline is the FP32 model's macro F1 over the evaluation data
     for x, y in b.eval_dataloader:
         ref.update(b.model(x), y)
-    assert s["baseline"]["accuracy"] == pytest.approx(ref.result())
+    assert s.baseline["accuracy"] == pytest.approx(ref.result())
 
 
 def test_coco_map_from_tune_py(tmp_path):

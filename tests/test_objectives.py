@@ -42,12 +42,12 @@ def test_weighted_objective_picks_the_best_trade_off_among_passing(tmp_path):
                                   output_dir=tmp_path / out)
     fast = run({"latency": 1.0}, "fast").summary
     careful = run({"latency": 1.0, "accuracy": 1000.0}, "careful").summary
-    assert fast["objective"] == "weighted" and fast["met_criterion"] and careful["met_criterion"]
+    assert fast.objective == "weighted" and fast.met_criterion and careful.met_criterion
     passing = [t for t in History.read(tmp_path / "fast").trials if t.passed]
     fastest = min(passing, key=lambda t: t.metrics["latency_ms"])
-    assert fast["best"]["latency_ms"] == fastest.metrics["latency_ms"]
-    assert careful["best"]["accuracy"] >= fast["best"]["accuracy"]
-    assert careful["best"]["accuracy"] == max(t.accuracy for t in passing)
+    assert fast.best.latency_ms == fastest.metrics["latency_ms"]
+    assert careful.best.accuracy >= fast.best.accuracy
+    assert careful.best.accuracy == max(t.accuracy for t in passing)
 
 
 def test_user_objective_from_the_api(tmp_path):
@@ -60,7 +60,7 @@ def test_user_objective_from_the_api(tmp_path):
     r = lpot_research.tune(b.model, b.calib_dataloader, b.eval_dataloader, b.metric, objective=TailLatency(runs=5),
                            output_dir=tmp_path, exit_policy={"timeout": 30, "max_trials": 3})
     s = r.summary
-    assert s["objective"] == "tail_latency" and "p90_latency_ms" in s["baseline"]
+    assert s.objective == "tail_latency" and "p90_latency_ms" in s.baseline
     passing = [t for t in History.read(tmp_path).trials if t.passed]
     assert passing and all("p90_latency_ms" in t.metrics for t in passing)  # measured where it decides
 

@@ -181,4 +181,4 @@ def test_api_exports_a_torch_model_without_example_inputs(bundle, tmp_path):
 
     r = lpot_research.tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, TopK(1),
                            framework="onnxrt", exit_policy={"max_trials": 1}, output_dir=tmp_path)
-    assert r.summary["trials"] == 1 and r.summary["best"]["accuracy"] > 0.95
+    assert r.summary.trials == 1 and r.summary.best.accuracy > 0.95

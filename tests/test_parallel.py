@@ -62,7 +62,7 @@ def test_dask_cluster_started_by_the_test_gives_the_serial_result(tmp_path):
         ran_on = {w for w, n in distributed.Client(c).run(lambda: len(__import__(
             "lpot_research.scheduler", fromlist=["_RUNNERS"])._RUNNERS)).items() if n}
     assert [t.config_id for t in trials(par)] == [t.config_id for t in trials(serial)]
-    assert par.summary["best"]["config_id"] == serial.summary["best"]["config_id"]
+    assert par.summary.best.config_id == serial.summary.best.config_id
     assert len(ran_on) == 2, "both dask workers ran trials"
 
 
@@ -79,9 +79,9 @@ def test_the_time_budget_stops_trials_in_flight(tmp_path):
     res = run_fake(tmp_path, FakeAdaptor(ops=5, sleep=0.4), RandomStrategy(seed=1),
                    merge(NO_PASS, {"exit_policy": {"timeout": 3.0, "max_trials": 1000}, "parallel": {"workers": 2}}))
     h = History.read(tmp_path)
-    assert "timeout" in res.summary["stop_reason"]
+    assert "timeout" in res.summary.stop_reason
     assert 2 <= len(h.trials) < 30
-    assert res.summary["elapsed_s"] < 3.0 + 10  # the run does not wait for stopped trials to end
+    assert res.summary.elapsed_s < 3.0 + 10  # the run does not wait for stopped trials to end
     assert {s["config_id"] for s in h.stopped}.isdisjoint(t.config_id for t in h.trials)
 
 
@@ -99,7 +99,7 @@ def test_tpe_tells_optuna_one_observation_per_distinct_config(tmp_path):
     strat = TPEStrategy(seed=3, n_startup_trials=2, batch=2)
     res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1], fail_ops=["op1"]), strat, small)
     done = [t for t in strat.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == res.summary["trials"] == res.space.size  # every config observed exactly once
+    assert len(done) == res.summary.trials == res.space.size  # every config observed exactly once
     failed = {t.config_id for t in trials(res) if not t.ok}
     assert failed and sum(1 for t in done if t.value == FAILED) == len(failed)
     assert any(t.state == optuna.trial.TrialState.FAIL for t in strat.study.trials), "repeats were proposed"
@@ -121,7 +121,7 @@ def test_pytorch_on_two_workers_gives_the_serial_result(tmp_path):
     assert [t.config_id for t in two] == [t.config_id for t in one] and len(one) == 4
     assert [t.passed for t in two] == [t.passed for t in one]
     np.testing.assert_allclose([t.decision_accuracy for t in two], [t.decision_accuracy for t in one])
-    assert runs[2].summary["best"]["config_id"] == runs[1].summary["best"]["config_id"]
+    assert runs[2].summary.best.config_id == runs[1].summary.best.config_id
 
 
 def _compute_shared(share: str, log: str, key: tuple) -> int:

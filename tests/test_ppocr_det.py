@@ -35,5 +35,5 @@ def test_detector_map_through_the_api(tmp_path):
     r = lpot_research.tune(b.model, b.calib_dataloader, b.eval_dataloader, metric, framework="onnxrt",
                            exit_policy={"max_trials": 1}, output_dir=tmp_path, bench_batch_size=1)
     s = r.summary
-    assert s["baseline"]["accuracy"] > 0.75  # the real detector finds the rendered words
-    assert s["trials"] == 1 and s["best"]["accuracy"] > 0.7
+    assert s.baseline["accuracy"] > 0.75  # the real detector finds the rendered words
+    assert s.trials == 1 and s.best.accuracy > 0.7

@@ -51,12 +51,12 @@ def test_q_func_trains_a_fake_quantized_model_then_it_is_converted_to_int8(bundl
     r = lpot_research.tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, bundle.metric,
                            config={"quantization": {"approach": QAT}}, q_func=q_func, output_dir=tmp_path)
     assert seen and seen[0][0] is True and seen[0][1] >= 12  # training mode, weight + activation fake quant
-    best = r.summary["best"]
-    assert r.summary["met_criterion"]
+    best = r.summary.best
+    assert r.summary.met_criterion
     # the converted model was benchmarked against FP32: its trial's measured ratio is the summary's
-    rec = next(t for t in History.read(tmp_path).trials if t.trial == best["trial"])
-    assert best["latency_ratio"] == rec.metrics["latency_ratio"] and 0 < best["latency_ratio"] < math.inf
-    assert best["latency_ms"] == rec.metrics["latency_ms"] > 0 and best["fp32_latency_ms"] > 0
+    rec = next(t for t in History.read(tmp_path).trials if t.trial == best.trial)
+    assert best.latency_ratio == rec.metrics["latency_ratio"] and 0 < best.latency_ratio < math.inf
+    assert best.latency_ms == rec.metrics["latency_ms"] > 0 and best.fp32_latency_ms > 0
     convs = [m for m in r.model.modules() if type(m).__name__ == "ConvReLU2d" and "quantized" in type(m).__module__]
     assert len(convs) == 5 and all(m.weight().dtype == torch.qint8 for m in convs)
 

@@ -48,7 +48,7 @@ def test_mse_orders_fallback_by_output_error_without_stage2_trials(tmp_path):
     stage3 = [n for n in notes if n.startswith("stage 3")]
     # the largest error (op0) falls back first, then op2
     assert stage3[0].startswith("stage 3: +op0") and stage3[1].startswith("stage 3: +op2")
-    assert res.summary["met_criterion"]
+    assert res.summary.met_criterion
 
 
 def test_exhaustive_walks_quantized_configs_in_order(tmp_path, caplog):
@@ -56,7 +56,7 @@ def test_exhaustive_walks_quantized_configs_in_order(tmp_path, caplog):
     res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1]), ExhaustiveStrategy(),
                    merge(LONG, {"exit_policy": {"max_trials": 100}}))
     t = trials(res)
-    assert res.summary["stop_reason"].startswith("strategy finished")
+    assert res.summary.stop_reason.startswith("strategy finished")
     assert len(t) == res.space.quantized_size() == 16  # (2 act schemes x 2 algorithms)^2 ops
     assert all(all(op["dtype"] == "int8" for op in x.config["ops"].values()) for x in t)
     assert "16 quantized configuration(s)" in caplog.text
@@ -88,8 +88,8 @@ def test_model_based_strategies_end_promptly_on_tiny_spaces(tmp_path, strategy, 
            "exit_policy": {"timeout": 3600, "max_trials": 100}}
     res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1], bf16_penalty=0.05), strategy(seed=0), cfg)
     assert res.space.size == n_configs
-    assert res.summary["trials"] == n_configs and res.summary["stop_reason"].startswith("strategy finished")
-    assert res.summary["elapsed_s"] < 20
+    assert res.summary.trials == n_configs and res.summary.stop_reason.startswith("strategy finished")
+    assert res.summary.elapsed_s < 20
 
 
 def test_model_based_strategies_find_the_fast_passing_config(tmp_path):
@@ -100,6 +100,6 @@ def test_model_based_strategies_find_the_fast_passing_config(tmp_path):
     for strategy in (BayesianStrategy(seed=0, pool=512), TPEStrategy(seed=0)):
         res = run_fake(tmp_path / strategy.name, FakeAdaptor(**landscape), strategy, cfg)
         s = res.summary
-        assert s["met_criterion"], strategy.name
-        assert s["best"]["latency_ms"] <= 7.0, (strategy.name, s["best"])  # optimum 6: op3 bf16, rest int8
-        json.dumps(s)
+        assert s.met_criterion, strategy.name
+        assert s.best.latency_ms <= 7.0, (strategy.name, s.best)  # optimum 6: op3 bf16, rest int8
+        json.dumps(s.to_dict())

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lpot_research.callbacks import Callback, RunView
 from lpot_research.history import History
+from lpot_research.summary import Summary
 from lpot_research.tracking import Tracker
 from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 from tests.helpers import LOADER
@@ -131,7 +133,7 @@ def test_wandb_run_is_finished_when_the_job_is_interrupted(tmp_path, monkeypatch
 
     res = lpot_research.tune(FakeModel(None), LOADER, LOADER, eval_func=evaluate, framework=FakeAdaptor(),
                              tracker=WandbTracker(), output_dir=tmp_path, exit_policy={"timeout": 60})
-    assert res.interrupted and res.summary["stop_reason"] == "interrupted (Ctrl-C)"
+    assert res.interrupted and res.summary.stop_reason == "interrupted (Ctrl-C)"
     w = read_wandb_run(tmp_path)
     assert w["exit_code"] == 1  # not a complete run
     assert [h["trial"] for h in w["history"]] == [1]
@@ -152,7 +154,7 @@ def test_tensorboard_event_files_hold_each_op_per_trial(tmp_path):
     ops = [f"op_output/op{i}" for i in range(4)]  # the fake model has four ops
     assert sorted(tags["histograms"]) == ops
     steps = [e.step for e in acc.Histograms("op_output/op0")]
-    assert steps == [0, 1, 2, 3] and r.summary["trials"] == 3
+    assert steps == [0, 1, 2, 3] and r.summary.trials == 3
     h = acc.Histograms("op_output/op0")
     assert all(e.histogram_value.num > 0 for e in h)
     assert [e.value for e in acc.Scalars("accuracy")] == pytest.approx([0.95] * 4)
@@ -174,7 +176,7 @@ class Recorder(Tracker):
         self.calls.append(("trial", trial["trial"], trial["best/accuracy"]))
 
     def log_summary(self, summary):
-        self.calls.append(("summary", summary["trials"]))
+        self.calls.append(("summary", summary.trials))
 
     def finish(self, failed=False):
         self.calls.append(("finish", failed))
@@ -197,3 +199,49 @@ def test_resumed_run_replays_finished_trials_to_the_tracker(tmp_path):
     assert [c[1] for c in trials] == [1, 2, 3, 4]  # 1 and 2 replayed from history, 3 and 4 evaluated
     assert trials[:2] == [c for c in first if c[0] == "trial"]  # the same values, best-so-far included
     assert second[-2:] == [("summary", 4), ("finish", False)]
+
+
+class Watcher(Callback):
+    """A user callback: what it is given of the run at each call."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_start(self, run):
+        self.seen.append(("start", run, dict(run.baseline), run.evaluation))
+
+    def on_baseline(self, run, baseline):
+        self.seen.append(("baseline", run, baseline, run.evaluation))
+
+    def on_trial(self, run, rec, best, model, replayed):
+        assert run.history.trials[-1] is rec and rec.trial == len(run.history.trials)
+        self.seen.append(("trial", run, rec.trial, replayed))
+
+    def on_finish(self, run, summary):
+        self.seen.append(("finish", run, summary))
+
+
+def test_callbacks_see_a_read_only_view_and_the_typed_summary(tmp_path):
+    import dataclasses
+
+    import lpot_research
+
+    w = Watcher()
+    res = lpot_research.tune(FakeModel(None), LOADER, LOADER, FakeScore(), framework=FakeAdaptor(), strategy="random",
+                             callbacks=[w], output_dir=tmp_path, exit_policy={"timeout": 600, "max_trials": 2})
+    assert [x[0] for x in w.seen] == ["start", "baseline", "trial", "trial", "finish"]
+    views = [x[1] for x in w.seen]
+    assert all(isinstance(v, RunView) for v in views)
+    start, after = views[0], views[1]
+    assert w.seen[0][2:] == ({}, None)  # before the baseline: none yet
+    assert after.baseline is w.seen[1][2] and after.baseline["accuracy"] == res.summary.baseline["accuracy"]
+    assert all(v is after for v in views[1:])  # one view from the baseline on
+    assert start.names == after.names == {"strategy": "random", "framework": "fake", "model": "model"}
+    assert after.out == tmp_path and after.workers == 1 and after.exit.max_trials == 2
+    assert dataclasses.asdict(after.evaluation) == res.summary.evaluation.to_dict()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.baseline = {}
+    summary = w.seen[-1][2]
+    assert isinstance(summary, Summary) and summary is res.summary
+    assert summary.to_dict() == json.loads((tmp_path / "summary.json").read_text())
+    assert set(after.op_outputs(None)) == set(after.space.op_names)  # the FP32 build's per-op outputs

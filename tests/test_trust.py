@@ -215,9 +215,9 @@ def test_the_time_budget_stops_a_trial_and_says_so(tmp_path, forever):
                              exit_policy={"timeout": 1.5, "max_trials": 10}, output_dir=tmp_path)
     assert time.perf_counter() - t0 < 30  # far below one 40 s evaluation
     s = res.summary
-    assert s["trials"] == 0 and s["stop_reason"] == "timeout (1.5 s) reached during trial 1, which was stopped"
-    assert s["stopped_trials"][0]["reason"] == "timeout" and s["stopped_trials"][0]["trial"] == 1
-    assert History.read(tmp_path).stopped[0]["config_id"] == s["stopped_trials"][0]["config_id"]
+    assert s.trials == 0 and s.stop_reason == "timeout (1.5 s) reached during trial 1, which was stopped"
+    assert s.stopped_trials[0]["reason"] == "timeout" and s.stopped_trials[0]["trial"] == 1
+    assert History.read(tmp_path).stopped[0]["config_id"] == s.stopped_trials[0]["config_id"]
 
 
 def test_ctrl_c_finishes_like_a_timeout_and_prints_the_resume_command(tmp_path):
@@ -257,7 +257,7 @@ def test_a_model_with_nothing_quantized_is_not_called_faster(tmp_path, caplog):
     all_fp32 = {"quantization": {"op_wise": {"op.*": {"activation": {"dtype": ["fp32"]}}}}}
     res = run_fake(tmp_path, FakeAdaptor(ops=3), "basic", all_fp32)
     s = res.summary
-    assert s["best"]["quantized_ops"] == 0 and s["faster_than_fp32"] is False
+    assert s.best.quantized_ops == 0 and s.faster_than_fp32 is False
     assert "quantizes no op" in caplog.text and "faster than FP32" not in caplog.text
 
 
@@ -265,7 +265,7 @@ def test_a_modelsize_run_reports_the_size_ratio(tmp_path, caplog):
     caplog.set_level("INFO")
     res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.001] * 3), "basic", objective="modelsize")
     assert "model size ratio: 0.25x" in caplog.text
-    assert res.summary["best"]["size_ratio"] == pytest.approx(0.25)
+    assert res.summary.best.size_ratio == pytest.approx(0.25)
 
 
 def test_dynamic_quantization_does_not_call_unquantizable_ops_fallbacks(tmp_path):
@@ -276,9 +276,9 @@ def test_dynamic_quantization_does_not_call_unquantizable_ops_fallbacks(tmp_path
     res = lpot_research.tune(b.model, b.calib_dataloader, b.eval_dataloader, output_dir=tmp_path,
                              config={"quantization": {"approach": "post_training_dynamic_quant"},
                                      "exit_policy": {"max_trials": 1}})
-    best = res.summary["best"]
-    assert best["fallback_ops"] == [] and best["quantized_ops"] == 1
-    assert best["unquantizable_ops"] == [f"features.{i}.0" for i in range(5)]
+    best = res.summary.best
+    assert best.fallback_ops == [] and best.quantized_ops == 1
+    assert best.unquantizable_ops == [f"features.{i}.0" for i in range(5)]
 
 
 def test_the_api_prints_its_progress_and_defaults_to_one_thread(tmp_path):

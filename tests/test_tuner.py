@@ -7,6 +7,7 @@ from lpot_research import tune
 from lpot_research.errors import ConfigError, DataError
 from lpot_research.strategies import Strategy
 from lpot_research.strategies.basic import BasicStrategy
+from lpot_research.summary import Summary
 from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 from tests.helpers import LOADER, history_notes, run_fake, trials
 
@@ -34,25 +35,25 @@ def trial_lines(res):
 def test_repeats_are_answered_from_history_without_a_trial(tmp_path):
     s = Scripted([0, 0, 1, 0, 1, 2])
     res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.1] * 3), s, config={"exit_policy": {"timeout": 60}})
-    assert res.summary["trials"] == 3
+    assert res.summary.trials == 3
     assert [r.note for r in trial_lines(res)] == ["mw0", "mw1", "mw2"]
     # the repeat got the recorded result back
     assert s.received[1].trial == s.received[0].trial == 1 and s.received[1].accuracy == s.received[0].accuracy
-    assert res.summary["stop_reason"].startswith("strategy finished")
+    assert res.summary.stop_reason.startswith("strategy finished")
 
 
 def test_max_trials_counts_evaluated_configs_only(tmp_path):
     s = Scripted([0, 0, 0, 1, 1, 2, 3])
     res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.1] * 3), s,
                    config={"exit_policy": {"timeout": 60, "max_trials": 2}})
-    assert res.summary["trials"] == 2 and "max_trials" in res.summary["stop_reason"]
+    assert res.summary.trials == 2 and "max_trials" in res.summary.stop_reason
 
 
 def test_timeout_is_honoured(tmp_path):
     res = run_fake(tmp_path, FakeAdaptor(ops=4, penalties=[0.1] * 4, sleep=0.2), BasicStrategy(),
                    config={"exit_policy": {"timeout": 0.5, "max_trials": 100}})
-    assert "timeout" in res.summary["stop_reason"]
-    assert 1 <= res.summary["trials"] <= 4
+    assert "timeout" in res.summary.stop_reason
+    assert 1 <= res.summary.trials <= 4
 
 
 def test_nothing_passes_gives_best_effort_and_pareto_front(tmp_path):
@@ -61,14 +62,14 @@ def test_nothing_passes_gives_best_effort_and_pareto_front(tmp_path):
                    config={"exit_policy": {"timeout": 60},
                            "quantization": {"model_wise": {"activation": {"dtype": ["uint8", "bf16"]}}}})
     s = res.summary
-    assert not s["met_criterion"] and s["best"] is not None
+    assert not s.met_criterion and s.best is not None
     trials = trial_lines(res)
-    assert s["best"]["accuracy"] == max(t.accuracy for t in trials if t.status == "ok")
-    front = s["pareto_front"]
-    assert front and all(p["accuracy"] is not None for p in front)
+    assert s.best.accuracy == max(t.accuracy for t in trials if t.status == "ok")
+    front = s.pareto_front
+    assert front and all(p.accuracy is not None for p in front)
     # no point of the front is dominated by any trial
     for p in front:
-        assert not any(t.objective is not None and t.accuracy > p["accuracy"] and t.objective <= p["objective"]
+        assert not any(t.objective is not None and t.accuracy > p.accuracy and t.objective <= p.objective
                        for t in trials)
     # failing trials are measured only for the report: the most accurate ones (the best effort among them)
     assert 1 <= sum(t.objective is not None for t in trials) <= 3
@@ -86,7 +87,7 @@ def test_summary_fields(tmp_path):
     assert s["framework"] == "fake" and s["strategy"] == "basic"
     assert s["best"]["latency_ratio"] == pytest.approx(s["best"]["latency_ms"] / s["baseline"]["latency_ms"])
     assert (tmp_path / "best_config.yaml").read_text().count("config_id") == 1
-    assert res.summary == s
+    assert res.summary.to_dict() == s and Summary.from_dict(s) == res.summary
 
 
 def test_failed_trial_is_recorded_and_tuning_goes_on(tmp_path):
@@ -94,7 +95,7 @@ def test_failed_trial_is_recorded_and_tuning_goes_on(tmp_path):
     trials = trial_lines(res)
     failed = [t for t in trials if t.status == "failed"]
     assert failed and all("fake quantization failure at op1" in t.error for t in failed)
-    assert res.summary["met_criterion"]
+    assert res.summary.met_criterion
 
 
 def test_nan_metric_on_a_trial_fails_that_trial(tmp_path):
@@ -107,7 +108,7 @@ def test_nan_metric_on_a_trial_fails_that_trial(tmp_path):
                example_inputs=[0])
     trials = trial_lines(res)
     assert trials[0].status == "failed" and "nan" in trials[0].error.lower()
-    assert res.summary["met_criterion"] and res.summary["best"]["trial"] == 2
+    assert res.summary.met_criterion and res.summary.best.trial == 2
 
 
 def test_nan_baseline_is_a_clear_error(tmp_path):
@@ -131,8 +132,8 @@ def test_objective_selects_the_best_among_passing(tmp_path):
     # with modelsize, the smallest passing config wins; the fake's size follows its latency
     res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.001] * 3), BasicStrategy(), objective="modelsize",
                    config={"exit_policy": {"timeout": 60}})
-    assert res.summary["objective"] == "modelsize"
-    assert res.summary["best"]["objective"] == res.summary["best"]["size_bytes"]
+    assert res.summary.objective == "modelsize"
+    assert res.summary.best.objective == res.summary.best.size_bytes
 
 
 def test_resume_continues_without_reevaluating(tmp_path):
@@ -140,7 +141,7 @@ def test_resume_continues_without_reevaluating(tmp_path):
     full = run_fake(tmp_path / "full", FakeAdaptor(**landscape), BasicStrategy(seed=3))
     first = FakeAdaptor(**landscape)
     part = run_fake(tmp_path / "run", first, BasicStrategy(seed=3), config={"exit_policy": {"max_trials": 5}})
-    assert part.summary["trials"] == 5 and "max_trials" in part.summary["stop_reason"]
+    assert part.summary.trials == 5 and "max_trials" in part.summary.stop_reason
     done_before = {t.config_id for t in trial_lines(part)}
     second = FakeAdaptor(**landscape)
     resumed = run_fake(tmp_path / "run", second, BasicStrategy(seed=3))
@@ -151,7 +152,7 @@ def test_resume_continues_without_reevaluating(tmp_path):
     assert [t.trial for t in trials] == list(range(1, len(trials) + 1))
     assert len({t.config_id for t in trials}) == len(trials)
     assert history_notes(resumed) == history_notes(full)
-    assert resumed.summary["best"]["config_id"] == full.summary["best"]["config_id"]
+    assert resumed.summary.best.config_id == full.summary.best.config_id
 
 
 def test_resume_refuses_a_different_run(tmp_path):
@@ -187,13 +188,13 @@ class Raising(Strategy):
 def test_a_strategy_error_still_ends_with_a_summary(tmp_path):
     res = run_fake(tmp_path, FakeAdaptor(ops=2, penalties=[0.1, 0.1]), Raising(),
                    config={"exit_policy": {"timeout": 60}})
-    assert "strategy error: RuntimeError: bug in a strategy" in res.summary["stop_reason"]
-    assert res.summary["trials"] == 1 and (tmp_path / "summary.json").exists()
+    assert "strategy error: RuntimeError: bug in a strategy" in res.summary.stop_reason
+    assert res.summary.trials == 1 and (tmp_path / "summary.json").exists()
 
 
 def test_mse_survives_a_base_config_that_does_not_quantize(tmp_path):
     res = run_fake(tmp_path, FakeAdaptor(ops=3, fail_ops=["op0"]), "mse")
-    assert res.summary["met_criterion"] and "op0" in res.summary["best"]["fallback_ops"]
+    assert res.summary.met_criterion and "op0" in res.summary.best.fallback_ops
 
 
 class Counting(Strategy):
@@ -213,7 +214,7 @@ def test_no_proposal_is_requested_once_the_budget_is_spent(tmp_path):
     s = Counting()
     res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.1] * 3), s,
                    config={"exit_policy": {"timeout": 60, "max_trials": 2}})
-    assert res.summary["trials"] == 2 and s.asked == 2
+    assert res.summary.trials == 2 and s.asked == 2
 
 
 def test_sampling_sizes_beyond_the_data_are_clamped(tmp_path, caplog):
@@ -250,9 +251,9 @@ def test_criterion_direction_follows_a_lower_is_better_metric(tmp_path):
     res = tune(FakeModel(None), LOADER, LOADER, Loss(), framework=FakeAdaptor(ops=3), output_dir=tmp_path,
                config={"accuracy_criterion": {"kind": "absolute", "tolerance": 0.02}})
     s = res.summary
-    assert s["criterion"]["higher_is_better"] is False
-    assert s["criterion"]["threshold"] == pytest.approx(0.02)
-    assert s["met_criterion"] and s["best"]["accuracy"] <= 0.02
+    assert s.criterion.higher_is_better is False
+    assert s.criterion.threshold == pytest.approx(0.02)
+    assert s.met_criterion and s.best.accuracy <= 0.02
 
 
 def test_score_ranks_every_passing_config_above_every_failing_one():
@@ -280,8 +281,8 @@ class SlowInt8(FakeAdaptor):
 def test_a_slower_tuned_model_is_reported_plainly(tmp_path, caplog):
     caplog.set_level("INFO")
     res = run_fake(tmp_path, SlowInt8(ops=3, penalties=[0.001] * 3))
-    assert res.summary["met_criterion"] and res.summary["faster_than_fp32"] is False
-    assert res.summary["best"]["latency_ratio"] > 1
+    assert res.summary.met_criterion and res.summary.faster_than_fp32 is False
+    assert res.summary.best.latency_ratio > 1
     assert "SLOWER than FP32" in caplog.text and "faster than FP32" not in caplog.text
 
 
@@ -289,13 +290,13 @@ def test_every_run_writes_a_report_with_the_summary_numbers(tmp_path):
     res = run_fake(tmp_path, FakeAdaptor(ops=4), BasicStrategy())
     s = res.summary
     report = (tmp_path / "report.md").read_text()
-    spread = s["baseline"]["latency_spread"]
-    assert f"| FP32 baseline (timed alone at the start +-{spread:.0%}) | {s['baseline']['accuracy']:.4f} |" in report
-    assert f"| best (trial {s['best']['trial']}) | {s['best']['accuracy']:.4f} |" in report
-    assert f"{s['trials']} trial(s), {s['failed_trials']} failed" in report and s["stop_reason"] in report
+    spread = s.baseline["latency_spread"]
+    assert f"| FP32 baseline (timed alone at the start +-{spread:.0%}) | {s.baseline['accuracy']:.4f} |" in report
+    assert f"| best (trial {s.best.trial}) | {s.best.accuracy:.4f} |" in report
+    assert f"{s.trials} trial(s), {s.failed_trials} failed" in report and s.stop_reason in report
     rows = [x for x in report.splitlines() if x.startswith("| ") and x.split("|")[1].strip().isdigit()]
-    assert [int(r.split("|")[1]) for r in rows] == list(range(1, s["trials"] + 1))
-    assert "fallback ops: " + ", ".join(f"`{n}` (bf16)" for n in s["best"]["fallback_ops"]) in report
+    assert [int(r.split("|")[1]) for r in rows] == list(range(1, s.trials + 1))
+    assert "fallback ops: " + ", ".join(f"`{n}` (bf16)" for n in s.best.fallback_ops) in report
     assert (tmp_path / "tuning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -305,11 +306,11 @@ def test_passing_trials_the_measurement_cannot_tell_from_the_best_are_named(tmp_
     res = run_fake(tmp_path, FakeAdaptor(ops=4, penalties=[0.001] * 4), "random",
                    {"exit_policy": {"timeout": 3600, "max_trials": 20}})
     s, ts = res.summary, trials(res)
-    best = next(t for t in ts if t.trial == s["best"]["trial"])
+    best = next(t for t in ts if t.trial == s.best.trial)
     same = [t.trial for t in ts if t.passed and t.trial != best.trial
             and t.metrics["latency_ms"] == best.metrics["latency_ms"]]
     slower = [t for t in ts if t.passed and t.metrics["latency_ms"] > best.metrics["latency_ms"]]
     assert same and slower  # both kinds exist, so the list below is a selection
-    assert s["best"]["within_noise"] == same
+    assert s.best.within_noise == same
     assert "Within measurement noise of the best's latency: trial(s) " + ", ".join(map(str, same)) in \
         (tmp_path / "report.md").read_text()

@@ -1,0 +1,189 @@
+"""The summary of a run, typed: what `TuneResult.summary` holds and what summary.json stores.
+
+`Summary.to_dict()` is summary.json's content (its keys in their order); `Summary.from_dict()` reads a
+summary.json back. The open-ended parts stay mappings: the run's names (strategy, framework, model), the
+baseline's measurements, the CPU, stopped trials as the history records them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A flat dataclass as a dict in its field order (values are copied, not converted)."""
+    return {k: getattr(obj, k) for k in _fields(type(obj))}
+
+
+def _take(cls: type, d: dict[str, Any]) -> Any:
+    return cls(**{k: d[k] for k in _fields(cls)})
+
+
+@dataclass
+class CriterionSummary:
+    kind: str
+    tolerance: float
+    higher_is_better: bool
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CriterionSummary:
+        return _take(cls, d)
+
+
+@dataclass
+class BestSummary:
+    """The best trial (the best effort when none passed)."""
+
+    trial: int
+    config_id: str
+    accuracy: float | None
+    latency_ms: float | None
+    latency_spread: float | None
+    fp32_latency_ms: float | None  # the FP32 median of the same interleaved pairs as latency_ratio
+    size_bytes: float | None
+    objective: float | None
+    latency_ratio: float | None
+    size_ratio: float | None
+    quantized_ops: int
+    fallback_ops: list[str]
+    fallback_dtypes: dict[str, str]
+    unquantizable_ops: list[str]
+    passed: bool
+    model_path: str | None
+    within_noise: list[int]  # passing trials as fast as the best within the measurement spread
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BestSummary:
+        return _take(cls, d)
+
+
+@dataclass
+class Costs:
+    """Seconds per step over the whole run (worker seconds with parallel workers, then `other_s` is None)."""
+
+    calibrate_s: float
+    quantize_s: float
+    evaluate_s: float
+    benchmark_s: float
+    analysis_s: float
+    other_s: float | None
+    workers: int
+    samples_evaluated: int | None
+    full_evaluations: int
+    rejected_early: int
+    benchmarked: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Costs:
+        return _take(cls, d)
+
+
+@dataclass
+class EvaluationSummary:
+    kind: str
+    samples: int | None
+    ranking_samples: int | None
+    early_stop: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvaluationSummary:
+        return _take(cls, d)
+
+
+@dataclass
+class ParetoPoint:
+    trial: int
+    accuracy: float | None
+    objective: float | None
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ParetoPoint:
+        return _take(cls, d)
+
+
+@dataclass
+class Summary:
+    names: dict[str, str]  # strategy, framework, model: the first keys of summary.json
+    objective: str
+    criterion: CriterionSummary
+    baseline: dict[str, Any]  # accuracy, latency_ms, latency_spread, size_bytes (and the objective's key)
+    best: BestSummary | None
+    trials: int
+    failed_trials: int
+    met_criterion: bool
+    faster_than_fp32: bool
+    stop_reason: str
+    stopped_trials: list[dict[str, Any]]
+    elapsed_s: float
+    costs: Costs
+    evaluation: EvaluationSummary
+    cpu: dict[str, Any]
+    cpu_notes: list[str]
+    space_size: int
+    pareto_front: list[ParetoPoint] = field(default_factory=list)
+    run_dir: str = ""
+
+    @property
+    def strategy(self) -> str:
+        return self.names["strategy"]
+
+    @property
+    def framework(self) -> str:
+        return self.names["framework"]
+
+    @property
+    def model(self) -> str:
+        return self.names["model"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """summary.json's content."""
+        d: dict[str, Any] = dict(self.names)
+        for k in _fields(Summary)[1:]:
+            v = getattr(self, k)
+            if k == "pareto_front":
+                v = [p.to_dict() for p in v]
+            elif dataclasses.is_dataclass(v):
+                v = v.to_dict()  # type: ignore[union-attr]
+            d[k] = v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Summary:
+        """A summary.json read back."""
+        rest = set(_fields(cls)) - {"names"}
+        return cls(
+            names={k: v for k, v in d.items() if k not in rest},
+            objective=d["objective"],
+            criterion=CriterionSummary.from_dict(d["criterion"]),
+            baseline=dict(d["baseline"]),
+            best=BestSummary.from_dict(d["best"]) if d.get("best") else None,
+            trials=d["trials"], failed_trials=d["failed_trials"], met_criterion=d["met_criterion"],
+            faster_than_fp32=d["faster_than_fp32"], stop_reason=d["stop_reason"],
+            stopped_trials=list(d["stopped_trials"]), elapsed_s=d["elapsed_s"],
+            costs=Costs.from_dict(d["costs"]), evaluation=EvaluationSummary.from_dict(d["evaluation"]),
+            cpu=dict(d["cpu"]), cpu_notes=list(d["cpu_notes"]), space_size=d["space_size"],
+            pareto_front=[ParetoPoint.from_dict(p) for p in d["pareto_front"]], run_dir=d["run_dir"],
+        )
