@@ -21,8 +21,15 @@ def _plain(obj: Any) -> dict[str, Any]:
     return {k: getattr(obj, k) for k in _fields(type(obj))}
 
 
+# keys added to summary.json after its first typed release (0e2fb4b's runs lack them) and what they read as
+_ADDED_LATER: dict[str, Any] = {"fp32_latency_ms": None, "analysis_s": 0.0, "other_s": None, "workers": 1}
+
+
 def _take(cls: type, d: dict[str, Any]) -> Any:
-    return cls(**{k: d[k] for k in _fields(cls)})
+    missing = [k for k in _fields(cls) if k not in d and k not in _ADDED_LATER]
+    if missing:
+        raise ValueError(f"summary.json's {cls.__name__} lacks {missing}: not a summary this version reads")
+    return cls(**{k: d.get(k, _ADDED_LATER.get(k)) for k in _fields(cls)})
 
 
 @dataclass

@@ -88,6 +88,13 @@ def test_summary_fields(tmp_path):
     assert s["best"]["latency_ratio"] == pytest.approx(s["best"]["latency_ms"] / s["baseline"]["latency_ms"])
     assert (tmp_path / "best_config.yaml").read_text().count("config_id") == 1
     assert res.summary.to_dict() == s and Summary.from_dict(s) == res.summary
+    # a summary.json of the previous release (no paired FP32 time, analysis, other or workers costs) reads
+    old = {**s, "best": {k: v for k, v in s["best"].items() if k != "fp32_latency_ms"},
+           "costs": {k: v for k, v in s["costs"].items() if k not in ("analysis_s", "other_s", "workers")}}
+    back = Summary.from_dict(old)
+    assert back.best.fp32_latency_ms is None and back.costs.other_s is None and back.costs.workers == 1
+    with pytest.raises(ValueError, match=r"Costs lacks \['calibrate_s'\]"):
+        Summary.from_dict({**s, "costs": {k: v for k, v in s["costs"].items() if k != "calibrate_s"}})
 
 
 def test_failed_trial_is_recorded_and_tuning_goes_on(tmp_path):
