@@ -32,23 +32,27 @@ def _take(cls: type, d: dict[str, Any]) -> Any:
     return cls(**{k: d.get(k, _ADDED_LATER.get(k)) for k in _fields(cls)})
 
 
-@dataclass
-class CriterionSummary:
-    kind: str
-    tolerance: float
-    higher_is_better: bool
-    threshold: float
+class _Flat:
+    """A flat part of the summary: a dict in its field order, and back."""
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CriterionSummary:
+    def from_dict(cls, d: dict[str, Any]) -> Any:
         return _take(cls, d)
 
 
 @dataclass
-class BestSummary:
+class CriterionSummary(_Flat):
+    kind: str
+    tolerance: float
+    higher_is_better: bool
+    threshold: float
+
+
+@dataclass
+class BestSummary(_Flat):
     """The best trial (the best effort when none passed)."""
 
     trial: int
@@ -69,16 +73,9 @@ class BestSummary:
     model_path: str | None
     within_noise: list[int]  # passing trials as fast as the best within the measurement spread
 
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BestSummary:
-        return _take(cls, d)
-
 
 @dataclass
-class Costs:
+class Costs(_Flat):
     """Seconds per step over the whole run (worker seconds with parallel workers, then `other_s` is None)."""
 
     calibrate_s: float
@@ -93,42 +90,21 @@ class Costs:
     rejected_early: int
     benchmarked: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Costs:
-        return _take(cls, d)
-
 
 @dataclass
-class EvaluationSummary:
+class EvaluationSummary(_Flat):
     kind: str
     samples: int | None
     ranking_samples: int | None
     early_stop: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvaluationSummary:
-        return _take(cls, d)
-
 
 @dataclass
-class ParetoPoint:
+class ParetoPoint(_Flat):
     trial: int
     accuracy: float | None
     objective: float | None
     note: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ParetoPoint:
-        return _take(cls, d)
 
 
 @dataclass
