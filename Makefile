@@ -25,7 +25,7 @@ tune: $(VENV)/.installed-pytorch
 	$(PY) tune.py $(ARGS)
 
 # The tests whose outcome depends on the CPU class run a second time with the AVX2 class's real
-# kernels (LPOT_CPU_ISA=avx2, see lpot_research/cpu.py), so a machine of a newer class tests both;
+# kernels (LPOT_CPU_ISA=avx2, see lpot_research/core/cpu.py), so a machine of a newer class tests both;
 # the slow end-to-end tests cover both classes themselves.
 CPU_TESTS := tests/test_cpu.py tests/test_pytorch_adaptor.py tests/test_onnxrt_adaptor.py \
 	tests/test_mxnet_adaptor.py tests/test_qat.py tests/test_api.py

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.objectives import Benchmark, Objective
+from lpot_research.measure.objectives import Benchmark, Objective
 
 
 class TailLatency(Objective):

@@ -3,7 +3,7 @@
     python tune.py strategy._target_=examples.custom_strategy.GreedyFallback
 """
 
-from lpot_research.space import OpChoice
+from lpot_research.quant.space import OpChoice
 from lpot_research.strategies import Strategy, select_best
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lpot_research.cpu import apply_isa_cap
+from lpot_research.core.cpu import apply_isa_cap
 
-apply_isa_cap()  # LPOT_CPU_ISA: the frameworks' kernels follow the capped CPU class (see lpot_research.cpu)
+apply_isa_cap()  # LPOT_CPU_ISA: the frameworks' kernels follow the capped CPU class (see lpot_research.core.cpu)
 
 __version__ = "0.1.0"
 __all__ = ["tune", "__version__"]

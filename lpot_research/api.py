@@ -13,21 +13,21 @@ from typing import Any
 
 from lpot_research.adaptors import FRAMEWORKS, make_adaptor
 from lpot_research.adaptors.base import Adaptor, numpy_inputs
-from lpot_research.callbacks import Callback, ProgressLog, TensorBoardCallback, TrackerCallback
 from lpot_research.config import ExitPolicy, Settings, load_settings
-from lpot_research.cpu import cpu_info
-from lpot_research.criterion import AccuracyCriterion
-from lpot_research.errors import ConfigError, LpotError
-from lpot_research.evaluation import Evaluator, check_metric
-from lpot_research.history import History
-from lpot_research.inspector import Inspector
-from lpot_research.metrics import TopK
-from lpot_research.objectives import OBJECTIVES, Objective
-from lpot_research.space import stable_hash
+from lpot_research.core.cpu import cpu_info
+from lpot_research.core.errors import ConfigError, LpotError
+from lpot_research.measure.metrics import TopK
+from lpot_research.measure.objectives import OBJECTIVES, Objective
+from lpot_research.quant.criterion import AccuracyCriterion
+from lpot_research.quant.space import stable_hash
+from lpot_research.run.callbacks import Callback, ProgressLog, TensorBoardCallback, TrackerCallback
+from lpot_research.run.evaluation import Evaluator, check_metric
+from lpot_research.run.history import History
+from lpot_research.run.inspector import Inspector
+from lpot_research.run.tracking import Tracker
+from lpot_research.run.trial import TrialRunner, one_line
+from lpot_research.run.tuner import Tuner, TuneResult
 from lpot_research.strategies import STRATEGIES, Strategy, make_strategy
-from lpot_research.tracking import Tracker
-from lpot_research.trial import TrialRunner, one_line
-from lpot_research.tuner import Tuner, TuneResult
 
 log = logging.getLogger("lpot_research")
 
@@ -140,11 +140,11 @@ def tune(
     conf/tune.yaml (lpot_research.config.Settings: quantization, accuracy_criterion, exit_policy,
     benchmark, evaluation, parallel, random_seed, threads, tensorboard); explicit keyword arguments win
     over it. `config={"parallel": {"workers": 4}}` evaluates up to 4 trials at once on worker processes
-    (the model, data and adaptor must pickle: lpot_research.scheduler).
+    (the model, data and adaptor must pickle: lpot_research.run.scheduler).
     A new run needs a new (or empty) `output_dir`; `resume=True` continues the run in it. With
     `quantization.approach: quant_aware_training`, `q_func(model)` trains the model prepared with fake
     quantization in place (else the configured loop of quantization.qat runs on the calibration data).
-    `tracker` (e.g. `lpot_research.tracking.WandbTracker()`) and `callbacks` (lpot_research.callbacks.Callback)
+    `tracker` (e.g. `lpot_research.run.tracking.WandbTracker()`) and `callbacks` (lpot_research.run.callbacks.Callback)
     see the run as it goes, through a read-only `RunView`.
     """
     settings, crit, ex = _settings(config, accuracy_criterion, exit_policy)
@@ -211,7 +211,7 @@ def _check_inputs(adaptor: Adaptor, settings: Settings, calib_dataloader: Iterab
     default), after every check that needs no model run: each bad input is one clear error."""
     q = settings.quantization
     if q.calibration.dataloader is not None:  # described in YAML: it replaces the given one
-        from lpot_research.data import build_dataloader
+        from lpot_research.models.data import build_dataloader
 
         calib_dataloader = build_dataloader(dict(q.calibration.dataloader), adaptor.layout)
     if calib_dataloader is None:
@@ -257,7 +257,7 @@ def _sanity_run(adaptor: Adaptor, model: Any, calib_dataloader: Iterable[Any], e
         adaptor.predict(prepared, first)
     except Exception as e:  # noqa: BLE001 - any framework's shape/dtype error
         from lpot_research.adaptors.base import describe_inputs
-        from lpot_research.errors import DataError
+        from lpot_research.core.errors import DataError
 
         raise DataError(f"the model does not run on the calibration data's inputs ({describe_inputs(first)}): "
                         f"{one_line(e)}") from None
@@ -293,7 +293,7 @@ def _watchers(tracker: Tracker | None, callbacks: list[Callback] | None, tracked
     watchers: list[Callback] = [ProgressLog()]
     if tracker is not None:
         if not isinstance(tracker, Tracker):
-            raise ConfigError(f"tracker={tracker!r} must be an lpot_research.tracking.Tracker")
+            raise ConfigError(f"tracker={tracker!r} must be an lpot_research.run.tracking.Tracker")
         watchers.append(TrackerCallback(tracker, tracked, out))
     if tensorboard:
         watchers.append(TensorBoardCallback(out / "tensorboard"))

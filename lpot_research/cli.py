@@ -93,7 +93,7 @@ def _resume_problem(resume: Any, multirun: bool) -> str | None:
     if multirun:
         return (f"error: resume={resume} continues one run; a sweep cannot be resumed as a whole: resume each "
                 "job's run dir without -m (python tune.py <that job's overrides> resume=<its dir>)")
-    from lpot_research.history import History
+    from lpot_research.run.history import History
 
     p = Path(str(resume))
     if not p.exists():
@@ -133,7 +133,7 @@ def check_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> None
     from hydra.utils import instantiate
 
     from lpot_research.config import CliSettings, Settings, load_settings
-    from lpot_research.errors import ConfigError
+    from lpot_research.core.errors import ConfigError
 
     unknown = [k for k in cfg if k not in CliSettings.__dataclass_fields__]
     if unknown:
@@ -190,7 +190,7 @@ def validate(args: list[str], conf_dir: Path) -> str | None:
     from hydra.core.global_hydra import GlobalHydra
 
     from lpot_research.config import settings_error
-    from lpot_research.errors import ConfigError
+    from lpot_research.core.errors import ConfigError
 
     problem = check_choices(args, conf_dir)
     if problem:
@@ -237,8 +237,8 @@ def run_job(cfg: DictConfig) -> float:
 
     from lpot_research.api import tune
     from lpot_research.config import Settings, load_settings
-    from lpot_research.errors import ConfigError, LpotError
-    from lpot_research.history import History
+    from lpot_research.core.errors import ConfigError, LpotError
+    from lpot_research.run.history import History
 
     logging.getLogger("lpot_research").setLevel(os.environ.get("LOGLEVEL", "INFO").upper())
     hc = HydraConfig.get()

@@ -9,17 +9,19 @@ any model is loaded.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional  # noqa: UP035 - OmegaConf reads these forms
 
-from lpot_research.benchmark import Benchmark
-from lpot_research.criterion import AccuracyCriterion
-from lpot_research.errors import ConfigError
-from lpot_research.space import check_approach
+from lpot_research.core.errors import ConfigError
+from lpot_research.measure.benchmark import Benchmark
+from lpot_research.quant.criterion import AccuracyCriterion
+from lpot_research.quant.qat import LOSSES, QAT
+from lpot_research.quant.space import check_approach
+from lpot_research.run.policy import BACKENDS, ExitPolicy, Parallel
+from lpot_research.strategies.base import DEFAULT_SEED
 
-DEFAULT_SEED = 9527
-LOSSES = ("cross_entropy", "mse")
+__all__ = ["BACKENDS", "DEFAULT_SEED", "LOSSES", "QAT", "ExitPolicy", "Parallel", "Settings", "load_settings"]
+
 
 
 @dataclass
@@ -42,29 +44,7 @@ class ModelWise:
 @dataclass
 class Calibration:
     sampling_size: Any = 100  # an int, or a list of them (then one more tuning dimension)
-    dataloader: Any = None  # a calibration dataloader described in YAML (lpot_research.data), or None
-
-
-@dataclass
-class QAT:
-    """quantization.approach=quant_aware_training: the configured training loop over the calibration
-    data (the API's q_func replaces it)."""
-
-    epochs: int = 1
-    lr: float = 1e-4
-    momentum: float = 0.9
-    loss: str = "cross_entropy"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
-            raise ConfigError(f"quantization.qat.epochs={self.epochs!r} must be an int >= 0")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"quantization.qat.loss={self.loss!r} is unknown; valid choices: {list(LOSSES)}")
-        for key in ("lr", "momentum"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"quantization.qat.{key}={v!r} must be a number >= 0")
+    dataloader: Any = None  # a calibration dataloader described in YAML (lpot_research.models.data), or None
 
 
 @dataclass
@@ -100,7 +80,7 @@ class Evaluation:
 
 @dataclass
 class BenchmarkSettings:
-    """How latency is measured (lpot_research.benchmark); batch_size None = the model's benchmark batch."""
+    """How latency is measured (lpot_research.measure.benchmark); batch_size None = the model's benchmark batch."""
 
     batch_size: Optional[int] = None  # noqa: UP045
     warmup: int = Benchmark.warmup
@@ -116,47 +96,6 @@ class BenchmarkSettings:
         d = dataclasses.asdict(self)
         d["batch_size"] = d["batch_size"] if d["batch_size"] is not None else default_batch
         return Benchmark(**d)
-
-
-@dataclass(frozen=True)
-class ExitPolicy:
-    """timeout: seconds of wall clock, each trial included (0 = stop at the first config that meets the
-    criterion); max_trials: evaluated configurations (repeats answered from history do not count)."""
-
-    timeout: float = 0
-    max_trials: int = 100
-
-    def __post_init__(self) -> None:
-        t = self.timeout
-        if isinstance(t, bool) or not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
-            raise ConfigError(f"exit_policy.timeout={t!r} must be seconds >= 0 (0 = stop at the first passing "
-                              "config)")
-        if not isinstance(self.max_trials, int) or isinstance(self.max_trials, bool) or self.max_trials < 1:
-            raise ConfigError(f"exit_policy.max_trials={self.max_trials!r} must be an int >= 1")
-
-
-BACKENDS = ("loky", "dask")
-
-
-@dataclass
-class Parallel:
-    """workers: trials evaluated at once (1 = in this process); backend: loky (processes on this machine)
-    or dask (a dask.distributed cluster: the one at `address`, else a local one of `workers` processes).
-    Each worker runs `threads` intra-op threads; latency is measured in the tuning process alone."""
-
-    workers: int = 1
-    backend: str = "loky"
-    address: Optional[str] = None  # noqa: UP045 - a dask scheduler, e.g. tcp://10.0.0.1:8786
-
-    def __post_init__(self) -> None:
-        w = self.workers
-        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
-            raise ConfigError(f"parallel.workers={w!r} must be an int >= 1")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"parallel.backend={self.backend!r} is unknown; valid choices: {list(BACKENDS)}")
-        if self.address is not None and self.backend != "dask":
-            raise ConfigError(f"parallel.address={self.address!r} is a dask scheduler's; it needs "
-                              "parallel.backend=dask")
 
 
 @dataclass

@@ -19,7 +19,7 @@ import time
 from _common import load_bundle
 
 from lpot_research.adaptors.onnxrt import OnnxRuntimeAdaptor  # noqa: E402
-from lpot_research.space import build_space  # noqa: E402
+from lpot_research.quant.space import build_space  # noqa: E402
 
 
 def main() -> int:

@@ -19,9 +19,9 @@ import time
 from _common import load_bundle
 
 from lpot_research.adaptors import FRAMEWORKS, installed, make_adaptor
-from lpot_research.cpu import cpu_info
-from lpot_research.errors import ConfigError
-from lpot_research.space import build_space
+from lpot_research.core.cpu import cpu_info
+from lpot_research.core.errors import ConfigError
+from lpot_research.quant.space import build_space
 
 
 def main() -> int:

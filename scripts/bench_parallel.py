@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_time_to_goal import ROOT, SCENARIOS, run  # noqa: E402
 
-from lpot_research.history import History  # noqa: E402
+from lpot_research.run.history import History  # noqa: E402
 
 
 def main() -> int:
@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="where the runs go (default: a temporary directory)")
     ap.add_argument("extra", nargs="*", help="more tune.py overrides for both runs, e.g. strategy=mse")
     args = ap.parse_args()
-    from lpot_research.cpu import cpu_info
+    from lpot_research.core.cpu import cpu_info
 
     work = Path(args.out or tempfile.mkdtemp(prefix="lpot_par_"))
     base = [*SCENARIOS[args.scenario], "threads=1", *args.extra]

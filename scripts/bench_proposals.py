@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lpot_research.run.tuner import Tuner  # noqa: E402
 from lpot_research.strategies import BUILTIN  # noqa: E402
-from lpot_research.tuner import Tuner  # noqa: E402
 from tests.fakes import FakeAdaptor  # noqa: E402
 from tests.helpers import run_fake  # noqa: E402
 

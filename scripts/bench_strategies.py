@@ -24,7 +24,7 @@ from _common import load_bundle
 
 import lpot_research  # noqa: E402
 from lpot_research.config import DEFAULT_SEED  # noqa: E402
-from lpot_research.history import History  # noqa: E402
+from lpot_research.run.history import History  # noqa: E402
 from lpot_research.strategies import BUILTIN  # noqa: E402
 
 

@@ -4,7 +4,7 @@
     python scripts/bench_time_to_goal.py                       # against the commit before the speed work
     python scripts/bench_time_to_goal.py --before 0fad390 --scenarios minilm digits
     python scripts/bench_time_to_goal.py --after HEAD          # HEAD in a worktree: edit the checkout meanwhile
-    LPOT_CPU_ISA=avx2 python scripts/bench_time_to_goal.py     # the AVX2 class's kernels (see lpot_research.cpu)
+    LPOT_CPU_ISA=avx2 python scripts/bench_time_to_goal.py     # the AVX2 class's kernels (see lpot_research.core.cpu)
 
 Each scenario runs `tune.py` with the same arguments and seed in a `git worktree` of the earlier commit
 and in this checkout, one after the other (the earlier code first, so a warm cache helps the new code no
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lpot_research.history import History
+from lpot_research.run.history import History
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = {
@@ -72,7 +72,7 @@ def _build(out: Path) -> tuple[Any, Any, Any, Any]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from lpot_research.space import TuneConfig
+    from lpot_research.quant.space import TuneConfig
 
     cfg = OmegaConf.load(out / "config_resolved.yaml")
     adaptor = instantiate(cfg.framework)
@@ -89,7 +89,7 @@ def remeasure(outs: list[Path]) -> list[float]:
     """The latency ratio of each run's best model against FP32, measured now, side by side by one method
     (runs interleaved with FP32 until stable, rounds alternating between the runs): the runs' own ratios
     were taken at different times under different load, by different methods."""
-    from lpot_research.benchmark import Benchmark
+    from lpot_research.measure.benchmark import Benchmark
 
     built = [_build(o) for o in outs]
     bench = Benchmark(batch_size=1, warmup=5, iterations=200, min_iterations=30, tolerance=0.02)
@@ -129,7 +129,7 @@ def main() -> int:
                     help="only re-measure the latency ratios of the runs of an earlier --out directory")
     args = ap.parse_args()
 
-    from lpot_research.cpu import cpu_info
+    from lpot_research.core.cpu import cpu_info
 
     if args.remeasure is not None:
         for name in args.scenarios:

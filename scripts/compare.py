@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lpot_research.history import History
-from lpot_research.summary import Summary
+from lpot_research.run.history import History
+from lpot_research.run.summary import Summary
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:

@@ -32,8 +32,8 @@ def _summary(res) -> dict:
 def digest(out: Path) -> dict:
     """The runs, in the checkout this process imports lpot_research from (its working directory)."""
     import lpot_research
-    from lpot_research.history import History
     from lpot_research.models.digits import DigitsCNN
+    from lpot_research.run.history import History
     from tests.fakes import FakeAdaptor, indexed_loader
     from tests.helpers import run_fake
 

@@ -30,8 +30,8 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="compare a retrain with the shipped weights, write nothing")
     args = ap.parse_args()
 
-    from lpot_research.cpu import cpu_info
-    from lpot_research.metrics import TopK
+    from lpot_research.core.cpu import cpu_info
+    from lpot_research.measure.metrics import TopK
     from lpot_research.models import SHIPPED_WEIGHTS, cache_dir
 
     print(f"CPU: {cpu_info().describe()}")

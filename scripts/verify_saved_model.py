@@ -150,7 +150,7 @@ def main() -> int:
         os.environ["LPOT_CPU_ISA"] = cap
         print(f"the run was capped to {cap} (LPOT_CPU_ISA): so are the kernels here")
     import lpot_research  # noqa: F401  (applies LPOT_CPU_ISA to the frameworks' switches before they load)
-    from lpot_research.summary import Summary
+    from lpot_research.run.summary import Summary
 
     s = Summary.from_dict(summary)
     adaptor = s.framework

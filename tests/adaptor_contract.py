@@ -30,9 +30,9 @@ import pytest
 
 from lpot_research.adaptors import installed
 from lpot_research.adaptors.base import FallbackError, to_numpy
-from lpot_research.errors import ConfigError
-from lpot_research.metrics import TopK
-from lpot_research.space import OpChoice, TuneConfig, build_space
+from lpot_research.core.errors import ConfigError
+from lpot_research.measure.metrics import TopK
+from lpot_research.quant.space import OpChoice, TuneConfig, build_space
 
 STATIC = "post_training_static_quant"
 SAMPLING = 64

@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Importing lpot_research before any framework runs a kernel: under LPOT_CPU_ISA (`make test-avx2`) it
 # sets the frameworks' own ISA switches, so PyTorch's and MXNet's kernels are the capped class's.
-from lpot_research.cpu import cpu_info  # noqa: E402
+from lpot_research.core.cpu import cpu_info  # noqa: E402
 
 CPU = cpu_info()
 

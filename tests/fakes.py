@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from lpot_research.adaptors.base import Adaptor, batch_len, batches
-from lpot_research.benchmark import Latency
+from lpot_research.measure.benchmark import Latency
 from lpot_research.models import ModelBundle
-from lpot_research.space import OpCapability, TuneConfig
+from lpot_research.quant.space import OpCapability, TuneConfig
 
 COST = {"int8": 1.0, "bf16": 2.0, "fp32": 4.0}
 INDEX_OFFSET = 10  # per-sample evaluation inputs are sample indices + this (probes are 0, plain evaluation 1)

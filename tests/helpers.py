@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from lpot_research import tune
-from lpot_research.history import History
+from lpot_research.run.history import History
 from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 
 LOADER = [(np.zeros(100), np.zeros(100))]  # one batch of 100 samples (the default sampling_size)

@@ -36,7 +36,7 @@ def _eval_arrays(bundle) -> dict[str, np.ndarray]:
 
 
 def _model_wise(adaptor, model):
-    from lpot_research.space import build_space
+    from lpot_research.quant.space import build_space
 
     return build_space(adaptor.capabilities(model, STATIC, None), STATIC, 64).model_wise_configs()[0]
 
@@ -44,7 +44,7 @@ def _model_wise(adaptor, model):
 def build(out: Path) -> None:
     import onnx
 
-    from lpot_research.metrics import TopK
+    from lpot_research.measure.metrics import TopK
     from lpot_research.models.digits import DigitsCNN
 
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lpot_research.history import History
+from lpot_research.run.history import History
 from tests.fakes import FakeAdaptor, indexed_loader
 from tests.helpers import run_fake
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # bf16 costs accuracy and fp32 is not allowed: nothing passes, so strategies keep searching
 NO_PASS = {"quantization": {"model_wise": {"activation": {"dtype": ["uint8", "bf16"]}}}}
 LONG = {"exit_policy": {"timeout": 3600, "max_trials": 12}}
-TWO_WORKERS = {"parallel": {"workers": 2}}  # loky processes (lpot_research.scheduler)
+TWO_WORKERS = {"parallel": {"workers": 2}}  # loky processes (lpot_research.run.scheduler)
 # INT8 everywhere loses 1.5% with MinMax, 0.75% with KL; BF16 0.2% an op: many configs within 0.5% of
 # the 1% criterion, on either side
 CLOSE_CALLS = {"penalties": [0.0005, 0.001, 0.002, 0.003, 0.0085], "bf16_penalty": 0.002}

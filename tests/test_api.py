@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'lpot-research[pytorch]')")
 
 import lpot_research  # noqa: E402
-from lpot_research.metrics import TopK  # noqa: E402
+from lpot_research.measure.metrics import TopK  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_op_wise_forces_a_named_op_to_fp32(bundle, tmp_path):
 
 
 def test_op_wise_unknown_op_lists_valid_ops(bundle, tmp_path):
-    from lpot_research.errors import ConfigError
+    from lpot_research.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"'classifier' matches no op; valid op names: \['features.0.0'"):
         lpot_research.tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader,

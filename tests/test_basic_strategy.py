@@ -8,7 +8,7 @@ fallback removes) follows its penalty.
 
 import dataclasses
 
-from lpot_research.history import SENSITIVITY, History, analysis_key
+from lpot_research.run.history import SENSITIVITY, History, analysis_key
 from lpot_research.strategies.basic import BasicStrategy
 from tests.fakes import FakeAdaptor
 from tests.helpers import history_notes, run_fake

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lpot_research.calibration import kl_range, mse_range, quantization_mse
+from lpot_research.quant.calibration import kl_range, mse_range, quantization_mse
 
 
 def histogram(x, bins=2048):

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from lpot_research.history import History
-from lpot_research.ranking import within_noise
+from lpot_research.quant.ranking import within_noise
+from lpot_research.run.history import History
 from tests.helpers import history_so_far
 
 ROOT = Path(__file__).resolve().parents[1]

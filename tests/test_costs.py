@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from lpot_research.benchmark import Benchmark, measure
-from lpot_research.history import SENSITIVITY, History, analysis_key
-from lpot_research.report import TIMED
+from lpot_research.measure.benchmark import Benchmark, measure
+from lpot_research.run.history import SENSITIVITY, History, analysis_key
+from lpot_research.run.report import TIMED
 from lpot_research.strategies.basic import BasicStrategy
 from tests.fakes import FakeAdaptor, indexed_loader
 from tests.helpers import run_fake
@@ -89,7 +89,7 @@ def test_latency_measurement_stops_at_its_time_bound():
 
 
 def test_bad_time_bound_is_named():
-    from lpot_research.errors import ConfigError
+    from lpot_research.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="benchmark.max_seconds=0 must be seconds > 0"):
         Benchmark(max_seconds=0)

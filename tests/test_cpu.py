@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lpot_research import cpu
-from lpot_research.errors import ConfigError
+from lpot_research.core import cpu
+from lpot_research.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 x86_linux = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not Path("/proc/cpuinfo").exists(),
@@ -56,7 +56,7 @@ def test_classes_follow_the_features():
 def test_the_cap_narrows_the_features_and_sets_the_frameworks_switches():
     r = run("""
         import os
-        from lpot_research.cpu import cpu_info
+        from lpot_research.core.cpu import cpu_info
         assert "FBGEMM_ENABLE_INSTRUCTIONS" in os.environ  # set by importing the package
         c = cpu_info()
         print(c.isa_class, c.vnni, c.bf16, bool(c.capped_from), os.environ["FBGEMM_ENABLE_INSTRUCTIONS"],

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpot_research.cpu import native_cpu_info
+from lpot_research.core.cpu import native_cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATED = os.environ.get("LPOT_EMULATED_CPU", "")
@@ -100,7 +100,7 @@ def test_the_automatic_choice_keeps_accuracy_on_this_cpu(artifacts):
     """reduce_range=None (the default) follows this package's view of the CPU, which is what the kernels
     read: 7-bit weights where they would saturate, and the model quantized so keeps its accuracy."""
     from lpot_research.adaptors.onnxrt import OnnxRuntimeAdaptor
-    from lpot_research.cpu import cpu_info
+    from lpot_research.core.cpu import cpu_info
 
     choice = OnnxRuntimeAdaptor()._reduce_range()
     assert choice is (not cpu_info().vnni)

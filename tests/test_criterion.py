@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from lpot_research.criterion import AccuracyCriterion
-from lpot_research.errors import ConfigError
+from lpot_research.core.errors import ConfigError
+from lpot_research.quant.criterion import AccuracyCriterion
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpot_research.data import build_dataloader
-from lpot_research.errors import ConfigError, DataError
+from lpot_research.core.errors import ConfigError, DataError
+from lpot_research.models.data import build_dataloader
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = {"dataset": {"name": "digits", "split": "train"}, "batch_size": 32,

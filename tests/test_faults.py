@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lpot_research.history import History
+from lpot_research.run.history import History
 from tests.helpers import history_so_far
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpot_research.errors import ConfigError, DataError
+from lpot_research.core.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 torch = pytest.importorskip("torch", reason="the test models are made from digits_cnn (PyTorch)")
@@ -165,8 +165,8 @@ def test_bad_files_and_data_are_one_line(files, args, needle):
 def test_named_inputs_work_in_the_api_and_in_yaml(files, digits):
     pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed")
     import lpot_research
-    from lpot_research.data import ArrayLoader
-    from lpot_research.metrics import TopK
+    from lpot_research.measure.metrics import TopK
+    from lpot_research.models.data import ArrayLoader
 
     _, _, x, y = digits
     name = "input"

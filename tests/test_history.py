@@ -3,9 +3,17 @@ import os
 
 import pytest
 
-from lpot_research.errors import ConfigError
-from lpot_research.history import EVAL_ORDER, OP_ERRORS, SENSITIVITY, History, RunRecordError, TrialRecord, analysis_key
-from lpot_research.space import config_id
+from lpot_research.core.errors import ConfigError
+from lpot_research.quant.space import config_id
+from lpot_research.run.history import (
+    EVAL_ORDER,
+    OP_ERRORS,
+    SENSITIVITY,
+    History,
+    RunRecordError,
+    TrialRecord,
+    analysis_key,
+)
 
 
 def rec(n, **kw):

@@ -100,7 +100,7 @@ def test_the_graph_is_read():
     """The reader sees what the modules import (else an empty graph would pass): a top-level import, a
     function-level one and a registry string."""
     g = import_graph()
-    assert "lpot_research.errors" in g["lpot_research.config"]  # top level
+    assert "lpot_research.core.errors" in g["lpot_research.config"]  # top level
     assert "lpot_research.api" in g["lpot_research"]  # inside `tune`
     assert "lpot_research.strategies.basic" in g["lpot_research.strategies"]  # "module:attr" for load_object
 
@@ -108,6 +108,42 @@ def test_the_graph_is_read():
 def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a", "c"}}) is None
+
+
+# The layers of the tree, from the bottom: a module imports only from its own layer or the ones below.
+LAYERS = (
+    ("core",),  # errors, the CPU class, the time budget, batches, lazy imports
+    ("quant", "measure"),  # the tuning space, criterion, calibration, ranking; latency, metrics, objectives
+    ("adaptors",),  # how a framework quantizes, runs and saves a model
+    ("models",),  # built-in bundles, data loaders, your own files
+    ("strategies",),  # what to try next
+    ("run",),  # one run: the loop, trials, evaluation, history, summary, report, callbacks
+    ("config", "api", "cli", ""),  # entry points: the settings schema, the Python API, tune.py's CLI
+)
+
+
+def layer(module: str) -> int:
+    part = module.removeprefix(PACKAGE).removeprefix(".").partition(".")[0]
+    return next(i for i, names in enumerate(LAYERS) if part in names)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, deps in graph.items() for b in deps if layer(b) > layer(a))
+
+
+def test_every_module_is_in_a_layer():
+    unplaced = [m for m in modules() if not any(m.removeprefix(PACKAGE).removeprefix(".").partition(".")[0] in names
+                                                  for names in LAYERS)]
+    assert not unplaced, f"modules in no layer of LAYERS: {unplaced}"
+
+
+def test_imports_point_down():
+    """Arrows point down only (lazy imports included): a newcomer can tell from the tree where a change
+    belongs, and no part reaches up into the one that drives it."""
+    assert upward_imports({"lpot_research.core.errors": {"lpot_research.run.tuner"}}) == [
+        "lpot_research.core.errors -> lpot_research.run.tuner"]
+    up = upward_imports(import_graph())
+    assert not up, "imports pointing up a layer: " + "; ".join(up)
 
 
 def test_no_import_cycle():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lpot_research.errors import ConfigError
-from lpot_research.metrics import F1, COCOmAP, TopK
+from lpot_research.core.errors import ConfigError
+from lpot_research.measure.metrics import F1, COCOmAP, TopK
 
 
 def test_topk():

@@ -10,9 +10,9 @@ mxnet_adaptor = pytest.importorskip("lpot_research.adaptors.mxnet",
                                     reason="MXNet is not installed (pip install 'lpot-research[mxnet]')")
 mx = mxnet_adaptor.import_mxnet(threads=1)  # one OpenMP thread: MXNet fixes it at this first import
 
-from lpot_research.cpu import cpu_info  # noqa: E402
-from lpot_research.metrics import TopK  # noqa: E402
-from lpot_research.space import OpChoice, TuneConfig, build_space  # noqa: E402
+from lpot_research.core.cpu import cpu_info  # noqa: E402
+from lpot_research.measure.metrics import TopK  # noqa: E402
+from lpot_research.quant.space import OpChoice, TuneConfig, build_space  # noqa: E402
 
 MXNetAdaptor = mxnet_adaptor.MXNetAdaptor
 STATIC = "post_training_static_quant"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import lpot_research
-from lpot_research.errors import ConfigError
-from lpot_research.history import History
-from lpot_research.objectives import Weighted
+from lpot_research.core.errors import ConfigError
+from lpot_research.measure.objectives import Weighted
+from lpot_research.run.history import History
 from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 from tests.helpers import LOADER
 

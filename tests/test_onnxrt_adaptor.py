@@ -10,8 +10,8 @@ import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from lpot_research.adaptors.onnxrt import OnnxRuntimeAdaptor  # noqa: E402
-from lpot_research.metrics import TopK  # noqa: E402
-from lpot_research.space import build_space  # noqa: E402
+from lpot_research.measure.metrics import TopK  # noqa: E402
+from lpot_research.quant.space import build_space  # noqa: E402
 
 STATIC = "post_training_static_quant"
 CONV0 = "/features/features.0/features.0.0/Conv"
@@ -60,7 +60,7 @@ def test_static_qdq_quantizes_and_shrinks_the_model(adaptor, bundle, model):
 
 
 def test_reduce_range_follows_the_cpu(monkeypatch):
-    from lpot_research import cpu
+    from lpot_research.core import cpu
 
     assert OnnxRuntimeAdaptor()._reduce_range() is (not cpu.cpu_info().vnni)
     monkeypatch.setenv("LPOT_CPU_ISA", "avx2")
@@ -152,7 +152,7 @@ def test_inspect_op_outputs(adaptor, bundle, model):
 
 
 def test_histogram_ranges_stay_inside_minmax_and_never_quantize_worse(bundle, model):
-    from lpot_research.calibration import quantization_mse
+    from lpot_research.quant.calibration import quantization_mse
 
     a = OnnxRuntimeAdaptor(threads=1)
     mm = a._calibrated(model, bundle.calib_dataloader, 64, "minmax").data
@@ -169,7 +169,7 @@ def test_histogram_ranges_stay_inside_minmax_and_never_quantize_worse(bundle, mo
 
 
 def test_bad_format_is_named(bundle):
-    from lpot_research.errors import ConfigError
+    from lpot_research.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'QLinear'.*QDQ"):
         OnnxRuntimeAdaptor(quant_format="QLinear").prepare(bundle.model, bundle.example_inputs)

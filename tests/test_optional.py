@@ -17,7 +17,7 @@ def test_core_works_without_any_framework_installed(tmp_path):
             sys.modules[m] = None
         sys.path.insert(0, {str(ROOT)!r})
         import lpot_research
-        from lpot_research.errors import ConfigError
+        from lpot_research.core.errors import ConfigError
         from tests.fakes import FakeAdaptor, FakeModel
         from tests.helpers import LOADER
         r = lpot_research.tune(FakeModel(None), LOADER, LOADER, eval_func=lambda m: 0.9, framework=FakeAdaptor(),

@@ -1,4 +1,4 @@
-"""Trials in parallel (lpot_research.scheduler): bad settings, the dask backend on a real local cluster
+"""Trials in parallel (lpot_research.run.scheduler): bad settings, the dask backend on a real local cluster
 started by the test, what cannot be sent to a worker, the time budget with trials in flight, and
 real back ends on worker processes. The parallel contract of every strategy (same configurations and
 best whatever the number of workers) is in tests/strategy_contract.py; kills with trials in flight in
@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from lpot_research.errors import ConfigError
-from lpot_research.history import History
+from lpot_research.core.errors import ConfigError
+from lpot_research.run.history import History
 from lpot_research.strategies.random import RandomStrategy
 from lpot_research.strategies.tpe import TPEStrategy
 from tests.fakes import FakeAdaptor
@@ -60,7 +60,7 @@ def test_dask_cluster_started_by_the_test_gives_the_serial_result(tmp_path):
         par = run_fake(tmp_path / "dask", FakeAdaptor(ops=5, sleep=0.05), TPEStrategy(seed=4),
                        merge(cfg, {"parallel": {"workers": 2, "backend": "dask", "address": c.scheduler_address}}))
         ran_on = {w for w, n in distributed.Client(c).run(lambda: len(__import__(
-            "lpot_research.scheduler", fromlist=["_RUNNERS"])._RUNNERS)).items() if n}
+            "lpot_research.run.scheduler", fromlist=["_RUNNERS"])._RUNNERS)).items() if n}
     assert [t.config_id for t in trials(par)] == [t.config_id for t in trials(serial)]
     assert par.summary.best.config_id == serial.summary.best.config_id
     assert len(ran_on) == 2, "both dask workers ran trials"

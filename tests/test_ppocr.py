@@ -8,7 +8,7 @@ pytest.importorskip("rapidocr_onnxruntime", reason="the ocr extra is not install
 
 from lpot_research.adaptors.onnxrt import OnnxRuntimeAdaptor  # noqa: E402
 from lpot_research.models.ppocr import PPOCRRec, TextMatch, ctc_decode, edit_distance, render_lines  # noqa: E402
-from lpot_research.space import build_space  # noqa: E402
+from lpot_research.quant.space import build_space  # noqa: E402
 
 
 def test_ctc_decode_and_metrics():

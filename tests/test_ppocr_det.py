@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lpot_research.metrics import COCOmAP
+from lpot_research.measure.metrics import COCOmAP
 
 
 def test_db_postprocess_known_box():

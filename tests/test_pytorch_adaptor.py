@@ -12,11 +12,11 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'lpot-research[pytorch]')")
 
 from lpot_research.adaptors.pytorch import BF16Module, PyTorchAdaptor, bf16_supported  # noqa: E402
-from lpot_research.calibration import kl_divergence, kl_window  # noqa: E402
-from lpot_research.cpu import cpu_info  # noqa: E402
-from lpot_research.errors import ConfigError  # noqa: E402
-from lpot_research.metrics import TopK  # noqa: E402
-from lpot_research.space import OpChoice, build_space  # noqa: E402
+from lpot_research.core.cpu import cpu_info  # noqa: E402
+from lpot_research.core.errors import ConfigError  # noqa: E402
+from lpot_research.measure.metrics import TopK  # noqa: E402
+from lpot_research.quant.calibration import kl_divergence, kl_window  # noqa: E402
+from lpot_research.quant.space import OpChoice, build_space  # noqa: E402
 
 STATIC, DYNAMIC = "post_training_static_quant", "post_training_dynamic_quant"
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,9 +98,9 @@ def test_avx2_kernels_need_7_bit_activations():
     of FP32 while full-range activations saturate and lose many points (0.77 on a real AVX2 CPU)."""
     code = """
         from lpot_research.adaptors.pytorch import PyTorchAdaptor
-        from lpot_research.metrics import TopK
+        from lpot_research.measure.metrics import TopK
         from lpot_research.models.digits import DigitsCNN
-        from lpot_research.space import build_space
+        from lpot_research.quant.space import build_space
         b = DigitsCNN().load()
         for rr in (None, False):
             a = PyTorchAdaptor(threads=1, reduce_range=rr)
@@ -230,7 +230,7 @@ def test_footprint_and_latency_are_measured(adaptor, bundle):
 
 
 def test_unknown_backend_is_named(bundle):
-    from lpot_research.errors import ConfigError
+    from lpot_research.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'tpu'.*valid choices"):
         PyTorchAdaptor(backend="tpu").prepare(bundle.model, bundle.example_inputs)

@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip insta
 import lpot_research  # noqa: E402
 import lpot_research.config  # noqa: E402
 from lpot_research.adaptors.pytorch import PyTorchAdaptor  # noqa: E402
-from lpot_research.errors import ConfigError  # noqa: E402
-from lpot_research.history import History  # noqa: E402
-from lpot_research.space import build_space  # noqa: E402
+from lpot_research.core.errors import ConfigError  # noqa: E402
+from lpot_research.quant.space import build_space  # noqa: E402
+from lpot_research.run.history import History  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QAT = "quant_aware_training"

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from lpot_research.errors import ConfigError
-from lpot_research.space import OpCapability, OpChoice, QSpec, TuneConfig, build_space
+from lpot_research.core.errors import ConfigError
+from lpot_research.quant.space import OpCapability, OpChoice, QSpec, TuneConfig, build_space
 
 W = {"dtype": ("int8",), "scheme": ("sym", "asym"), "granularity": ("per_channel", "per_tensor"),
      "algorithm": ("minmax",)}

@@ -9,9 +9,9 @@ pytest.importorskip("ai_edge_litert", reason="LiteRT is not installed (pip insta
 pytest.importorskip("torch", reason="digits_cnn is trained with PyTorch (pip install 'lpot-research[pytorch]')")
 
 from lpot_research.adaptors.tensorflow import TensorFlowAdaptor, TFLiteModel  # noqa: E402
-from lpot_research.errors import ConfigError  # noqa: E402
-from lpot_research.metrics import TopK  # noqa: E402
-from lpot_research.space import OpChoice, build_space  # noqa: E402
+from lpot_research.core.errors import ConfigError  # noqa: E402
+from lpot_research.measure.metrics import TopK  # noqa: E402
+from lpot_research.quant.space import OpChoice, build_space  # noqa: E402
 
 STATIC = "post_training_static_quant"
 OPS = [f"features.{i}.conv" for i in range(5)] + ["fc"]

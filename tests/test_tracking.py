@@ -6,14 +6,15 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from lpot_research.callbacks import Callback, RunView
-from lpot_research.history import History
-from lpot_research.summary import Summary
-from lpot_research.tracking import Tracker
+from lpot_research.run.callbacks import Callback, RunView
+from lpot_research.run.history import History
+from lpot_research.run.summary import Summary
+from lpot_research.run.tracking import Tracker
 from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 from tests.helpers import LOADER
 
@@ -50,7 +51,18 @@ def wandb_records(path: Path):
             yield rec
 
 
-def read_wandb_run(run_dir: Path) -> dict:
+def read_wandb_run(run_dir: Path, wait_s: float = 10.0) -> dict:
+    """The run's records; W&B's core process writes the file after `finish()` returns, so the read is
+    repeated (for at most `wait_s`) until the run's exit record is in it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = _read_wandb_file(run_dir)
+        if run["exit_code"] is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)
+
+
+def _read_wandb_file(run_dir: Path) -> dict:
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
     run, history, summary, exit_code = None, [], {}, None
@@ -120,7 +132,7 @@ def test_parallel_multirun_logs_one_wandb_run_per_job(tmp_path):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is None, reason="wandb is not installed")
 def test_wandb_run_is_finished_when_the_job_is_interrupted(tmp_path, monkeypatch):
     import lpot_research
-    from lpot_research.tracking import WandbTracker
+    from lpot_research.run.tracking import WandbTracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     calls = []

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import lpot_research
-from lpot_research.callbacks import Callback
-from lpot_research.errors import ConfigError, DataError
-from lpot_research.history import History, RunRecordError
+from lpot_research.core.errors import ConfigError, DataError
+from lpot_research.run.callbacks import Callback
+from lpot_research.run.history import History, RunRecordError
 from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 from tests.helpers import LOADER, run_fake
 

@@ -4,10 +4,10 @@ import math
 import pytest
 
 from lpot_research import tune
-from lpot_research.errors import ConfigError, DataError
+from lpot_research.core.errors import ConfigError, DataError
+from lpot_research.run.summary import Summary
 from lpot_research.strategies import Strategy
 from lpot_research.strategies.basic import BasicStrategy
-from lpot_research.summary import Summary
 from tests.fakes import FakeAdaptor, FakeModel, FakeScore
 from tests.helpers import LOADER, history_notes, run_fake, trials
 
@@ -264,7 +264,7 @@ def test_criterion_direction_follows_a_lower_is_better_metric(tmp_path):
 
 
 def test_score_ranks_every_passing_config_above_every_failing_one():
-    from lpot_research.criterion import AccuracyCriterion
+    from lpot_research.quant.criterion import AccuracyCriterion
     from lpot_research.strategies.base import Result, StrategyContext
 
     ctx = StrategyContext(space=None, criterion=AccuracyCriterion(), baseline_accuracy=0.9, baseline_objective=2.0)

@@ -7,8 +7,8 @@ import importlib
 import importlib.util
 from typing import Any
 
-from lpot_research._lazy import load_object
-from lpot_research.errors import ConfigError
+from lpot_research.core._lazy import load_object
+from lpot_research.core.errors import ConfigError
 
 FRAMEWORKS = {
     "pytorch": ("lpot_research.adaptors.pytorch:PyTorchAdaptor", "torch", "pytorch"),

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from lpot_research.adaptors.calibration_cache import CalibrationCache
-from lpot_research.batches import batch_len, batches, limited_batches
-from lpot_research.benchmark import Benchmark, Latency, measure
-from lpot_research.space import OpCapability, TuneConfig
+from lpot_research.core.batches import batch_len, batches, limited_batches
+from lpot_research.measure.benchmark import Benchmark, Latency, measure
+from lpot_research.quant.space import OpCapability, TuneConfig
 
 __all__ = ["Adaptor", "CalibrationCache", "FallbackError", "RangeRule", "as_tuple", "batch_len", "batches",
            "limited_batches", "numpy_inputs", "quiet", "take_numpy_inputs", "to_numpy"]
@@ -131,7 +131,7 @@ class Adaptor(ABC):
     # ------------------------------------------------------------------ checks and settings
     def check_approach(self, approach: str) -> None:
         if approach not in self.approaches:
-            from lpot_research.errors import ConfigError
+            from lpot_research.core.errors import ConfigError
 
             raise ConfigError(f"quantization.approach={approach!r} is not supported by framework={self.name}; "
                               f"valid choices: {list(self.approaches)}")
@@ -152,7 +152,7 @@ class Adaptor(ABC):
     def _check_reduce_range(self) -> None:
         value = getattr(self, "reduce_range", None)
         if not isinstance(value, bool | None):
-            from lpot_research.errors import ConfigError
+            from lpot_research.core.errors import ConfigError
 
             raise ConfigError(f"framework.reduce_range={value!r} must be true, false or null (auto)")
 
@@ -174,7 +174,7 @@ class Adaptor(ABC):
 
     def setup_process(self) -> None:
         """Apply this adaptor's process-wide settings (e.g. the intra-op thread count) in a worker process
-        that received it pickled (lpot_research.scheduler)."""
+        that received it pickled (lpot_research.run.scheduler)."""
         return None
 
     def set_training(self, train_func: Any, settings: dict[str, Any]) -> None:
@@ -234,7 +234,7 @@ class Adaptor(ABC):
         known = set(names)
         unknown = [n for n, _ in config.ops if n not in known]
         if unknown:
-            from lpot_research.errors import ConfigError
+            from lpot_research.core.errors import ConfigError
 
             raise ConfigError(f"op {unknown[0]!r} of the configuration is not in the {self.name} model; "
                               f"valid op names: {names}")
@@ -296,7 +296,7 @@ class Adaptor(ABC):
 
     def measure_latency(self, model: Any, inputs: Any, bench: Benchmark, reference: Any = None) -> Latency:
         """Latency of `model`, interleaved with `reference` (the FP32 model) when given, until stable
-        (lpot_research.benchmark)."""
+        (lpot_research.measure.benchmark)."""
         ref = self.runner(reference, inputs) if reference is not None else None
         return measure(self.runner(model, inputs), bench, ref)
 
@@ -307,7 +307,7 @@ class Adaptor(ABC):
     def footprint_bytes(self, model: Any, inputs: Any) -> int:
         """Peak memory of loading and running the model once on `inputs`, after one warm-up of the same
         (one-time library, kernel and allocator set-up is not the model's footprint)."""
-        from lpot_research.objectives import peak_rss_increase
+        from lpot_research.measure.objectives import peak_rss_increase
 
         with self._footprint_run(model, inputs) as load_and_run:
             load_and_run()

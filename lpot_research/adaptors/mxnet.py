@@ -87,9 +87,9 @@ from typing import Any
 import numpy as np
 
 from lpot_research.adaptors.base import Adaptor, FallbackError, batch_len, limited_batches, numpy_inputs
-from lpot_research.cpu import cpu_info
-from lpot_research.errors import ConfigError
-from lpot_research.space import OpCapability, OpChoice, TuneConfig
+from lpot_research.core.cpu import cpu_info
+from lpot_research.core.errors import ConfigError
+from lpot_research.quant.space import OpCapability, OpChoice, TuneConfig
 
 if importlib.util.find_spec("mxnet") is None:  # checked without importing it (see import_mxnet)
     raise ImportError("No module named 'mxnet' (pip install 'lpot-research[mxnet]')")

@@ -30,10 +30,10 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from lpot_research.adaptors.base import Adaptor, RangeRule, as_tuple, batch_len, limited_batches, numpy_inputs, quiet
-from lpot_research.calibration import kl_range, mse_range
-from lpot_research.cpu import cpu_info
-from lpot_research.errors import ConfigError
-from lpot_research.space import OpCapability, OpChoice, TuneConfig
+from lpot_research.core.cpu import cpu_info
+from lpot_research.core.errors import ConfigError
+from lpot_research.quant.calibration import kl_range, mse_range
+from lpot_research.quant.space import OpCapability, OpChoice, TuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ STATIC_TYPES = ("Conv", "MatMul", "Gemm")
 DYNAMIC_TYPES = ("MatMul", "Gemm")
 FORMATS = ("QDQ", "QOperator")
 # calibration algorithm name -> (ORT method, calibrator options); "kl" and "mse" share one pass that
-# collects ORT's histograms, and pick their windows with lpot_research.calibration (kl_range, mse_range)
+# collects ORT's histograms, and pick their windows with lpot_research.quant.calibration (kl_range, mse_range)
 CALIBRATION = {
     "minmax": ("MinMax", {}),
     "histogram": ("Entropy", {"num_bins": 2048, "num_quantized_bins": 256}),

@@ -37,10 +37,10 @@ from torch.ao.quantization.quantize_fx import prepare_fx
 
 from lpot_research.adaptors.base import Adaptor, RangeRule, as_tuple, batch_len, limited_batches
 from lpot_research.adaptors.torch_observers import KLHistogramObserver
-from lpot_research.config import QAT
-from lpot_research.cpu import cpu_info
-from lpot_research.errors import ConfigError
-from lpot_research.space import APPROACHES, OpCapability, OpChoice, TuneConfig
+from lpot_research.core.cpu import cpu_info
+from lpot_research.core.errors import ConfigError
+from lpot_research.quant.qat import QAT
+from lpot_research.quant.space import APPROACHES, OpCapability, OpChoice, TuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class PyTorchAdaptor(Adaptor):
 
     def set_training(self, train_func: Any, settings: dict[str, Any]) -> None:
         """The user's train_func (or None) and the configured loop's settings (quantization.qat, checked by
-        lpot_research.config.QAT)."""
+        lpot_research.quant.qat.QAT)."""
         self._train_func, self._qat = train_func, dataclasses.asdict(QAT(**settings))
 
     # ------------------------------------------------------------------ the CPU

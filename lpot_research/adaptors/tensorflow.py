@@ -43,8 +43,8 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 from tensorflow.lite.python import convert as tflite_convert  # noqa: E402
 
 from lpot_research.adaptors.base import Adaptor, batch_len, limited_batches, numpy_inputs, quiet  # noqa: E402
-from lpot_research.errors import ConfigError  # noqa: E402
-from lpot_research.space import OpCapability, TuneConfig  # noqa: E402
+from lpot_research.core.errors import ConfigError  # noqa: E402
+from lpot_research.quant.space import OpCapability, TuneConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
 

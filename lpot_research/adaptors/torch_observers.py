@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.ao.quantization.observer import HistogramObserver
 
-from lpot_research.calibration import kl_window
+from lpot_research.quant.calibration import kl_window
 
 
 class KLHistogramObserver(HistogramObserver):

@@ -36,7 +36,7 @@ class ModelBundle:
 
 def check_framework(model: str, framework: str, supported: tuple[str, ...]) -> None:
     if framework not in supported:
-        from lpot_research.errors import ConfigError
+        from lpot_research.core.errors import ConfigError
 
         raise ConfigError(f"model {model!r} is not available for framework {framework!r}; "
                           f"it is available for: {', '.join(supported)}")

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lpot_research.data import ArrayLoader
-from lpot_research.metrics import TopK
+from lpot_research.measure.metrics import TopK
 from lpot_research.models import ModelBundle, check_framework, trained_weights
-from lpot_research.space import stable_hash
+from lpot_research.models.data import ArrayLoader
+from lpot_research.quant.space import stable_hash
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 1  # bump when the architecture or training changes, to invalidate caches

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lpot_research.errors import ConfigError
+from lpot_research.core.errors import ConfigError
 from lpot_research.models import ModelBundle
 
 FRAMEWORK_OF = {".onnx": "onnxrt", ".pt": "pytorch", ".pth": "pytorch", ".keras": "tensorflow", ".json": "mxnet"}
@@ -77,7 +77,7 @@ class ModelFile:
 
     def load(self, framework: str = "onnxrt") -> ModelBundle:
         """The model in the form `framework`'s adaptor takes (the data is set by the caller)."""
-        from lpot_research.metrics import TopK
+        from lpot_research.measure.metrics import TopK
 
         self.check_framework(framework)
         model: Any = self._torch() if framework == "pytorch" else self.path

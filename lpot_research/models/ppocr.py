@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.data import ArrayLoader
-from lpot_research.errors import DataError
-from lpot_research.metrics import to_numpy
+from lpot_research.core.errors import DataError
+from lpot_research.measure.metrics import to_numpy
 from lpot_research.models import ModelBundle, check_framework
+from lpot_research.models.data import ArrayLoader
 
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # no I/l/1, O/o/0 look-alikes
 HEIGHT = 48
@@ -94,7 +94,7 @@ class TextMatch:
 
     def __init__(self, chars: list[str] | None = None, kind: str = "exact") -> None:
         if kind not in ("exact", "char"):
-            from lpot_research.errors import ConfigError
+            from lpot_research.core.errors import ConfigError
 
             raise ConfigError(f"metric kind={kind!r} is unknown; valid choices: ['exact', 'char']")
         self.chars, self.kind = chars, kind

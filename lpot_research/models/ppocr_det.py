@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.data import ArrayLoader
-from lpot_research.metrics import COCOmAP, to_numpy
+from lpot_research.measure.metrics import COCOmAP, to_numpy
 from lpot_research.models import ModelBundle, check_framework
+from lpot_research.models.data import ArrayLoader
 from lpot_research.models.ppocr import ALPHABET, model_path
 
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)

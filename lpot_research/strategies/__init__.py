@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lpot_research._lazy import load_object
-from lpot_research.config import DEFAULT_SEED
-from lpot_research.errors import ConfigError
-from lpot_research.strategies.base import Result, Strategy, StrategyContext, rank_key, select_best
+from lpot_research.core._lazy import load_object
+from lpot_research.core.errors import ConfigError
+from lpot_research.strategies.base import DEFAULT_SEED, Result, Strategy, StrategyContext, rank_key, select_best
 
 BUILTIN = {
     "basic": "lpot_research.strategies.basic:BasicStrategy",

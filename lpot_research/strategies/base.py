@@ -20,18 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.config import DEFAULT_SEED
-from lpot_research.criterion import AccuracyCriterion
-from lpot_research.ranking import rank_key, score, select_best
-from lpot_research.space import TuneConfig, TuningSpace
+from lpot_research.quant.criterion import AccuracyCriterion
+from lpot_research.quant.ranking import rank_key, score, select_best
+from lpot_research.quant.space import TuneConfig, TuningSpace
 
-__all__ = ["Proposals", "batched", "Result", "Strategy", "StrategyContext", "UntilPass", "rank_key", "select_best"]
+DEFAULT_SEED = 9527  # every strategy's seed when none is given (random_seed in the settings)
+
+__all__ = ["DEFAULT_SEED", "Proposals", "batched", "Result", "Strategy", "StrategyContext", "UntilPass", "rank_key",
+           "select_best"]
 
 
 @dataclass(frozen=True)
 class Result:
     """What a strategy learns about one configuration. For a config that failed the criterion,
-    `accuracy` is its ranking accuracy (lpot_research.evaluation): the same whether or not its
+    `accuracy` is its ranking accuracy (lpot_research.run.evaluation): the same whether or not its
     evaluation stopped early; `objective` is None until measured (failing configs usually are not)."""
 
     config: TuneConfig
@@ -59,7 +61,7 @@ class StrategyContext:
     sensitivity: Callable[[TuneConfig, list[str]], dict[str, float]] | None = None
 
     def score(self, r: Result) -> float | None:
-        """One number to maximize, for model-based strategies (lpot_research.ranking.score)."""
+        """One number to maximize, for model-based strategies (lpot_research.quant.ranking.score)."""
         return score(r, self.criterion.threshold(self.baseline_accuracy), self.baseline_accuracy,
                      self.baseline_objective, self.criterion.hib)
 

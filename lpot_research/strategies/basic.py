@@ -23,10 +23,9 @@ model-wise configuration already passes, fallback cannot improve the objective a
 
 from __future__ import annotations
 
-from lpot_research.config import DEFAULT_SEED
-from lpot_research.errors import ConfigError
-from lpot_research.space import FALLBACK_DTYPES, OpChoice, TuneConfig
-from lpot_research.strategies.base import Proposals, Strategy, StrategyContext, UntilPass, select_best
+from lpot_research.core.errors import ConfigError
+from lpot_research.quant.space import FALLBACK_DTYPES, OpChoice, TuneConfig
+from lpot_research.strategies.base import DEFAULT_SEED, Proposals, Strategy, StrategyContext, UntilPass, select_best
 
 STAGE2 = ("sensitivity", "trials")
 

@@ -18,9 +18,8 @@ import warnings
 import numpy as np
 from scipy.stats import norm
 
-from lpot_research.config import DEFAULT_SEED
-from lpot_research.space import TuningSpace
-from lpot_research.strategies.base import Proposals, Strategy, StrategyContext
+from lpot_research.quant.space import TuningSpace
+from lpot_research.strategies.base import DEFAULT_SEED, Proposals, Strategy, StrategyContext
 
 Index = tuple[int, ...]  # a point of the space: one index per dimension (sampling size, then each op)
 

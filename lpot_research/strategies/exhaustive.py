@@ -10,8 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 
-from lpot_research.config import DEFAULT_SEED
-from lpot_research.strategies.base import Proposals, Strategy, StrategyContext, batched
+from lpot_research.strategies.base import DEFAULT_SEED, Proposals, Strategy, StrategyContext, batched
 
 log = logging.getLogger("lpot_research")
 

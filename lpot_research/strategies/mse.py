@@ -9,8 +9,8 @@ follows before the cumulative one.
 
 from __future__ import annotations
 
-from lpot_research.errors import LpotError
-from lpot_research.space import TuneConfig
+from lpot_research.core.errors import LpotError
+from lpot_research.quant.space import TuneConfig
 from lpot_research.strategies.base import Proposals, StrategyContext
 from lpot_research.strategies.basic import BasicStrategy
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from lpot_research.config import DEFAULT_SEED
-from lpot_research.space import TuneConfig
-from lpot_research.strategies.base import Proposals, Strategy, StrategyContext, batched
+from lpot_research.quant.space import TuneConfig
+from lpot_research.strategies.base import DEFAULT_SEED, Proposals, Strategy, StrategyContext, batched
 
 PERMUTE_BELOW = 1 << 20  # spaces up to this size are permuted outright
 

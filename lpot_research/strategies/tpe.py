@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import warnings
 
-from lpot_research.config import DEFAULT_SEED
-from lpot_research.strategies.base import Proposals, Strategy, StrategyContext
+from lpot_research.strategies.base import DEFAULT_SEED, Proposals, Strategy, StrategyContext
 
 SAMPLING = "__sampling_size__"
 FAILED = -1e6  # the score Optuna is told for a config that failed (TPE ranks observations: only order matters)

@@ -1,12 +1,12 @@
 """The tuning loop: the FP32 baseline once, then the strategy's proposals until the exit policy says stop.
 
-The parts, each with one job: `TrialRunner` (quantize, evaluate, measure: lpot_research.trial),
+The parts, each with one job: `TrialRunner` (quantize, evaluate, measure: lpot_research.run.trial),
 `Evaluator` (accuracy, early rejection), `Inspector` (per-op outputs and sensitivity), `ranking` (the one
 ordering of results), `History` (the run's state on disk), `Reporter` (summary, table, saved model)
 and callbacks for whatever watches (progress log, W&B, TensorBoard). Every finished trial is in the
 history as soon as it is known; a resumed run replays the strategy against it, so no finished trial
 is evaluated twice and the same seed ends as an uninterrupted run does. `TrialScheduler`
-(lpot_research.scheduler) runs each batch of proposals, one trial at a time or on parallel workers.
+(lpot_research.run.scheduler) runs each batch of proposals, one trial at a time or on parallel workers.
 """
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpot_research.callbacks import Callback, RunView
-from lpot_research.config import ExitPolicy, Parallel
-from lpot_research.cpu import cpu_info
-from lpot_research.criterion import AccuracyCriterion
-from lpot_research.errors import LpotError
-from lpot_research.history import EVAL_ORDER, FP32_SCORES, History, TrialRecord
-from lpot_research.inspector import Inspector
-from lpot_research.objectives import Objective
-from lpot_research.ranking import better, rank_key
-from lpot_research.report import ModelWriter, Reporter
-from lpot_research.scheduler import Stop, TrialScheduler
-from lpot_research.space import TuneConfig, TuningSpace, build_space
+from lpot_research.core.cpu import cpu_info
+from lpot_research.core.errors import LpotError
+from lpot_research.measure.objectives import Objective
+from lpot_research.quant.criterion import AccuracyCriterion
+from lpot_research.quant.ranking import better, rank_key
+from lpot_research.quant.space import TuneConfig, TuningSpace, build_space
+from lpot_research.run.callbacks import Callback, RunView
+from lpot_research.run.history import EVAL_ORDER, FP32_SCORES, History, TrialRecord
+from lpot_research.run.inspector import Inspector
+from lpot_research.run.policy import ExitPolicy, Parallel
+from lpot_research.run.report import ModelWriter, Reporter
+from lpot_research.run.scheduler import Stop, TrialScheduler
+from lpot_research.run.summary import EvaluationSummary, Summary
+from lpot_research.run.trial import TrialRunner, one_line
 from lpot_research.strategies.base import Result, Strategy, StrategyContext, UntilPass
-from lpot_research.summary import EvaluationSummary, Summary
-from lpot_research.trial import TrialRunner, one_line
 
 log = logging.getLogger("lpot_research")
 PARETO_MEASURED = 3  # when nothing passes, the most accurate trials measured for the Pareto front

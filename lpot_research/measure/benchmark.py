@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lpot_research import deadline
-from lpot_research.errors import ConfigError
+from lpot_research.core import deadline
+from lpot_research.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

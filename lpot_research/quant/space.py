@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.errors import ConfigError
+from lpot_research.core.errors import ConfigError
 
 QUANT_DTYPES = ("int8", "uint8")
 FALLBACK_DTYPES = ("bf16", "fp32")  # order = fallback preference: bf16 keeps more speed than fp32

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from lpot_research.errors import ConfigError
+from lpot_research.core.errors import ConfigError
 
 KINDS = ("relative", "absolute")
 

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lpot_research.errors import ConfigError, LpotError
-from lpot_research.space import config_id
+from lpot_research.core.errors import ConfigError, LpotError
+from lpot_research.quant.space import config_id
 
 log = logging.getLogger(__name__)
 

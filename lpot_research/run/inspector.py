@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.batches import batch_len, take
-from lpot_research.history import OP_ERRORS, SENSITIVITY, History, analysis_key
-from lpot_research.space import OpChoice, TuneConfig
+from lpot_research.core.batches import batch_len, take
+from lpot_research.quant.space import OpChoice, TuneConfig
+from lpot_research.run.history import OP_ERRORS, SENSITIVITY, History, analysis_key
 
 log = logging.getLogger("lpot_research")
 
@@ -134,7 +134,7 @@ class Inspector:
                   ) -> dict[str, float]:
         """For each op of `names`: `distance` of `base` with only that op quantized (inf: it does not).
         Progress (`done` of `total` ops before these) goes to the log and, on a terminal, a bar."""
-        from lpot_research.evaluation import progress
+        from lpot_research.run.evaluation import progress
 
         fp32 = {n: OpChoice("fp32") for n, _ in base.ops}
         meter = ProgressMeter("per-op sensitivity", total or len(names), done)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.errors import ConfigError, DataError
+from lpot_research.core.errors import ConfigError, DataError
 
 
 class ArrayLoader:

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lpot_research.history import metric_ratio
-from lpot_research.summary import Summary
+from lpot_research.run.history import metric_ratio
+from lpot_research.run.summary import Summary
 
 log = logging.getLogger("lpot_research")
 
@@ -34,7 +34,7 @@ class Tracker:
         """One evaluated trial (see `trial_row` for the keys)."""
 
     def log_summary(self, summary: Summary) -> None:
-        """The run's summary (lpot_research.summary.Summary; `to_dict()` is summary.json's content)."""
+        """The run's summary (lpot_research.run.summary.Summary; `to_dict()` is summary.json's content)."""
 
     def finish(self, failed: bool = False) -> None:
         """Always called last, also when the job raised."""

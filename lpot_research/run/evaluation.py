@@ -16,7 +16,7 @@ Three kinds of evaluation:
     the same as with full evaluation.
 - any other metric (F1, COCO mAP): the whole set, batch by batch.
 - the user's `eval_func(model)`: called once; it decides everything itself.
-Between batches the run's time budget is checked (lpot_research.deadline).
+Between batches the run's time budget is checked (lpot_research.core.deadline).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research import deadline
-from lpot_research.batches import batch_len, batches, concat, take
-from lpot_research.criterion import meets
-from lpot_research.errors import ConfigError, DataError
+from lpot_research.core import deadline
+from lpot_research.core.batches import batch_len, batches, concat, take
+from lpot_research.core.errors import ConfigError, DataError
+from lpot_research.quant.criterion import meets
 
 
 @dataclass
@@ -58,7 +58,7 @@ def check_metric(metric: Any) -> None:
     missing = [m for m in ("reset", "update", "result") if not callable(getattr(metric, m, None))]
     if missing:
         raise ConfigError(f"metric={metric!r} is not a metric: it lacks {missing}; a metric has update(predictions, "
-                          "labels), reset() and result() -> float (see lpot_research.metrics)")
+                          "labels), reset() and result() -> float (see lpot_research.measure.metrics)")
 
 
 def as_accuracy(value: Any, what: str) -> float:

@@ -34,7 +34,7 @@ import os
 import platform
 from dataclasses import dataclass, replace
 
-from lpot_research.errors import ConfigError
+from lpot_research.core.errors import ConfigError
 
 # Linux /proc/cpuinfo flag names of the features read from CPUID: (leaf, subleaf, register, bit).
 _CPUID_BITS = {

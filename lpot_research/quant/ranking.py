@@ -3,7 +3,7 @@ whether two latencies are within noise of each other.
 
 Everything ranks objects with the attributes of a `Result` / `TrialRecord`: `ok`, `passed`,
 `accuracy`, `objective`, `trial`. For a configuration that failed the criterion, `accuracy` is its
-ranking accuracy (see lpot_research.evaluation): the same number whether or not its evaluation
+ranking accuracy (see lpot_research.run.evaluation): the same number whether or not its evaluation
 stopped early, so every decision made from it is the same either way.
 """
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lpot_research.callbacks import RunView
-from lpot_research.cpu import cpu_summary
-from lpot_research.history import TrialRecord, metric_ratio
-from lpot_research.ranking import pareto_front, within_noise
-from lpot_research.space import TuneConfig, TuningSpace
-from lpot_research.summary import BestSummary, Costs, CriterionSummary, ParetoPoint, Summary
+from lpot_research.core.cpu import cpu_summary
+from lpot_research.quant.ranking import pareto_front, within_noise
+from lpot_research.quant.space import TuneConfig, TuningSpace
+from lpot_research.run.callbacks import RunView
+from lpot_research.run.history import TrialRecord, metric_ratio
+from lpot_research.run.summary import BestSummary, Costs, CriterionSummary, ParetoPoint, Summary
 
 log = logging.getLogger("lpot_research")
 COSTS = ("calibrate_s", "quantize_s", "evaluate_s", "benchmark_s")  # a trial's (and the baseline's) steps
@@ -168,7 +168,7 @@ class Reporter:
         import numpy as np
 
         from lpot_research.adaptors.base import numpy_inputs
-        from lpot_research.batches import first
+        from lpot_research.core.batches import first
 
         inputs = first(self.writer.check_inputs, 16)
         outputs = self.writer.predict(model, inputs)

@@ -15,13 +15,13 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
-from lpot_research.benchmark import Benchmark
-from lpot_research.criterion import AccuracyCriterion
-from lpot_research.deadline import TrialTimeout
-from lpot_research.evaluation import Evaluator, Outcome
-from lpot_research.history import History, RunRecordError, TrialRecord
-from lpot_research.objectives import MEASUREMENTS, Objective
-from lpot_research.space import TuneConfig
+from lpot_research.core.deadline import TrialTimeout
+from lpot_research.measure.benchmark import Benchmark
+from lpot_research.measure.objectives import MEASUREMENTS, Objective
+from lpot_research.quant.criterion import AccuracyCriterion
+from lpot_research.quant.space import TuneConfig
+from lpot_research.run.evaluation import Evaluator, Outcome
+from lpot_research.run.history import History, RunRecordError, TrialRecord
 
 log = logging.getLogger("lpot_research")
 # the FP32 latency measured at the start is measured again (twice at most) when its spread is wider

@@ -14,7 +14,7 @@ What a parallel run keeps of a serial one:
 - Trials that start before the evaluation order is known (the first ones of a run scored per sample)
   are evaluated whole and send their scores back: the first on record sets the order, and each one's
   ranking accuracy is computed under it, as in a serial run.
-- basic's per-op sensitivity (lpot_research.inspector) is computed on the workers too, a share each.
+- basic's per-op sensitivity (lpot_research.run.inspector) is computed on the workers too, a share each.
 
 Each worker receives the run's trial runner (model, data, adaptor) pickled once, and builds nothing
 else; a model that cannot be pickled is a clear error before any trial.
@@ -31,12 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lpot_research.config import ExitPolicy, Parallel
-from lpot_research.deadline import TrialTimeout, deadline
-from lpot_research.errors import ConfigError, LpotError
-from lpot_research.history import EVAL_ORDER, FP32_SCORES, SCORES, History, TrialRecord, analysis_key
-from lpot_research.space import TuneConfig
-from lpot_research.trial import TrialRunner, one_line
+from lpot_research.core.deadline import TrialTimeout, deadline
+from lpot_research.core.errors import ConfigError, LpotError
+from lpot_research.quant.space import TuneConfig
+from lpot_research.run.history import EVAL_ORDER, FP32_SCORES, SCORES, History, TrialRecord, analysis_key
+from lpot_research.run.policy import ExitPolicy, Parallel
+from lpot_research.run.trial import TrialRunner, one_line
 
 log = logging.getLogger("lpot_research")
 MAX_CONSECUTIVE_REPEATS = 10_000  # a strategy re-proposing only evaluated configs this long is stuck
@@ -108,8 +108,8 @@ def ready(token: str, payload: bytes | None) -> bool:
 
 
 def run_distances(token: str, payload: bytes | None, base: dict[str, Any], names: list[str]) -> dict[str, float]:
-    """Per-op sensitivity distances (lpot_research.inspector) of `names` in a worker."""
-    from lpot_research.inspector import Inspector
+    """Per-op sensitivity distances (lpot_research.run.inspector) of `names` in a worker."""
+    from lpot_research.run.inspector import Inspector
 
     r = _runner(token, payload)
     return Inspector(r.adaptor, r.model, r.calib, r.example_inputs, None).distances(TuneConfig.from_dict(base), names)

@@ -6,7 +6,7 @@ user metric needs no base class (see examples/custom_metric.py). Pick one from c
 A metric that is the mean of per-sample scores says so with `sample_scores(predictions, labels)` (one
 score per sample) and `sample_range` (the lowest and highest score a sample can get): the tuner then
 scores samples itself, ranks failing configurations on a fixed subset and stops a trial's evaluation
-once it can no longer meet the criterion (lpot_research.evaluation). F1 and COCO mAP are not means of
+once it can no longer meet the criterion (lpot_research.run.evaluation). F1 and COCO mAP are not means of
 per-sample scores and are always computed on the whole set."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lpot_research.errors import ConfigError
+from lpot_research.core.errors import ConfigError
 
 
 class Metric(Protocol):

@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lpot_research.benchmark import Benchmark  # what `measure` receives (user objectives import it from here)
-from lpot_research.errors import ConfigError
+from lpot_research.core.errors import ConfigError
+from lpot_research.measure.benchmark import Benchmark  # what `measure` receives (user objectives import it from here)
 
 
 class Objective:

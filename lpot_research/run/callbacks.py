@@ -12,19 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lpot_research.config import ExitPolicy
-from lpot_research.criterion import AccuracyCriterion
-from lpot_research.history import TrialRecord, metric_ratio
-from lpot_research.objectives import Objective
-from lpot_research.space import TuningSpace
-from lpot_research.summary import EvaluationSummary, Summary
-from lpot_research.tracking import TensorBoardDump, Tracker, trial_row
+from lpot_research.measure.objectives import Objective
+from lpot_research.quant.criterion import AccuracyCriterion
+from lpot_research.quant.space import TuningSpace
+from lpot_research.run.history import TrialRecord, metric_ratio
+from lpot_research.run.policy import ExitPolicy
+from lpot_research.run.summary import EvaluationSummary, Summary
+from lpot_research.run.tracking import TensorBoardDump, Tracker, trial_row
 
 log = logging.getLogger("lpot_research")
 
 
 class ReadHistory(Protocol):
-    """The run's history, for reading (lpot_research.history.History)."""
+    """The run's history, for reading (lpot_research.run.history.History)."""
 
     @property
     def trials(self) -> list[TrialRecord]: ...
@@ -75,7 +75,7 @@ class Callback:
         """A finished trial (`replayed`: one of a resumed run, read from its history; `model` None)."""
 
     def on_finish(self, run: RunView, summary: Summary) -> None:
-        """The run's summary (lpot_research.summary.Summary), once it is written."""
+        """The run's summary (lpot_research.run.summary.Summary), once it is written."""
 
     def close(self, failed: bool) -> None:
         """Always called last, also when the run raised."""
@@ -121,7 +121,7 @@ class ProgressLog(Callback):
 
 
 class TrackerCallback(Callback):
-    """An experiment `Tracker` (lpot_research.tracking) fed by the run: start, baseline, every trial
+    """An experiment `Tracker` (lpot_research.run.tracking) fed by the run: start, baseline, every trial
     (a resumed run replays its finished ones, so the curve is whole), the summary, finish."""
 
     def __init__(self, tracker: Tracker, config: dict[str, Any], run_dir: Path) -> None:

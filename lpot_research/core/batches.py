@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from lpot_research.errors import DataError
+from lpot_research.core.errors import DataError
 
 
 def split_batch(batch: Any, what: str) -> tuple[Any, Any]:

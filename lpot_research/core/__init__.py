@@ -1,0 +1,1 @@
+"""What every layer stands on: errors, the CPU class, the time budget, batches, lazy imports."""
