@@ -31,12 +31,17 @@ def _summary(res) -> dict:
 
 def digest(out: Path) -> dict:
     """The runs, in the checkout this process imports lpot_research from (its working directory)."""
+    import importlib
+
     import lpot_research
     from lpot_research.models.digits import DigitsCNN
-    from lpot_research.run.history import History
     from tests.fakes import FakeAdaptor, indexed_loader
     from tests.helpers import run_fake
 
+    # the checkout's own History (before the layout of issue 20 it was lpot_research.history; the
+    # installed editable package would otherwise answer for a module the checkout does not have)
+    layered = (Path(lpot_research.__file__).parent / "run").is_dir()
+    History = importlib.import_module("lpot_research.run.history" if layered else "lpot_research.history").History
     runs = {}
     for strategy in STRATEGIES:
         d = out / f"fake_{strategy}"
