@@ -69,6 +69,17 @@ class Latency:
         return m
 
 
+def ratio_text(ratio: float | None) -> str:
+    """A latency (or size) ratio to FP32 as people read it: "0.45x", "-" when not measured."""
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def plus_minus(spread: float | None) -> str:
+    """A measurement's spread as it follows its value (" +-4%"); nothing while it is unknown (None, or
+    inf before `min_iterations` runs)."""
+    return f" +-{spread:.0%}" if spread is not None and math.isfinite(spread) else ""
+
+
 def median_spread(values: list[float]) -> float:
     """Relative half-width of a ~95% confidence interval of the median (order statistics)."""
     n = len(values)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from lpot_research.measure.benchmark import plus_minus, ratio_text
 from lpot_research.measure.objectives import Objective
 from lpot_research.quant.criterion import AccuracyCriterion
 from lpot_research.quant.space import TuningSpace
@@ -81,10 +82,6 @@ class Callback:
         """Always called last, also when the run raised."""
 
 
-def _fmt_ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
-
-
 class ProgressLog(Callback):
     """One line per trial: accuracy against FP32 (or where a rejected evaluation stopped), pass/fail,
     the objective, the latency ratio, the best so far and the trial's seconds."""
@@ -101,10 +98,9 @@ class ProgressLog(Callback):
             delta = (rec.accuracy - base) / abs(base) if base else float("nan")
             body = f"acc {rec.accuracy:.4f} ({delta:+.2%}) {'PASS' if rec.passed else 'fail'}"
             if rec.passed:
-                ratio = metric_ratio(rec, run.baseline, "latency_ms")
-                spread = rec.metrics.get("latency_spread")
-                body += (f" | {run.objective.format(rec.objective)} | latency {_fmt_ratio(ratio)} fp32"
-                         + (f" +-{spread:.0%}" if spread is not None and spread < 1 else ""))
+                ratio = ratio_text(metric_ratio(rec, run.baseline, "latency_ms"))
+                spread = plus_minus(rec.metrics.get("latency_spread"))
+                body += f" | {run.objective.format(rec.objective)} | latency {ratio} fp32{spread}"
         else:
             body = f"FAILED: {rec.error}"
         best_s = "best -"

@@ -42,19 +42,17 @@ class ProgressMeter:
     """A progress line in the log for work that is not trials (ops done / total, elapsed, ETA): after
     the first step, then at most every `every` seconds, and at the end."""
 
-    def __init__(self, what: str, total: int, done: int = 0, every: float = 10.0) -> None:
-        self.what, self.total, self.done, self.every = what, total, done, every
+    def __init__(self, what: str, total: int, every: float = 10.0) -> None:
+        self.what, self.total, self.every, self.done = what, total, every, 0
         self.t0 = self.last = time.perf_counter()
-        self.start = done
 
     def step(self) -> None:
         self.done += 1
         now = time.perf_counter()
-        if self.done - self.start == 1 or self.done >= self.total or now - self.last >= self.every:
+        if self.done == 1 or self.done >= self.total or now - self.last >= self.every:
             self.last = now
             elapsed = now - self.t0
-            rate = elapsed / (self.done - self.start)
-            eta = f", ETA {rate * (self.total - self.done):.0f} s" if self.done < self.total else ""
+            eta = f", ETA {elapsed / self.done * (self.total - self.done):.0f} s" if self.done < self.total else ""
             log.info("%s: %d/%d ops, %.1f s elapsed%s", self.what, self.done, self.total, elapsed, eta)
 
 
@@ -130,14 +128,13 @@ class Inspector:
         return np.concatenate([_flat(self.adaptor.predict(model, take(probe, np.arange(i, min(i + PROBE_BATCH, n)))))
                                for i in range(0, n, PROBE_BATCH)])
 
-    def distances(self, base: TuneConfig, names: list[str], done: int = 0, total: int | None = None
-                  ) -> dict[str, float]:
+    def distances(self, base: TuneConfig, names: list[str]) -> dict[str, float]:
         """For each op of `names`: `distance` of `base` with only that op quantized (inf: it does not).
-        Progress (`done` of `total` ops before these) goes to the log and, on a terminal, a bar."""
+        Progress goes to the log and, on a terminal, a bar."""
         from lpot_research.run.evaluation import progress
 
         fp32 = {n: OpChoice("fp32") for n, _ in base.ops}
-        meter = ProgressMeter("per-op sensitivity", total or len(names), done)
+        meter = ProgressMeter("per-op sensitivity", len(names))
         out = {}
         for n in progress(names, "sensitivity", len(names), unit="op"):
             alone = base.with_ops({m: c for m, c in fp32.items() if m != n})

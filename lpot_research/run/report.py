@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lpot_research.core.cpu import cpu_summary
+from lpot_research.measure.benchmark import plus_minus, ratio_text
 from lpot_research.quant.ranking import pareto_front, within_noise
 from lpot_research.quant.space import TuneConfig, TuningSpace
 from lpot_research.run.callbacks import RunView
@@ -20,10 +21,6 @@ from lpot_research.run.summary import BestSummary, Costs, CriterionSummary, Pare
 log = logging.getLogger("lpot_research")
 COSTS = ("calibrate_s", "quantize_s", "evaluate_s", "benchmark_s")  # a trial's (and the baseline's) steps
 TIMED = (*COSTS, "analysis_s")  # plus per-op analyses (sensitivity, output errors): what the run timed
-
-
-def _fmt_ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
 
 
 def _num(x: float | None, width: int, digits: int) -> str:
@@ -184,9 +181,8 @@ class Reporter:
         """The closing table: FP32, the best and the Pareto front, then the run's costs."""
         run = self.run
         b = run.baseline
-        spread = b.get("latency_spread")
         rows = [("FP32", "baseline", b["accuracy"], b.get("latency_ms"), None, 1.0, b.get("size_bytes"),
-                 f"(timed alone at the start, +-{spread:.0%})" if spread is not None and spread < 10 else "")]
+                 f"(timed alone at the start{plus_minus(b.get('latency_spread'))})")]
         shown = {best.trial} if best else set()
         if best:
             rows.append((f"#{best.trial}", "best", best.shown_accuracy, best.metrics.get("latency_ms"),
@@ -203,7 +199,7 @@ class Reporter:
                  f"{'size MB':>8}  config"]
         for t, role, acc, lat, fp32, ratio, size, note in rows:
             lines.append(f"{t:>6} {role:<8} {_num(acc, 9, 4)} {_num(lat, 11, 3)} {_num(fp32, 10, 3)} "
-                         f"{_fmt_ratio(ratio):>8} {(size or 0) / 1e6:>8.3f}  {note}")
+                         f"{ratio_text(ratio):>8} {(size or 0) / 1e6:>8.3f}  {note}")
         lines.append(f"time: {cost_line(s.costs)}")
         return lines
 
@@ -247,7 +243,7 @@ def _log_speed(d: BestSummary, best: TrialRecord, b: dict[str, Any]) -> None:
     faster, or slower."""
     ratio, spread = d.latency_ratio, d.latency_spread
     assert ratio is not None
-    noise = f" +-{spread:.0%}" if spread is not None and spread < 1 else ""
+    noise = plus_minus(spread)
     if within_noise(ratio, spread, 1.0, 0.0):
         log.warning("the tuned model is as fast as FP32 within measurement noise: latency ratio %.2fx%s",
                     ratio, noise)
@@ -301,10 +297,6 @@ def tuning_curve(path: Path, summary: Summary, trials: list[TrialRecord]) -> Non
     plt.close(fig)
 
 
-def _pm(spread: float | None) -> str:
-    return f" +-{spread:.0%}" if spread is not None and spread < 10 else ""
-
-
 def write_report(out: Path, s: Summary, trials: list[TrialRecord]) -> None:
     """report.md: the run for people, with the numbers of summary.json and the tuning curve."""
     b, best, c = s.baseline, s.best, s.costs
@@ -315,7 +307,6 @@ def write_report(out: Path, s: Summary, trials: list[TrialRecord]) -> None:
             curve = "![tuning curve](tuning_curve.png)\n"
         except Exception as e:  # noqa: BLE001 - a picture must not cost the run its report
             curve = f"(no tuning curve: {type(e).__name__}: {e})\n"
-    ratio = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
     cr = s.criterion
     lines = [
         f"# {s.strategy} / {s.framework} / {s.model}",
@@ -329,15 +320,15 @@ def write_report(out: Path, s: Summary, trials: list[TrialRecord]) -> None:
         "",
         "| | accuracy | latency ms | FP32 ms in the same pairs | vs FP32 | size MB | size vs FP32 |",
         "|---|---|---|---|---|---|---|",
-        f"| FP32 baseline (timed alone at the start{_pm(b.get('latency_spread'))}) | {b['accuracy']:.4f} | "
+        f"| FP32 baseline (timed alone at the start{plus_minus(b.get('latency_spread'))}) | {b['accuracy']:.4f} | "
         f"{b.get('latency_ms', float('nan')):.3f} | - | 1.00x | {b['size_bytes'] / 1e6:.3f} | 1.00x |",
     ]
     if best:
         lat, fp32 = best.latency_ms, best.fp32_latency_ms
         lines.append(f"| best (trial {best.trial}) | {best.accuracy:.4f} | "
                      f"{'-' if lat is None else f'{lat:.3f}'} | {'-' if fp32 is None else f'{fp32:.3f}'} | "
-                     f"{ratio(best.latency_ratio)}{_pm(best.latency_spread)}"
-                     f" | {(best.size_bytes or 0) / 1e6:.3f} | {ratio(best.size_ratio)} |")
+                     f"{ratio_text(best.latency_ratio)}{plus_minus(best.latency_spread)}"
+                     f" | {(best.size_bytes or 0) / 1e6:.3f} | {ratio_text(best.size_ratio)} |")
         lines += ["", f"Quantized ops: {best.quantized_ops}; fallback ops: "
                   + (", ".join(f"`{n}` ({d})" for n, d in best.fallback_dtypes.items()) or "none")]
         if best.within_noise:
@@ -348,7 +339,7 @@ def write_report(out: Path, s: Summary, trials: list[TrialRecord]) -> None:
               "| trial | configuration | accuracy | passed | latency vs FP32 | seconds |", "|---|---|---|---|---|---|"]
     for t in trials:
         lines.append(f"| {t.trial} | {t.note or t.config_id} | {_acc(t)} | {'yes' if t.passed else 'no'} | "
-                     f"{ratio(metric_ratio(t, b, 'latency_ms'))} | {t.duration_s:.1f} |")
+                     f"{ratio_text(metric_ratio(t, b, 'latency_ms'))} | {t.duration_s:.1f} |")
     if s.stopped_trials:
         lines += ["", "Stopped (not finished, run again on resume): "
                   + "; ".join(f"trial {x['trial']} ({x['reason']})" for x in s.stopped_trials)]
