@@ -36,10 +36,14 @@ QEMU := $(if $(filter x86_64,$(ARCH)),$(shell command -v qemu-x86_64))
 QEMU_CPU ?= EPYC-Rome
 QEMU_CLASS ?= AVX2
 
+# the models tests/test_cpu_kernels.py runs, built once per `make test` for its native pass and qemu stage
+KERNEL_ARTIFACTS := $(abspath $(VENV))/kernel-artifacts
+
 test: $(VENV)/.installed-all
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	rm -rf $(KERNEL_ARTIFACTS)
+	LPOT_KERNEL_ARTIFACTS=$(KERNEL_ARTIFACTS) $(PY) -m pytest -q $(PYTEST_ARGS)
 	LPOT_CPU_ISA=avx2 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) $(CPU_TESTS)
-	$(MAKE) --no-print-directory test-qemu
+	LPOT_KERNEL_ARTIFACTS=$(KERNEL_ARTIFACTS) $(MAKE) --no-print-directory test-qemu
 
 # the ONNX Runtime / LiteRT kernel tests under an AVX2-only CPUID (skipped, saying so, without qemu)
 test-qemu: $(VENV)/.installed-all

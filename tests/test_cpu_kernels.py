@@ -11,6 +11,7 @@ and FP32 kernels run ~500x slower, while the INT8 kernels under test run the 540
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -29,7 +30,12 @@ NATIVE = native_cpu_info()
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("kernel_artifacts")
+    """The models and accuracies; `make test` builds them once for its native pass and its qemu stage
+    (LPOT_KERNEL_ARTIFACTS, emptied at its start; missing.txt is written last)."""
+    shared = os.environ.get("LPOT_KERNEL_ARTIFACTS")
+    out = Path(shared) if shared else tmp_path_factory.mktemp("kernel_artifacts")
+    if (out / "missing.txt").exists():
+        return out
     r = subprocess.run([sys.executable, "-m", "tests.kernel_artifacts", str(out)], cwd=ROOT, capture_output=True,
                        text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if r.returncode != 0 and "No module named 'torch'" in r.stderr:
@@ -61,6 +67,7 @@ def test_the_emulated_cpu_is_the_class_the_stage_pins():
 
 
 # ------------------------------------------------------------------ ONNX Runtime (MLAS)
+@functools.cache  # the automatic choice's test runs the same model as one of the reduce-range cases
 def ort_run(artifacts: Path, reduce_range: bool) -> tuple[int, float, float]:
     """The peak |weight| of the quantized digits_cnn, its accuracy on this CPU's kernels, FP32's."""
     import onnx
