@@ -11,6 +11,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def first_int8(adaptor: Any, bundle: Any, sampling_size: int = 64) -> tuple[Any, Any, float]:
+    """(the prepared FP32 model, it quantized with the first model-wise static INT8 configuration, the
+    seconds both took)."""
+    import time
+
+    from lpot_research.quant.space import build_space
+
+    t0 = time.perf_counter()
+    fp32 = adaptor.prepare(bundle.model, bundle.example_inputs)
+    approach = "post_training_static_quant"
+    cfg = build_space(adaptor.capabilities(fp32, approach, bundle.example_inputs), approach,
+                      sampling_size).model_wise_configs()[0]
+    int8 = adaptor.quantize(fp32, cfg, bundle.calib_dataloader, bundle.example_inputs)
+    return fp32, int8, time.perf_counter() - t0
+
+
 def load_bundle(name: str, framework: str | None = None) -> Any:
     """Build a built-in model bundle from conf/model/<name>.yaml (for `framework`, else the model's
     default one); exit with one line naming the valid models when there is no such config."""

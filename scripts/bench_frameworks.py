@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
-from _common import load_bundle
+from _common import first_int8, load_bundle
 
 from lpot_research.adaptors import FRAMEWORKS, installed, make_adaptor
 from lpot_research.core.cpu import cpu_info
 from lpot_research.core.errors import ConfigError
-from lpot_research.quant.space import build_space
 
 
 def main() -> int:
@@ -46,13 +44,7 @@ def main() -> int:
             print(f"# {name}: skipped ({e})", file=sys.stderr)
             continue
         adaptor = make_adaptor(name, threads=args.threads)
-        t0 = time.perf_counter()
-        fp32 = adaptor.prepare(bundle.model, bundle.example_inputs)
-        approach = "post_training_static_quant"
-        cfg = build_space(adaptor.capabilities(fp32, approach, bundle.example_inputs), approach,
-                          64).model_wise_configs()[0]
-        int8 = adaptor.quantize(fp32, cfg, bundle.calib_dataloader, bundle.example_inputs)
-        quant_s = time.perf_counter() - t0
+        fp32, int8, quant_s = first_int8(adaptor, bundle)
         acc = [adaptor.evaluate(m, bundle.eval_dataloader, bundle.metric) for m in (fp32, int8)]
         for batch in args.batches:
             x = adaptor.take_inputs(bundle.eval_dataloader, batch)

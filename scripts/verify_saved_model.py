@@ -2,7 +2,8 @@
 """Load a run's saved best model with its framework alone and check it is the tuned model: its outputs on
 the inputs recorded at the end of the run (best_model_check.npz, every run has it, API runs included) and,
 for a tune.py run, its accuracy re-evaluated on the run's own evaluation data. Exit non-zero on a mismatch.
-Loaders: torch.jit.load (PyTorch), an onnxruntime InferenceSession (ONNX Runtime), the LiteRT interpreter
+Loaders: torch.export.load (PyTorch's export back end: a .pt2) or torch.jit.load (its FX back end), an
+onnxruntime InferenceSession (ONNX Runtime), the LiteRT interpreter
 (TensorFlow Lite), SymbolBlock.imports (MXNet).
 
     python scripts/verify_saved_model.py outputs/2026-11-22/10-00-00-123456
@@ -27,7 +28,13 @@ def torch_runner(run_dir: Path, threads: int) -> Any:
     import torch
 
     torch.set_num_threads(threads)
-    model = torch.jit.load(str(run_dir / "best_model.pt"))  # plain PyTorch: no package class needed
+    exported = run_dir / "best_model.pt2"
+    if exported.exists():  # an ExportedProgram: plain torch, once the Q/DQ ops are registered
+        import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+        model = torch.export.load(str(exported)).module()
+    else:  # TorchScript: plain PyTorch, no package class needed
+        model = torch.jit.load(str(run_dir / "best_model.pt"))
 
     def run(inputs: Any) -> Any:
         arrays = tuple(inputs.values()) if isinstance(inputs, dict) else inputs

@@ -46,6 +46,18 @@ def pytorch_int8_ops(q: Any) -> set[str]:
         ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))}
 
 
+def export_int8_ops(q: Any) -> set[str]:
+    """Linear/Conv calls of the converted exported graph whose weight is dequantized from INT8, named by
+    the module that calls them."""
+    import torch
+
+    ops = (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default)
+    return {list(n.meta["nn_module_stack"].values())[-1][0] for n in q.graph.nodes
+            if n.target in ops and getattr(n.args[1], "target", None) in (
+                torch.ops.quantized_decomposed.dequantize_per_channel.default,
+                torch.ops.quantized_decomposed.dequantize_per_tensor.default)}
+
+
 def onnxrt_int8_ops(q: Any) -> set[str]:
     """Nodes whose weight comes out of a DequantizeLinear (QDQ: ORT runs them as QLinear kernels)."""
     producers = {o: n.op_type for n in q.proto.graph.node for o in n.output}
@@ -118,6 +130,12 @@ RELOAD = {
         import numpy as np, torch
         y = torch.jit.load(PATH)(torch.from_numpy(np.load(X))).numpy()
     """,
+    "pytorch_export": """
+        import numpy as np, torch
+        import torch.ao.quantization.fx._decomposed  # registers the Q/DQ ops of a converted graph
+        with torch.no_grad():
+            y = torch.export.load(PATH).module()(torch.from_numpy(np.load(X))).numpy()
+    """,
     "onnxrt": """
         import numpy as np, onnxruntime as ort
         s = ort.InferenceSession(PATH, providers=["CPUExecutionProvider"])
@@ -163,6 +181,7 @@ class Backend:
     int8_ops: Callable[[Any], set[str]]
     copy: Callable[[Any, Any, float], Any]  # a prepared copy of the model with one weight moved by delta
     kwargs: dict[str, Any] = field(default_factory=dict)
+    framework: str = ""  # the built-in model's form (default: name)
 
     def make(self) -> Any:
         if self.name == "mxnet":
@@ -177,6 +196,9 @@ BACKENDS = (
     Backend("pytorch", ("torch",), "lpot_research.adaptors.pytorch:PyTorchAdaptor",
             ("features.0.0", "features.1.0", "features.2.0", "features.3.0", "features.4.0", "fc"),
             pytorch_int8_ops, pytorch_copy),
+    Backend("pytorch_export", ("torch", "torchao"), "lpot_research.adaptors.pytorch_export:PyTorchExportAdaptor",
+            ("features.0.0", "features.1.0", "features.2.0", "features.3.0", "features.4.0", "fc"),
+            export_int8_ops, pytorch_copy, framework="pytorch"),
     Backend("onnxrt", ("torch", "onnxruntime"), "lpot_research.adaptors.onnxrt:OnnxRuntimeAdaptor",
             (*(f"/features/features.{i}/features.{i}.0/Conv" for i in range(5)), "/fc/Gemm"),
             onnxrt_int8_ops, onnxrt_copy),
@@ -190,7 +212,7 @@ BACKENDS = (
 
 def _param(b: Backend) -> Any:
     missing = [m for m in b.modules if not installed(m)]
-    reason = f"{b.name}: {', '.join(missing)} not installed (pip install 'lpot-research[{b.name}]')"
+    reason = f"{b.name}: {', '.join(missing)} not installed (pip install 'lpot-research[{b.framework or b.name}]')"
     return pytest.param(b, id=b.name, marks=pytest.mark.skipif(bool(missing), reason=reason))
 
 
@@ -229,7 +251,7 @@ class AdaptorContract:
         from lpot_research.models.digits import DigitsCNN
 
         adaptor = backend.make()
-        bundle = DigitsCNN().load(backend.name)
+        bundle = DigitsCNN().load(backend.framework or backend.name)
         model = adaptor.prepare(bundle.model, bundle.example_inputs)
         caps = adaptor.capabilities(model, STATIC, bundle.example_inputs)
         return Case(backend, adaptor, bundle, model, build_space(caps, STATIC, SAMPLING).model_wise_configs()[0])

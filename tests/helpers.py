@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,13 @@ def history_so_far(run_dir) -> History | None:
 
 def history_notes(result) -> list[str]:
     return [t.note for t in trials(result)]
+
+
+def env_without_isa_cap() -> dict[str, str]:
+    """os.environ without LPOT_CPU_ISA and the framework switches it sets (a child process then sees the
+    native CPU class, or the cap it is given)."""
+    from lpot_research.core.cpu import ISA_CAPS, ISA_ENV
+
+    drop = {ISA_ENV, "DNNL_MAX_CPU_ISA", *(k for _, switches in ISA_CAPS.values() for k in switches)}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+

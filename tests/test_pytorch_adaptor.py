@@ -1,6 +1,6 @@
-"""The real PyTorch adaptor on the real digits_cnn model (torch.ao FX, x86 backend)."""
+"""The real PyTorch FX back end (framework.backend=fx: torch.ao FX graph mode, x86 engine) on the real
+digits_cnn model."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,6 +17,7 @@ from lpot_research.core.errors import ConfigError  # noqa: E402
 from lpot_research.measure.metrics import TopK  # noqa: E402
 from lpot_research.quant.calibration import kl_divergence, kl_window  # noqa: E402
 from lpot_research.quant.space import OpChoice, build_space  # noqa: E402
+from tests.helpers import env_without_isa_cap  # noqa: E402
 
 STATIC, DYNAMIC = "post_training_static_quant", "post_training_dynamic_quant"
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_avx2_kernels_need_7_bit_activations():
             q = a.quantize(b.model, cfg, b.calib_dataloader, b.example_inputs)
             print(a.evaluate(b.model, b.eval_dataloader, TopK(1)), a.evaluate(q, b.eval_dataloader, TopK(1)))
     """
-    env = {k: v for k, v in os.environ.items() if k not in ("FBGEMM_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")}
+    env = env_without_isa_cap()
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                        env={**env, "LPOT_CPU_ISA": "avx2", "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -158,7 +159,7 @@ class CountingLoader:
 
 
 def test_calibration_uses_sampling_size_samples(bundle, monkeypatch):
-    import lpot_research.adaptors.pytorch as pt
+    import lpot_research.adaptors.torch_common as pt  # where the calibration feeding lives
 
     fresh = PyTorchAdaptor(threads=1)  # nothing cached: this quantization must calibrate
     s = space(fresh, bundle, sampling_size=40)
@@ -229,8 +230,8 @@ def test_footprint_and_latency_are_measured(adaptor, bundle):
     assert params < adaptor.footprint_bytes(bundle.model, small) < adaptor.footprint_bytes(bundle.model, big)
 
 
-def test_unknown_backend_is_named(bundle):
+def test_unknown_engine_is_named(bundle):
     from lpot_research.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="'tpu'.*valid choices"):
-        PyTorchAdaptor(backend="tpu").prepare(bundle.model, bundle.example_inputs)
+    with pytest.raises(ConfigError, match="framework.engine='tpu' is not available; valid choices"):
+        PyTorchAdaptor(engine="tpu").prepare(bundle.model, bundle.example_inputs)

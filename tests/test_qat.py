@@ -57,8 +57,10 @@ def test_q_func_trains_a_fake_quantized_model_then_it_is_converted_to_int8(bundl
     rec = next(t for t in History.read(tmp_path).trials if t.trial == best.trial)
     assert best.latency_ratio == rec.metrics["latency_ratio"] and 0 < best.latency_ratio < math.inf
     assert best.latency_ms == rec.metrics["latency_ms"] > 0 and best.fp32_latency_ms > 0
-    convs = [m for m in r.model.modules() if type(m).__name__ == "ConvReLU2d" and "quantized" in type(m).__module__]
-    assert len(convs) == 5 and all(m.weight().dtype == torch.qint8 for m in convs)
+    weights = [n.args[1] for n in r.model.graph.nodes  # the export back end: each op's weight dequantized from INT8
+               if n.target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)]
+    assert len(weights) == 6 and all("dequantize_per_channel" in str(w.target) for w in weights)
+    assert all(getattr(r.model, w.args[0].target).dtype == torch.int8 for w in weights)
 
 
 def test_configured_loop_trains_deterministically(bundle):

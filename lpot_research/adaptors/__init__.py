@@ -11,7 +11,7 @@ from lpot_research.core._lazy import load_object
 from lpot_research.core.errors import ConfigError
 
 FRAMEWORKS = {
-    "pytorch": ("lpot_research.adaptors.pytorch:PyTorchAdaptor", "torch", "pytorch"),
+    "pytorch": ("lpot_research.adaptors.pytorch_backends:pytorch_adaptor", "torch", "pytorch"),
     "onnxrt": ("lpot_research.adaptors.onnxrt:OnnxRuntimeAdaptor", "onnxruntime", "onnxrt"),
     "tensorflow": ("lpot_research.adaptors.tensorflow:TensorFlowAdaptor", "tensorflow", "tensorflow"),
     "mxnet": ("lpot_research.adaptors.mxnet:MXNetAdaptor", "mxnet", "mxnet"),

@@ -187,6 +187,15 @@ class Adaptor(ABC):
         """Bring a user/built-in model into this framework's form (e.g. export). Default: as is."""
         return model
 
+    def portable(self, model: Any, example_inputs: Any) -> Any:
+        """A prepared model in a form that pickles to a worker process, where `restore` gives it back.
+        Default: the model itself."""
+        return model
+
+    def restore(self, sent: Any, example_inputs: Any) -> Any:
+        """The prepared model back from `portable`'s form, in a worker process."""
+        return sent
+
     def fingerprint(self, model: Any) -> str:
         """A hash of a prepared model's content (`_content`: its weights and structure), so that a run dir
         of another model is never resumed as this one's."""

@@ -1,4 +1,5 @@
-"""PyTorch back end on torch.ao FX graph mode quantization (x86 backend).
+"""PyTorch's FX back end (`framework.backend=fx`): torch.ao FX graph mode quantization, which torch
+deprecates (the default back end is `pytorch_export`).
 
 Ops are the quantizable leaf modules (Conv1d/2d/3d, Linear) found by symbolic tracing, named by their
 module path. Each op is INT8 (static or dynamic), BF16 (the float module run in bfloat16, fast on CPUs
@@ -8,14 +9,12 @@ back really removes all quantization error at that op.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import functools
 import io
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,16 @@ from torch.ao.quantization.observer import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
-    ObserverBase,
     PerChannelMinMaxObserver,
     PlaceholderObserver,
 )
 from torch.ao.quantization.quantize_fx import prepare_fx
 
-from lpot_research.adaptors.base import Adaptor, RangeRule, as_tuple, batch_len, limited_batches
+from lpot_research.adaptors.base import RangeRule, limited_batches
+from lpot_research.adaptors.torch_common import BF16_MISSING, TorchAdaptor, bf16_supported, torch_args
 from lpot_research.adaptors.torch_observers import KLHistogramObserver
 from lpot_research.core.cpu import cpu_info
 from lpot_research.core.errors import ConfigError
-from lpot_research.quant.qat import QAT
 from lpot_research.quant.space import APPROACHES, OpCapability, OpChoice, TuneConfig
 
 log = logging.getLogger(__name__)
@@ -55,22 +53,8 @@ DYNAMIC_QUANTIZABLE = (nn.Linear,)
 ACT_OBSERVERS = {"minmax": MinMaxObserver, "kl": KLHistogramObserver, "histogram": HistogramObserver}
 
 
-def bf16_supported() -> bool:
-    """BF16 is offered as a fallback only where the CPU computes it natively (otherwise it is
-    emulated and slower than FP32)."""
-    return cpu_info().bf16 and torch.backends.mkldnn.is_available()
-
-
-BF16_MISSING = "BF16 needs a CPU with AVX512-BF16 or AMX-BF16 (slower than FP32 when emulated)"
-
-
 def is_script(model: Any) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
-
-
-def torch_args(inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Model arguments (base.as_tuple) as tensors: numpy arrays from a dataloader are converted."""
-    return tuple(x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in as_tuple(inputs))
 
 
 class BF16Module(nn.Module):
@@ -116,24 +100,13 @@ def _qconfig(choice: OpChoice, reduce_range: bool) -> QConfig:
     return QConfig(activation=aobs, weight=wobs)
 
 
-LOSSES = {"cross_entropy": nn.functional.cross_entropy, "mse": nn.functional.mse_loss}
-
-
-class PyTorchAdaptor(Adaptor):
-    name = "pytorch"
+class PyTorchAdaptor(TorchAdaptor):
+    backend = "fx"
     approaches = APPROACHES  # QAT too
 
-    def __init__(self, backend: str = "x86", threads: int | None = None, reduce_range: bool | None = None) -> None:
-        self.backend = backend
-        self.threads = threads
-        self.reduce_range = reduce_range  # None: decided by the CPU (see _reduce_range)
-        self._train_func: Any = None
-        self._qat: dict[str, Any] = dataclasses.asdict(QAT())
-
-    def set_training(self, train_func: Any, settings: dict[str, Any]) -> None:
-        """The user's train_func (or None) and the configured loop's settings (quantization.qat, checked by
-        lpot_research.quant.qat.QAT)."""
-        self._train_func, self._qat = train_func, dataclasses.asdict(QAT(**settings))
+    def __init__(self, engine: str = "x86", threads: int | None = None, reduce_range: bool | None = None) -> None:
+        super().__init__(threads, reduce_range)
+        self.engine = engine
 
     # ------------------------------------------------------------------ the CPU
     def range_rule(self) -> RangeRule:
@@ -141,35 +114,33 @@ class PyTorchAdaptor(Adaptor):
         only with AVX512-VNNI; its AVX2 / AVX-512 kernels sum u8 x s8 pairs into 16 bits with
         saturation, so full-range activations can overflow (digits_cnn: 0.77 instead of 0.99 on an
         AVX2 CPU). oneDNN avoids the overflow itself."""
-        fbgemm = self.backend in ("x86", "fbgemm")
+        fbgemm = self.engine in ("x86", "fbgemm")
         return RangeRule(saturates=fbgemm and not cpu_info().avx512_vnni, narrows="INT8 activations",
-                         feature="AVX512-VNNI" if fbgemm else self.backend, kernels="FBGEMM's INT8 kernels",
+                         feature="AVX512-VNNI" if fbgemm else self.engine, kernels="FBGEMM's INT8 kernels",
                          also="; symmetric activations unavailable")
 
     def _engine(self) -> str:
         """The quantized engine. Under an LPOT_CPU_ISA cap below AVX512-VNNI, `x86` becomes `fbgemm`,
         which is what `x86` runs on such a CPU (it sends convolutions to oneDNN only with VNNI)."""
         info = cpu_info()
-        if self.backend == "x86" and info.capped_from and not info.avx512_vnni:
+        if self.engine == "x86" and info.capped_from and not info.avx512_vnni:
             return "fbgemm"
-        return self.backend
+        return self.engine
 
     def cpu_notes(self) -> list[str]:
         notes = super().cpu_notes()  # the range rule's
         notes.append("BF16 fallback offered" if bf16_supported() else "no BF16 fallback (no AVX512-BF16/AMX-BF16)")
-        if self._engine() != self.backend:
-            notes.append(f"quantized engine {self._engine()} (what {self.backend} runs on this class)")
+        if self._engine() != self.engine:
+            notes.append(f"quantized engine {self._engine()} (what {self.engine} runs on this class)")
         return notes
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        if self.backend not in torch.backends.quantized.supported_engines:
-            raise ConfigError(f"framework.backend={self.backend!r} is not available; valid choices: "
+        if self.engine not in torch.backends.quantized.supported_engines:
+            raise ConfigError(f"framework.engine={self.engine!r} is not available; valid choices: "
                               f"{[e for e in torch.backends.quantized.supported_engines if e != 'none']}")
-        self._check_reduce_range()
+        self._set_threads()
         torch.backends.quantized.engine = self._engine()
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
 
     def setup_process(self) -> None:
         self._setup()
@@ -310,109 +281,24 @@ class PyTorchAdaptor(Adaptor):
 
             return quantize_jit(model, qconfigs, calibrate, [calib_dataloader])
 
-    def _train(self, prepared: nn.Module, loader: Iterable[Any]) -> None:
-        """Quantization-aware training of a model prepared with fake quantization: the user's
-        train_func, or `epochs` of SGD over the (inputs, labels) batches of the calibration data."""
-        if self._train_func is not None:
-            self._train_func(prepared)
-            return
-        qat = self._qat
-        torch.manual_seed(int(qat["seed"]))  # the same trial gives the same model (resume, repeats)
-        opt = torch.optim.SGD(prepared.parameters(), lr=float(qat["lr"]), momentum=float(qat["momentum"]))
-        loss_fn = LOSSES[qat["loss"]]
-        steps = 0
-        for _ in range(qat["epochs"]):
-            for inputs, labels in loader:
-                opt.zero_grad()
-                out = prepared(*torch_args(inputs))
-                loss_fn(out, labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)).backward()
-                opt.step()
-                steps += 1
-        log.debug("quantization-aware training: %d step(s) of SGD (lr %g)", steps, qat["lr"])
-
-    @staticmethod
-    def _observers(prepared: nn.Module) -> dict[str, nn.Module]:
-        """The activation observers of a prepared model, keyed by what they observe: the graph node
-        (names come from the traced model, so they are the same whatever the configuration) and the
-        observer's class (minmax / kl / histogram keep different statistics)."""
-        modules = dict(prepared.named_modules())
-        out = {}
-        for node in prepared.graph.nodes:
-            mod = modules.get(node.target) if node.op == "call_module" else None
-            if mod is not None and isinstance(mod, ObserverBase) and node.args:
-                observed = node.args[0]
-                out[f"{getattr(observed, 'name', observed)}|{type(mod).__qualname__}"] = mod
-        return out
-
-    @torch.inference_mode()
     def _calibrate(self, model: nn.Module, prepared: nn.Module, loader: Iterable[Any], sampling_size: int) -> None:
-        """Fill the prepared model's observers: their statistics are cached per (model, sampling size)
-        and per observed tensor, so a trial only runs calibration data through the model when it
-        observes a tensor no earlier trial did (calibration observes FP32 activations, the same for every
-        configuration)."""
-        observers = self._observers(prepared)
+        """Calibration through the per-run cache (TorchAdaptor._calibrate_cached)."""
 
-        def run(m: nn.Module) -> None:
-            seen = 0
-            for inputs in limited_batches(loader, sampling_size, "calibration"):
-                m(*torch_args(inputs))
-                seen += batch_len(inputs)
-            if seen < sampling_size:
-                log.debug("calibration: the dataloader gave %d samples, fewer than sampling_size=%d", seen,
-                          sampling_size)
+        def prepare_all(kind: str) -> nn.Module | None:
+            rr = self._reduce_range()
+            choice = next((c for c in self._choices if type(_qconfig(c, rr).activation()).__qualname__ == kind), None)
+            if choice is None:
+                return None
+            qmap = QConfigMapping()
+            for name, _ in self._ops(model):
+                qmap.set_module_name(name, self.qconfig(choice))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return prepare_fx(copy.deepcopy(model).eval(), qmap, self._example)
 
-        def compute(missing: list[str]) -> dict[str, Any]:
-            """One pass per observer kind missing, over the model with *every* op quantized with it, so
-            the cache then holds every tensor any configuration observes with that kind (a config
-            quantizing one op, then another, costs no further pass)."""
-            states: dict[str, Any] = {}
-            kinds = {k.rsplit("|", 1)[1]: k for k in missing}
-            for kind, key in kinds.items():
-                qconfig = observers[key].__class__
-                choice = next((c for c in self._choices if type(_qconfig(c, self._reduce_range()).activation())
-                               is qconfig), None)
-                if choice is None:
-                    continue
-                qmap = QConfigMapping()
-                for name, _ in self._ops(model):
-                    qmap.set_module_name(name, self.qconfig(choice))
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    full = prepare_fx(copy.deepcopy(model).eval(), qmap, self._example)
-                run(full)
-                states.update({k: copy.deepcopy(o.state_dict()) for k, o in self._observers(full).items()
-                               if k.endswith("|" + kind)})
-            if any(k not in states for k in missing):  # placements only this config has
-                run(prepared)
-                states.update({k: copy.deepcopy(o.state_dict()) for k, o in observers.items()})
-            return states
-
-        states = self.calibration.get_many((self.fingerprint(model), sampling_size), list(observers), compute)
-        for k, obs in observers.items():
-            obs.load_state_dict(states[k])
-
-    def fingerprint(self, model: nn.Module) -> str:
-        """The base's hash, remembered per model object (calibration keys ask for it every trial)."""
-        cached = self.__dict__.setdefault("_fingerprints", {}).get(id(model))
-        if cached is not None and cached[0] is model:
-            return cached[1]
-        key = super().fingerprint(model)
-        self.__dict__["_fingerprints"][id(model)] = (model, key)
-        return key
-
-    def _content(self, model: nn.Module) -> Iterator[bytes]:
-        """The model's class and every parameter and buffer (names, dtypes, shapes, values)."""
-        yield f"{type(model).__module__}.{type(model).__qualname__}".encode()
-        for name, t in model.state_dict().items():
-            t = t.detach().cpu().contiguous()
-            yield f"{name}|{t.dtype}|{tuple(t.shape)}".encode()
-            yield t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        self._calibrate_cached(model, prepared, loader, sampling_size, prepare_all)
 
     # ------------------------------------------------------------------ running and measuring
-    @torch.inference_mode()
-    def predict(self, model: nn.Module, inputs: Any) -> Any:
-        return model(*torch_args(inputs))
-
     def runner(self, model: nn.Module, inputs: Any) -> Callable[[], Any]:
         args = torch_args(inputs)
 
@@ -423,15 +309,11 @@ class PyTorchAdaptor(Adaptor):
         return once
 
     def size_bytes(self, model: nn.Module) -> int:
-        buf = io.BytesIO()
-        if is_script(model):  # packed INT8 weights of a JIT-quantized model are not in its state_dict
-            torch.jit.save(model, buf)
-        else:
-            torch.save(model.state_dict(), buf)
+        if not is_script(model):
+            return super().size_bytes(model)
+        buf = io.BytesIO()  # packed INT8 weights of a JIT-quantized model are not in its state_dict
+        torch.jit.save(model, buf)
         return buf.tell()
-
-    def _footprint_run(self, model: nn.Module, inputs: Any) -> contextlib.AbstractContextManager[Callable[[], Any]]:
-        return contextlib.nullcontext(lambda: self.predict(copy.deepcopy(model), inputs))
 
     @torch.inference_mode()
     def inspect(self, model: nn.Module, inputs: Any, op_names: list[str]) -> dict[str, np.ndarray]:
@@ -469,10 +351,3 @@ class PyTorchAdaptor(Adaptor):
             scripted = torch.jit.trace(model, torch_args(example_inputs), check_trace=False)
             torch.jit.save(scripted, str(out))
         return out
-
-    def take_inputs(self, loader: Iterable[Any], n: int, what: str = "benchmark") -> Any:
-        """The first `n` input samples of a dataloader of (inputs, labels), as one batch."""
-        parts = [torch_args(b) for b in limited_batches(loader, n, what)]  # a dict's values, in its order
-        joined = tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
-        return joined[0] if len(joined) == 1 else joined
-

@@ -66,14 +66,20 @@ _XGETBV_CODE = bytes.fromhex("31c90f01d048c1e2204809d0c3")
 _AVX2 = frozenset({"avx", "avx2", "fma"})
 _AVX512 = _AVX2 | {"avx512f", "avx512bw", "avx512vl"}
 # LPOT_CPU_ISA value -> (the flags it keeps at most, the frameworks' own ISA switches for that class)
+# (ATEN_CPU_CAPABILITY: ATen's kernels and Inductor's generated C++ code; oneDNN's and FBGEMM's their own)
 ISA_CAPS: dict[str, tuple[frozenset[str], dict[str, str]]] = {
-    "avx2": (_AVX2, {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
-    "avx2_vnni": (_AVX2 | {"avx_vnni"}, {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2_VNNI"}),
-    "avx512": (_AVX512, {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}),
+    "avx2": (_AVX2, {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                     "ATEN_CPU_CAPABILITY": "avx2"}),
+    "avx2_vnni": (_AVX2 | {"avx_vnni"}, {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2_VNNI",
+                                         "ATEN_CPU_CAPABILITY": "avx2"}),
+    "avx512": (_AVX512, {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+                         "ATEN_CPU_CAPABILITY": "avx512"}),
     "avx512_vnni": (_AVX512 | {"avx512_vnni"},
-                    {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX512_E1", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}),
+                    {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX512_E1", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI",
+                     "ATEN_CPU_CAPABILITY": "avx512"}),
     "avx512_bf16": (_AVX512 | {"avx512_vnni", "avx512_bf16"},
-                    {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX512_E1", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}),
+                    {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX512_E1", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16",
+                     "ATEN_CPU_CAPABILITY": "avx512"}),
 }
 ISA_ENV = "LPOT_CPU_ISA"
 

@@ -22,7 +22,8 @@ def _plain(obj: Any) -> dict[str, Any]:
 
 
 # keys added to summary.json after its first typed release (0e2fb4b's runs lack them) and what they read as
-_ADDED_LATER: dict[str, Any] = {"fp32_latency_ms": None, "analysis_s": 0.0, "other_s": None, "workers": 1}
+_ADDED_LATER: dict[str, Any] = {"fp32_latency_ms": None, "analysis_s": 0.0, "compile_s": 0.0, "other_s": None,
+                                "workers": 1}
 
 
 def _take(cls: type, d: dict[str, Any]) -> Any:
@@ -83,6 +84,7 @@ class Costs(_Flat):
     evaluate_s: float
     benchmark_s: float
     analysis_s: float
+    compile_s: float
     other_s: float | None
     workers: int
     samples_evaluated: int | None
