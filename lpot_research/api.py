@@ -24,6 +24,7 @@ from lpot_research.run.callbacks import Callback, ProgressLog, TensorBoardCallba
 from lpot_research.run.evaluation import Evaluator, check_metric
 from lpot_research.run.history import History
 from lpot_research.run.inspector import Inspector
+from lpot_research.run.lock import RunLock
 from lpot_research.run.tracking import Tracker
 from lpot_research.run.trial import TrialRunner, one_line
 from lpot_research.run.tuner import Tuner, TuneResult
@@ -79,6 +80,7 @@ def _default_logging() -> None:
 
 
 def _output_dir(output_dir: str | Path | None, resume: bool) -> Path:
+    """The run dir (a new one under lpot_outputs/ by default); checked by `_check_run_dir` under its lock."""
     if output_dir is None:
         if resume:
             raise ConfigError("resume=True needs the output_dir of the run to continue")
@@ -89,6 +91,12 @@ def _output_dir(output_dir: str | Path | None, resume: bool) -> Path:
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir={str(out)!r} is a file, not a directory")
+    return out
+
+
+def _check_run_dir(out: Path, resume: bool) -> None:
+    """A new run needs a dir that holds none, a resume one that does (asked while holding its RunLock, so
+    that two processes cannot both find it free)."""
     if resume and not History.exists(out):
         raise ConfigError(f"resume: {str(out)!r} holds no run to continue (no {History.FILENAME}); start a new run "
                           "without resume, or give the directory of the run to continue")
@@ -99,7 +107,6 @@ def _output_dir(output_dir: str | Path | None, resume: bool) -> Path:
             held = f"its record does not read: {e}"
         raise ConfigError(f"output_dir={str(out)!r} already holds a run ({held}); pass resume=True to continue "
                           "it, or choose another output_dir")
-    return out
 
 
 def fingerprint_inputs(inputs: Any) -> str:
@@ -149,26 +156,29 @@ def tune(
     """
     settings, crit, ex = _settings(config, accuracy_criterion, exit_policy)
     out = _output_dir(output_dir, resume)
-    _default_logging()
-    adaptor, strat, obj = _components(framework, strategy, objective, settings)
-    calib_dataloader, metric = _check_inputs(adaptor, settings, calib_dataloader, eval_dataloader, metric, eval_func,
-                                             q_func)
-    prepared, example_inputs = _sanity_run(adaptor, model, calib_dataloader, example_inputs, settings.quantization,
-                                           q_func, settings.random_seed)
-    bench = settings.benchmark.build(bench_batch_size if bench_batch_size is not None else 32)
-    bench_inputs = (adaptor.take_inputs(eval_dataloader, bench.batch_size, "evaluation") if eval_dataloader is not None
-                    else adaptor.take_inputs(calib_dataloader, bench.batch_size, "calibration"))
-    evaluator = Evaluator(adaptor, eval_dataloader, metric, eval_func, settings.evaluation.ranking_samples,
-                          settings.evaluation.early_stop)
-    runner = TrialRunner(adaptor, prepared, calib_dataloader, example_inputs, evaluator, crit.for_metric(metric), obj,
-                         bench, bench_inputs)
-    names = {"strategy": strat.name, "framework": adaptor.name, "model": model_name}
-    description = _describe_run(names, runner, strat, settings, q_func)
-    history = History(out, stable_hash(description), description)
-    watchers = _watchers(tracker, callbacks, {**description, "exit_policy": dataclasses.asdict(ex),
-                                              "threads": settings.threads}, settings.tensorboard, out)
-    resume_hint = resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)"
-    return _run(_tuner(runner, strat, history, settings, ex, names, watchers, out, resume_hint), watchers)
+    with RunLock(out):  # held to the run's end: one writer per run dir
+        _check_run_dir(out, resume)
+        _default_logging()
+        adaptor, strat, obj = _components(framework, strategy, objective, settings)
+        calib_dataloader, metric = _check_inputs(adaptor, settings, calib_dataloader, eval_dataloader, metric,
+                                                 eval_func, q_func)
+        prepared, example_inputs = _sanity_run(adaptor, model, calib_dataloader, example_inputs,
+                                               settings.quantization, q_func, settings.random_seed)
+        bench = settings.benchmark.build(bench_batch_size if bench_batch_size is not None else 32)
+        bench_inputs = (adaptor.take_inputs(eval_dataloader, bench.batch_size, "evaluation")
+                        if eval_dataloader is not None
+                        else adaptor.take_inputs(calib_dataloader, bench.batch_size, "calibration"))
+        evaluator = Evaluator(adaptor, eval_dataloader, metric, eval_func, settings.evaluation.ranking_samples,
+                              settings.evaluation.early_stop)
+        runner = TrialRunner(adaptor, prepared, calib_dataloader, example_inputs, evaluator,
+                             crit.for_metric(metric), obj, bench, bench_inputs)
+        names = {"strategy": strat.name, "framework": adaptor.name, "model": model_name}
+        description = _describe_run(names, runner, strat, settings, q_func)
+        history = History(out, stable_hash(description), description)
+        watchers = _watchers(tracker, callbacks, {**description, "exit_policy": dataclasses.asdict(ex),
+                                                  "threads": settings.threads}, settings.tensorboard, out)
+        resume_hint = resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)"
+        return _run(_tuner(runner, strat, history, settings, ex, names, watchers, out, resume_hint), watchers)
 
 
 def _settings(config: Mapping[str, Any] | Settings | str | Path | None,

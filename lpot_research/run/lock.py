@@ -1,0 +1,52 @@
+"""One run dir, one writer: a run takes an exclusive lock on `<run dir>/.lock` (fcntl.flock) before it
+checks or writes the dir, and holds it to its end. A second process starting or resuming the same dir is
+refused in one line naming the holder's PID. The kernel drops the lock when its process dies (even by
+SIGKILL), so a dead run's lock is taken over by the next one."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+from lpot_research.core.errors import ConfigError
+
+
+class RunLock:
+    FILENAME = ".lock"
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / self.FILENAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"cannot use the run dir {str(self.run_dir)!r}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"{str(self.run_dir)!r} is in use by another run (pid {holder}): one run dir takes "
+                              "one writer; wait for that run to end (then resume it), or choose another directory"
+                              ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
