@@ -8,7 +8,9 @@ import logging
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +230,12 @@ def validate(args: list[str], conf_dir: Path) -> str | None:
     return None
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    from lpot_research.core.errors import Terminated
+
+    raise Terminated()
+
+
 def run_job(cfg: DictConfig) -> float:
     """One Hydra job: instantiate each component once, tune, return the best objective value when
     the criterion is met (inf otherwise) so Hydra sweepers can minimize it."""
@@ -237,7 +245,7 @@ def run_job(cfg: DictConfig) -> float:
 
     from lpot_research.api import tune
     from lpot_research.config import Settings, load_settings
-    from lpot_research.core.errors import ConfigError, LpotError
+    from lpot_research.core.errors import ConfigError, LpotError, Terminated, interrupt_reason
     from lpot_research.run.history import History
 
     logging.getLogger("lpot_research").setLevel(os.environ.get("LOGLEVEL", "INFO").upper())
@@ -249,6 +257,8 @@ def run_job(cfg: DictConfig) -> float:
     except OSError as e:
         print(f"error: cannot write the run dir {out}: {e.strerror or e}", file=sys.stderr)
         sys.exit(1)
+    if threading.current_thread() is threading.main_thread():  # a job scheduler's SIGTERM ends it like Ctrl-C
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         settings = load_settings({f: cfg[f] for f in Settings.__dataclass_fields__ if f in cfg})
         adaptor = instantiate(cfg.framework)
@@ -276,11 +286,11 @@ def run_job(cfg: DictConfig) -> float:
     except LpotError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
-    except KeyboardInterrupt:
-        print(f"interrupted before the FP32 baseline was measured: no trial ran ({out})", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print(f"{interrupt_reason(e)} before the FP32 baseline was measured: no trial ran ({out})", file=sys.stderr)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     if result.interrupted:
-        sys.exit(130)
+        sys.exit(143 if "SIGTERM" in result.summary.stop_reason else 130)
     s = result.summary
     best = s.best
     return float(best.objective) if s.met_criterion and best and best.objective is not None else math.inf

@@ -220,7 +220,9 @@ def test_the_time_budget_stops_a_trial_and_says_so(tmp_path, forever):
     assert History.read(tmp_path).stopped[0]["config_id"] == s.stopped_trials[0]["config_id"]
 
 
-def test_ctrl_c_finishes_like_a_timeout_and_prints_the_resume_command(tmp_path):
+@pytest.mark.parametrize("sig, code, reason", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_finish_like_a_timeout_and_print_the_resume_command(tmp_path, sig, code, reason):
     run = tmp_path / "run"
     args = [*FAKE, "framework.sleep=0.2", "exit_policy.timeout=600", "exit_policy.max_trials=40"]
     p = subprocess.Popen([sys.executable, str(ROOT / "tune.py"), *args, f"hydra.run.dir={run}"], cwd=ROOT,
@@ -234,12 +236,12 @@ def test_ctrl_c_finishes_like_a_timeout_and_prints_the_resume_command(tmp_path):
         except RunRecordError:
             pass
         time.sleep(0.05)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err[-3000:]
+    assert p.returncode == code, err[-3000:]
     assert "Traceback" not in out + err
     s = json.loads((run / "summary.json").read_text())
-    assert s["stop_reason"] == "interrupted (Ctrl-C)" and s["trials"] >= 3 and s["best"] is not None
+    assert s["stop_reason"] == reason and s["trials"] >= 3 and s["best"] is not None
     assert (run / "best_model.txt").exists()
     hint = next(x for x in (out + err).splitlines() if "to continue this run:" in x)
     command = hint.split("to continue this run: ", 1)[1].split()

@@ -11,3 +11,13 @@ class ConfigError(LpotError, ValueError):
 
 class DataError(LpotError, ValueError):
     """A dataloader or metric produced something unusable (no batches, NaN, ...)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by tune.py's handler: the run finishes like Ctrl-C (summary,
+    best model, the resume command), with its own stop reason and exit status (143)."""
+
+
+def interrupt_reason(e: BaseException) -> str:
+    """The stop reason of a run or trial ended by Ctrl-C or SIGTERM."""
+    return "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lpot_research.core.deadline import TrialTimeout, deadline
-from lpot_research.core.errors import ConfigError, LpotError
+from lpot_research.core.errors import ConfigError, LpotError, interrupt_reason
 from lpot_research.quant.space import TuneConfig
 from lpot_research.run.history import EVAL_ORDER, FP32_SCORES, SCORES, History, TrialRecord, analysis_key
 from lpot_research.run.policy import ExitPolicy, Parallel
@@ -130,8 +130,8 @@ def run_task(token: str, payload: bytes | None, task: Task) -> tuple[str, Any, A
             rec, _, outcome = runner.run(TuneConfig.from_dict(task.config, task.note), task.n, 0.0)
     except TrialTimeout:
         return "stopped", "timeout", None
-    except KeyboardInterrupt:
-        return "stopped", "interrupted (Ctrl-C)", None
+    except KeyboardInterrupt as e:
+        return "stopped", interrupt_reason(e), None
     return "ok", rec, outcome.scores if task.order is None and outcome is not None else None
 
 
@@ -392,7 +392,7 @@ class TrialScheduler:
             with deadline(self._left()):
                 rec, model, outcome = self.runner.run(cfg, n, self.elapsed())
         except (TrialTimeout, KeyboardInterrupt) as e:
-            self._stopped(n, cfg, "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else "timeout")
+            self._stopped(n, cfg, interrupt_reason(e) if isinstance(e, KeyboardInterrupt) else "timeout")
             if isinstance(e, KeyboardInterrupt):
                 raise
             raise Stop(f"timeout ({self.exit.timeout:g} s) reached during trial {n}, which was stopped") from None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lpot_research.core.cpu import cpu_info
-from lpot_research.core.errors import LpotError
+from lpot_research.core.errors import LpotError, interrupt_reason
 from lpot_research.measure.objectives import Objective
 from lpot_research.quant.criterion import AccuracyCriterion
 from lpot_research.quant.ranking import better, rank_key
@@ -45,7 +45,7 @@ class TuneResult:
     model: Any  # the best quantized model (or the FP32 model when no trial succeeded)
     output_dir: Path
     space: TuningSpace
-    interrupted: bool = False  # Ctrl-C ended it (everything finished is saved)
+    interrupted: bool = False  # Ctrl-C or SIGTERM ended it (everything finished is saved)
 
     @property
     def met_criterion(self) -> bool:
@@ -132,8 +132,8 @@ class Tuner:
         interrupted = False
         try:
             stop_reason = self._loop()
-        except KeyboardInterrupt:
-            stop_reason, interrupted = "interrupted (Ctrl-C)", True
+        except KeyboardInterrupt as e:
+            stop_reason, interrupted = interrupt_reason(e), True
         finally:
             self.trials.close()
         return self._finish(stop_reason, interrupted)
