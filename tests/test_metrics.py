@@ -100,3 +100,34 @@ def test_coco_map_from_tune_py(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["model"] == "ppocr_det" and s["baseline"]["accuracy"] > 0.75 and s["trials"] >= 1
+
+
+class WorstBatchTopK(TopK):
+    """A TopK that aggregates its own way: the accuracy of its worst batch, not the mean over samples."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.batches = []
+
+    def update(self, predictions, labels) -> None:
+        self.batches.append(float(np.mean(self.sample_scores(predictions, labels))))
+
+    def result(self) -> float:
+        return min(self.batches)
+
+
+class Identity:
+    """An adaptor whose model's predictions are its inputs."""
+
+    def predict(self, model, inputs):
+        return inputs
+
+
+def test_a_metric_that_overrides_result_is_scored_as_it_aggregates():
+    from lpot_research.run.evaluation import Evaluator, scored_per_sample
+
+    right, wrong = np.eye(3)[[0, 1, 2, 0]], np.eye(3)[[1, 1, 2, 0]]  # one-hot scores; labels 0,1,2,0
+    loader = [(right, np.array([0, 1, 2, 0])), (wrong, np.array([0, 1, 2, 0]))]  # batch accuracies 1.0, 0.75
+    assert scored_per_sample(TopK(1)) and not scored_per_sample(WorstBatchTopK(1))
+    assert Evaluator(Identity(), loader, TopK(1)).evaluate(None, "m").accuracy == pytest.approx(7 / 8)
+    assert Evaluator(Identity(), loader, WorstBatchTopK(1)).evaluate(None, "m").accuracy == pytest.approx(0.75)

@@ -2,7 +2,8 @@
 
 Three kinds of evaluation:
 - a metric that is a mean of per-sample scores (it has `sample_scores(predictions, labels)` and a
-  `sample_range`: top-k, exact match, character accuracy, user metrics that declare it). The
+  `sample_range`: top-k, exact match, character accuracy, user metrics that declare it; not a subclass
+  that overrides `result`, which is scored as it aggregates, on the whole set). The
   evaluation data is held in memory and scored sample by sample, which allows
   - an informative order: once the first INT8 trial is scored, the samples on which it and FP32
     disagree most come first, then those FP32 gets wrong, and the ones every model gets right last
@@ -21,6 +22,7 @@ Between batches the run's time budget is checked (lpot_research.core.deadline).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +34,28 @@ from lpot_research.core import deadline
 from lpot_research.core.batches import batch_len, batches, concat, take
 from lpot_research.core.errors import ConfigError, DataError
 from lpot_research.quant.criterion import meets
+
+log = logging.getLogger("lpot_research")
+
+
+def _owner(cls: type, attr: str) -> type | None:
+    """The class of `cls`'s MRO that defines `attr`."""
+    return next((c for c in cls.__mro__ if attr in vars(c)), None)
+
+
+def scored_per_sample(metric: Any) -> bool:
+    """Whether the run may score `metric` sample by sample: it declares `sample_scores`, and its `result`
+    is the one written beside them (a subclass that overrides `result` below the class defining
+    `sample_scores`, e.g. a TopK that aggregates its own way, is scored as it says: on the whole set)."""
+    if not callable(getattr(metric, "sample_scores", None)):
+        return False
+    cls = type(metric)
+    scores, result = _owner(cls, "sample_scores"), _owner(cls, "result")
+    if scores is None or result is None or result is scores or not issubclass(result, scores):
+        return True
+    log.info("metric %s overrides result() of %s, which defines sample_scores(): it is scored on the whole set "
+             "(no per-sample ranking or early rejection)", cls.__name__, scores.__name__)
+    return False
 
 
 @dataclass
@@ -85,7 +109,7 @@ class Evaluator:
             check_metric(metric)
         self.adaptor, self.dataloader, self.metric, self.eval_func = adaptor, dataloader, metric, eval_func
         self.ranking_samples, self.early_stop = ranking_samples, early_stop
-        self.per_sample = eval_func is None and callable(getattr(metric, "sample_scores", None))
+        self.per_sample = eval_func is None and scored_per_sample(metric)
         rng = getattr(metric, "sample_range", None)
         self.sample_range: tuple[float, float] | None = tuple(rng) if rng is not None else None  # type: ignore
         self.order: np.ndarray | None = None  # None until the informative order is set
