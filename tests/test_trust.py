@@ -221,7 +221,8 @@ def test_the_time_budget_stops_a_trial_and_says_so(tmp_path, forever):
 
 
 @pytest.mark.parametrize("sig, code, reason", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
-                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"])
+                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+                         ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_and_sigterm_finish_like_a_timeout_and_print_the_resume_command(tmp_path, sig, code, reason):
     run = tmp_path / "run"
     args = [*FAKE, "framework.sleep=0.2", "exit_policy.timeout=600", "exit_policy.max_trials=40"]
