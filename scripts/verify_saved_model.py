@@ -30,8 +30,11 @@ def torch_runner(run_dir: Path, threads: int) -> Any:
     torch.set_num_threads(threads)
     exported = run_dir / "best_model.pt2"
     if exported.exists():  # an ExportedProgram: plain torch, once the Q/DQ ops are registered
+        import logging
+
         import torch.ao.quantization.fx._decomposed  # noqa: F401
 
+        logging.getLogger("torch.export").setLevel(logging.ERROR)  # a bad file: our one line, not its traceback
         model = torch.export.load(str(exported)).module()
     else:  # TorchScript: plain PyTorch, no package class needed
         model = torch.jit.load(str(run_dir / "best_model.pt"))
@@ -169,7 +172,13 @@ def main() -> int:
         return 2
     config = args.run_dir / "config_resolved.yaml"
     cfg = OmegaConf.load(config) if config.exists() else None
-    run = RUNNERS[adaptor](args.run_dir, int((cfg.get("threads") if cfg else None) or 1))
+    try:
+        run = RUNNERS[adaptor](args.run_dir, int((cfg.get("threads") if cfg else None) or 1))
+    except Exception as e:  # noqa: BLE001 - a truncated or replaced file: whatever its framework raises
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"error: the saved model {s.best.model_path} does not load with {adaptor} alone ({type(e).__name__}: "
+              f"{first})", file=sys.stderr)
+        return 1
     problem = check_outputs(args.run_dir, run)
     if problem:
         print(f"MISMATCH: {problem}")

@@ -112,6 +112,12 @@ def test_default_job_runs_end_to_end(tmp_path):
     v = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_saved_model.py"), str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert v.returncode == 0 and "MATCH" in v.stdout, v.stdout + v.stderr
+    saved = tmp_path / "best_model.pt2"  # cut short, as a copy interrupted midway leaves it: one line
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    v = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_saved_model.py"), str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = [x for x in v.stderr.splitlines() if x.strip()]
+    assert v.returncode == 1 and len(lines) == 1 and "does not load with pytorch alone" in lines[0], v.stderr
 
 
 def test_debug_log_level_gives_detail(tmp_path):

@@ -57,6 +57,12 @@ def files(tmp_path_factory, digits):
 
     onnx.save(export_torch(net, torch.as_tensor(x[:1]), 17), str(d / "model.onnx"))
     np.savez(d / "eval.npz", x=x[1100:], y=y[1100:])  # 697 samples: 100 calibrate, 597 evaluate
+    # bad files, as users have them: a download cut short, a model file that is something else, NaN in the data
+    (d / "truncated.npz").write_bytes((d / "eval.npz").read_bytes()[:5000])
+    (d / "garbage.onnx").write_bytes(b"<html>404 Not Found</html>" * 40)
+    bad = x[1100:1200].copy()
+    bad[3, 0, :5, 0], bad[9, 0, 0, :2] = np.nan, np.inf
+    np.savez(d / "nan.npz", x=bad, y=y[1100:1200])
     return d
 
 
@@ -157,6 +163,12 @@ def check_report(run: Path, s: dict) -> None:
       "data.evaluation=[900,null]"], "error: data.evaluation range [900, 697) of the 697 sample(s)"),
     (["framework=onnxrt", "model=file", "model.path=model.onnx", "data=npz", "data.path=eval.npz", "data.inputs=y"],
      "error: the model does not run on the calibration data's inputs ((1,) int64)"),
+    (["framework=onnxrt", "model=file", "model.path=garbage.onnx", "data=npz", "data.path=eval.npz"],
+     "error: model.path='garbage.onnx' does not decode as an ONNX model (DecodeError"),
+    (["framework=onnxrt", "model=file", "model.path=model.onnx", "data=npz", "data.path=truncated.npz"],
+     "error: dataset npz 'truncated.npz' does not read as an .npz file (BadZipFile"),
+    (["framework=onnxrt", "model=file", "model.path=model.onnx", "data=npz", "data.path=nan.npz"],
+     "error: dataset npz 'nan.npz' array 'x' holds 7 NaN/inf value(s) in 2 sample(s), the first at sample 3"),
 ])
 def test_bad_files_and_data_are_one_line(files, args, needle):
     r = tune(files, *args, "hydra.run.dir=runs/bad", timeout=300)

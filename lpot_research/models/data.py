@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -157,17 +158,38 @@ def _npz(path: str, inputs: Any = "x", labels: str = "y") -> tuple[Any, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"dataset npz path={path!r} is not a file")
-    with np.load(p) as f:
-        names = list(inputs.values()) if isinstance(inputs, Mapping) else (
-            [inputs] if isinstance(inputs, str) else list(inputs))
-        missing = [k for k in (*names, labels) if k not in f]
-        if missing:
-            raise ConfigError(f"dataset npz {path!r} has no array {missing[0]!r}; arrays: {list(f.keys())}")
-        if isinstance(inputs, Mapping):
-            x: Any = {k: f[v] for k, v in inputs.items()}
-        else:
-            x = f[inputs] if isinstance(inputs, str) else tuple(f[k] for k in inputs)
-        return x, f[labels]
+    names = list(inputs.values()) if isinstance(inputs, Mapping) else (
+        [inputs] if isinstance(inputs, str) else list(inputs))
+    try:
+        with np.load(p) as f:
+            missing = [k for k in (*names, labels) if k not in f]
+            if missing:
+                raise ConfigError(f"dataset npz {path!r} has no array {missing[0]!r}; arrays: {list(f.keys())}")
+            arrays = {k: f[k] for k in (*names, labels)}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated or not an npz
+        if isinstance(e, ConfigError):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"dataset npz {path!r} does not read as an .npz file ({type(e).__name__}: {first})"
+                          ) from None
+    for name in names:
+        _check_finite(arrays[name], f"dataset npz {path!r} array {name!r}")
+    if isinstance(inputs, Mapping):
+        x: Any = {k: arrays[v] for k, v in inputs.items()}
+    else:
+        x = arrays[inputs] if isinstance(inputs, str) else tuple(arrays[k] for k in inputs)
+    return x, arrays[labels]
+
+
+def _check_finite(a: np.ndarray, what: str) -> None:
+    """Refuse floating inputs with NaN or inf, naming how many and the first sample holding one."""
+    if not np.issubdtype(a.dtype, np.floating):
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        per_sample = bad.reshape(len(a), -1).any(axis=1) if a.ndim else bad.reshape(1)
+        raise DataError(f"{what} holds {int(bad.sum())} NaN/inf value(s) in {int(per_sample.sum())} sample(s), the "
+                        f"first at sample {int(np.argmax(per_sample))}: clean or drop them")
 
 
 IMAGE_DATASETS = {"digits": _digits, "image_folder": _image_folder, "files": _files}

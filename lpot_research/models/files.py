@@ -81,6 +81,17 @@ class ModelFile:
             raise ConfigError(f"model.path={self.path!r} is not a TorchScript file ({str(e).splitlines()[0]}); a "
                               "state_dict needs model.module={_target_: your.Module, ...}") from None
 
+    def _check_onnx(self) -> None:
+        """The file decodes as an ONNX model (else one line, before tuning)."""
+        import onnx
+
+        try:
+            onnx.load(self.path, load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, a truncated file
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ConfigError(f"model.path={self.path!r} does not decode as an ONNX model ({type(e).__name__}: "
+                              f"{first})") from None
+
     def _exported(self) -> Any:
         """A saved ExportedProgram (also one this package tuned: its Q/DQ ops are registered first)."""
         import torch
@@ -98,6 +109,8 @@ class ModelFile:
         from lpot_research.measure.metrics import TopK
 
         self.check_framework(framework)
+        if framework == "onnxrt":
+            self._check_onnx()
         model: Any = self._torch() if framework == "pytorch" else self.path
         return ModelBundle(self.name, model, None, None, self.metric if self.metric is not None else TopK(1), None,
                            self.bench_batch_size or 0, info={"path": self.path})
