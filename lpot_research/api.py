@@ -237,6 +237,9 @@ def _check_inputs(adaptor: Adaptor, settings: Settings, calib_dataloader: Iterab
         raise ConfigError("give either eval_func(model) -> float or an eval_dataloader (with a metric)")
     if eval_func is not None and not callable(eval_func):
         raise ConfigError(f"eval_func={eval_func!r} is not callable")
+    if eval_func is not None and metric is not None:
+        raise ConfigError(f"give either eval_func(model) -> float or a metric ({type(metric).__name__}), not both: "
+                          "eval_func decides alone and the metric would be ignored")
     if eval_func is None:
         metric = metric if metric is not None else TopK(1)
         check_metric(metric)

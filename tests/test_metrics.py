@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lpot_research.core.errors import ConfigError
+from lpot_research.core.errors import ConfigError, DataError
 from lpot_research.measure.metrics import F1, COCOmAP, TopK
 
 
@@ -11,6 +11,14 @@ def test_topk():
     m = TopK(2)
     m.update(np.array([[0.1, 0.5, 0.4], [0.8, 0.05, 0.15]]), np.array([2, 1]))
     assert m.result() == 0.5
+
+
+def test_topk_refuses_labels_it_cannot_score():
+    m = TopK(1)
+    with pytest.raises(DataError, match=r"2 label\(s\) outside the model's 3 classes \(e.g. 5\)"):
+        m.update(np.eye(3)[[0, 1, 2]], np.array([0, 5, 7]))  # FP32 would score 1/3 and every INT8 model too
+    with pytest.raises(DataError, match="does every batch hold as many labels as inputs"):
+        m.update(np.eye(3)[[0, 1, 2]], np.array([0, 1]))
 
 
 def test_f1_binary_known_answer():

@@ -128,6 +128,7 @@ def test_every_command_in_the_readme_passes_the_checks():
     ({"config": {"benchmark": {"batch_size": 0}}}, "benchmark.batch_size=0 must be an int >= 1"),
     ({"metric": object()}, "is not a metric: it lacks"),
     ({"config": {"threads": 0}}, "threads=0 must be an int >= 1"),
+    ({"eval_func": lambda m: 0.9}, r"give either eval_func\(model\) -> float or a metric \(FakeScore\), not both"),
 ])
 def test_bad_api_input_is_one_clear_error(tmp_path, bad, needle):
     kw = {"metric": FakeScore(), **bad}

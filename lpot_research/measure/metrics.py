@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lpot_research.core.errors import ConfigError
+from lpot_research.core.errors import ConfigError, DataError
 
 
 class Metric(Protocol):
@@ -57,9 +57,14 @@ class TopK:
         scores = to_numpy(predictions)
         labels = to_numpy(labels).astype(np.int64).reshape(-1)
         if scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
-            raise ValueError(f"TopK expects scores of shape (N, C) and N labels, got {scores.shape} and {labels.shape}")
+            raise DataError(f"TopK expects scores of shape (N, C) and N labels, got {scores.shape} and "
+                            f"{labels.shape[0]} labels: does every batch hold as many labels as inputs?")
         if self.k > scores.shape[1]:
             raise ConfigError(f"metric k={self.k} exceeds the number of classes ({scores.shape[1]})")
+        outside = (labels < 0) | (labels >= scores.shape[1])
+        if outside.any():
+            raise DataError(f"{int(outside.sum())} label(s) outside the model's {scores.shape[1]} classes (e.g. "
+                            f"{int(labels[outside][0])}): labels must be class indices 0..{scores.shape[1] - 1}")
         topk = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
         return (topk == labels[:, None]).any(axis=1).astype(np.float64)
 

@@ -20,7 +20,7 @@ class ArrayLoader:
         n = len(next(iter(inputs.values()))) if isinstance(inputs, dict) else (
             len(inputs[0]) if isinstance(inputs, tuple) else len(inputs))
         if n != len(labels):
-            raise ValueError(f"inputs have {n} samples but labels have {len(labels)}")
+            raise DataError(f"the inputs hold {n} samples but the labels {len(labels)}: one label per input")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be >= 1")
         self.inputs, self.labels, self.batch_size, self.n = inputs, labels, batch_size, n
