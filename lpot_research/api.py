@@ -243,6 +243,11 @@ def _check_inputs(adaptor: Adaptor, settings: Settings, calib_dataloader: Iterab
     if eval_func is None:
         metric = metric if metric is not None else TopK(1)
         check_metric(metric)
+    act = q.model_wise.activation
+    ignored = [f"{k}={getattr(act, k)}" for k in ("scheme", "granularity", "algorithm") if getattr(act, k) is not None]
+    if q.approach == "post_training_dynamic_quant" and ignored:
+        log.warning("quantization.model_wise.activation.%s does nothing with post_training_dynamic_quant: activation "
+                    "ranges are computed per batch at run time (no calibration)", ", ".join(ignored))
     if settings.tensorboard and not _installed("tensorboardX"):
         raise ConfigError("tensorboard=true needs tensorboardX (pip install 'lpot-research[tensorboard]')")
     return calib_dataloader, metric

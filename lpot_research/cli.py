@@ -20,7 +20,7 @@ log = logging.getLogger("lpot_research")
 
 PLURAL = {"strategy": "strategies", "framework": "frameworks", "model": "models",
           "accuracy_criterion": "accuracy criteria", "objective": "objectives", "tracker": "trackers",
-          "metric": "metrics", "data": "data kinds"}
+          "metric": "metrics", "data": "data kinds", "hydra/launcher": "launchers"}
 GROUPS = ("strategy", "framework", "model", "objective", "tracker", "metric", "data")
 # a module a component needs -> the install extra that brings it
 EXTRAS = {"torch": "pytorch", "onnxruntime": "onnxrt", "onnx": "onnxrt", "tensorflow": "tensorflow",
@@ -49,6 +49,17 @@ def group_choices(conf_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
+def hydra_launchers(conf_dir: Path) -> list[str]:
+    """hydra/launcher choices: this package's (conf/hydra/launcher) and those of Hydra and its installed
+    plugins (registered in Hydra's ConfigStore when the plugins load)."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()
+    registered = ConfigStore.instance().repo.get("hydra", {}).get("launcher", {})
+    return sorted({*group_choices(conf_dir, "hydra/launcher"), *(k.removesuffix(".yaml") for k in registered)})
+
+
 def _parse(args: list[str]) -> list[Any] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -69,7 +80,7 @@ def check_choices(args: list[str], conf_dir: Path) -> str | None:
         if group not in PLURAL or o.package or o.is_delete():
             continue
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        valid = group_choices(conf_dir, group)
+        valid = hydra_launchers(conf_dir) if group == "hydra/launcher" else group_choices(conf_dir, group)
         for v in values:
             if v not in valid:
                 return f"error: unknown {group} {v!r}; valid {PLURAL[group]}: {', '.join(valid)}"

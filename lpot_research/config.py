@@ -188,6 +188,11 @@ def settings_error(e: BaseException, root: Any = None) -> ConfigError:
         return ConfigError(f"unknown key {where}{leaf}" + (f"; valid keys: {', '.join(valid)}" if valid else ""))
     if isinstance(inner, ValidationError):
         value = getattr(inner, "value", None)
+        if "is not a subclass of" in msg:  # a value where a group of settings belongs (exit_policy=fast)
+            valid = _valid_keys(OmegaConf.select(root, str(key)) if root is not None else None)
+            return ConfigError(f"{key}={value!r}: {key} is a group of settings, not a value; set one of them, e.g. "
+                               f"{key}.{valid[0] if valid else '<key>'}=..." + (f" (keys: {', '.join(valid)})"
+                                                                              if valid else ""))
         for needle, kind in (("to Integer", "an integer"), ("to Float", "a number"), ("valid bool", "true or false"),
                              ("to String", "a string")):
             if needle in msg:

@@ -4,6 +4,7 @@ stop cleanly (time budget, Ctrl-C) and say the truth about what they did."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -58,6 +59,9 @@ BAD = [
     (["exit_policy.max_trial=5"], "error: unknown key exit_policy.max_trial; valid keys: timeout, max_trials"),
     (["+exit_policy.max_trial=5"], "error: unknown key exit_policy.max_trial; valid keys: timeout, max_trials"),
     (["+foo=bar"], "error: unknown key foo; valid keys: quantization, accuracy_criterion"),
+    (["exit_policy=fast"], "error: exit_policy='fast': exit_policy is a group of settings, not a value; set one of "
+                           "them, e.g. exit_policy.timeout=... (keys: timeout, max_trials)"),
+    (["hydra/launcher=nope"], "error: unknown hydra/launcher 'nope'; valid launchers: basic, joblib, parallel, ray"),
     (["quantization.approach=nope"], "error: quantization.approach='nope' is unknown; valid choices:"),
     (["quantization.qat.loss=l1"], "error: quantization.qat.loss='l1' is unknown; valid choices: ['cross_entropy'"),
     (["evaluation.ranking_samples=0"], "error: evaluation.ranking_samples=0 must be an int >= 1"),
@@ -303,3 +307,12 @@ def test_the_api_prints_its_progress_and_defaults_to_one_thread(tmp_path):
     assert "FP32 baseline: accuracy" in r.stderr and f"run dir {tmp_path}" in r.stderr
     assert f"run dir: {tmp_path}" in r.stderr
     assert "threads 1" in r.stdout
+
+
+def test_activation_settings_that_dynamic_quantization_ignores_are_named(tmp_path, caplog):
+    cfg = {"quantization": {"approach": "post_training_dynamic_quant",
+                            "model_wise": {"activation": {"algorithm": "kl"}}}, "exit_policy": {"max_trials": 1}}
+    with caplog.at_level(logging.WARNING, logger="lpot_research"):
+        lpot_research.tune(FakeModel(None), LOADER, LOADER, FakeScore(), config=cfg, framework=FakeAdaptor(),
+                           output_dir=tmp_path)
+    assert "quantization.model_wise.activation.algorithm=kl does nothing with post_training_dynamic_quant" in caplog.text
