@@ -315,4 +315,5 @@ def test_activation_settings_that_dynamic_quantization_ignores_are_named(tmp_pat
     with caplog.at_level(logging.WARNING, logger="lpot_research"):
         lpot_research.tune(FakeModel(None), LOADER, LOADER, FakeScore(), config=cfg, framework=FakeAdaptor(),
                            output_dir=tmp_path)
-    assert "quantization.model_wise.activation.algorithm=kl does nothing with post_training_dynamic_quant" in caplog.text
+    assert ("quantization.model_wise.activation.algorithm=kl does nothing with post_training_dynamic_quant"
+            in caplog.text)
