@@ -251,6 +251,31 @@ def run_job(cfg: DictConfig) -> float:
     """One Hydra job: instantiate each component once, tune, return the best objective value when
     the criterion is met (inf otherwise) so Hydra sweepers can minimize it."""
     from hydra.core.hydra_config import HydraConfig
+
+    from lpot_research.core.errors import ConfigError
+    from lpot_research.run.lock import RunLock
+
+    logging.getLogger("lpot_research").setLevel(os.environ.get("LOGLEVEL", "INFO").upper())
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    try:  # the run dir's lock before this process writes into it (tune() holds it on to the run's end)
+        lock = RunLock(out).acquire()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as e:
+        print(f"error: cannot write the run dir {out}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        return _run_job(cfg, hc, out)
+    finally:
+        lock.release()
+
+
+def _run_job(cfg: DictConfig, hc: Any, out: Path) -> float:
+    """run_job in a run dir this process holds."""
     from hydra.types import RunMode
     from hydra.utils import instantiate
 
@@ -259,15 +284,6 @@ def run_job(cfg: DictConfig) -> float:
     from lpot_research.core.errors import ConfigError, LpotError, Terminated, interrupt_reason
     from lpot_research.run.history import History
 
-    logging.getLogger("lpot_research").setLevel(os.environ.get("LOGLEVEL", "INFO").upper())
-    hc = HydraConfig.get()
-    out = Path(hc.runtime.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    except OSError as e:
-        print(f"error: cannot write the run dir {out}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(1)
     if threading.current_thread() is threading.main_thread():  # a job scheduler's SIGTERM ends it like Ctrl-C
         signal.signal(signal.SIGTERM, _terminated)
     try:

@@ -48,11 +48,22 @@ def one_writer(run: Path, procs: list[subprocess.Popen]) -> str:
     return refused[0]
 
 
-def test_a_second_holder_is_refused_naming_the_first_and_a_released_lock_is_free(tmp_path):
+def held_elsewhere(run_dir: Path) -> bool:
+    """Whether another process is refused the lock of `run_dir` now."""
+    code = (f"from lpot_research.run.lock import RunLock; RunLock({str(run_dir)!r}).acquire()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 or f"{IN_USE}{os.getpid()})" in r.stderr, r.stderr[-2000:]
+    return r.returncode != 0
+
+
+def test_a_process_nests_its_own_lock_and_holds_it_until_the_last_release(tmp_path):
+    outer = RunLock(tmp_path).acquire()  # tune.py's, then tune()'s: one process, one holder
     with RunLock(tmp_path):
-        with pytest.raises(ConfigError, match=rf"is in use by another run \(pid {os.getpid()}\)"):
-            RunLock(tmp_path).acquire()
-    RunLock(tmp_path).acquire().release()
+        assert held_elsewhere(tmp_path)
+    assert held_elsewhere(tmp_path)  # the outer holder still has it
+    outer.release()
+    assert not held_elsewhere(tmp_path)
 
 
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):

@@ -12,6 +12,10 @@ from types import TracebackType
 
 from lpot_research.core.errors import ConfigError
 
+# run dirs this process holds -> [descriptor, how many holders]: flock conflicts between two descriptors
+# of one process too, so a nested acquire (tune.py's, then tune()'s) reuses the held one
+_HELD: dict[Path, list[int]] = {}
+
 
 class RunLock:
     FILENAME = ".lock"
@@ -19,14 +23,19 @@ class RunLock:
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / self.FILENAME
-        self._fd: int | None = None
+        self._key: Path | None = None
 
     def acquire(self) -> RunLock:
+        key = self.run_dir.resolve()
+        if key in _HELD:  # this process holds it already (tune.py takes it before tune() does)
+            _HELD[key][1] += 1
+            self._key = key
+            return self
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise ConfigError(f"cannot use the run dir {str(self.run_dir)!r}: {e.strerror or e}") from None
+            raise ConfigError(f"cannot write the run dir {self.run_dir}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -37,13 +46,19 @@ class RunLock:
                               ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        _HELD[key] = [fd, 1]
+        self._key = key
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
+        held = _HELD.get(self._key) if self._key is not None else None
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            os.close(held[0])  # closing the descriptor drops the lock
+            del _HELD[self._key]
+        self._key = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
