@@ -164,10 +164,7 @@ def tune(
                                                  eval_func, q_func)
         prepared, example_inputs = _sanity_run(adaptor, model, calib_dataloader, example_inputs,
                                                settings.quantization, q_func, settings.random_seed)
-        bench = settings.benchmark.build(bench_batch_size if bench_batch_size is not None else 32)
-        bench_inputs = (adaptor.take_inputs(eval_dataloader, bench.batch_size, "evaluation")
-                        if eval_dataloader is not None
-                        else adaptor.take_inputs(calib_dataloader, bench.batch_size, "calibration"))
+        bench, bench_inputs = _benchmark(adaptor, settings, bench_batch_size, eval_dataloader, calib_dataloader)
         evaluator = Evaluator(adaptor, eval_dataloader, metric, eval_func, settings.evaluation.ranking_samples,
                               settings.evaluation.early_stop)
         runner = TrialRunner(adaptor, prepared, calib_dataloader, example_inputs, evaluator,
@@ -179,6 +176,15 @@ def tune(
                                                   "threads": settings.threads}, settings.tensorboard, out)
         resume_hint = resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)"
         return _run(_tuner(runner, strat, history, settings, ex, names, watchers, out, resume_hint), watchers)
+
+
+def _benchmark(adaptor: Adaptor, settings: Settings, bench_batch_size: int | None, eval_dataloader: Any,
+               calib_dataloader: Any) -> tuple[Any, Any]:
+    """The benchmark settings and the batch it times: evaluation samples, else calibration ones."""
+    bench = settings.benchmark.build(bench_batch_size if bench_batch_size is not None else 32)
+    if eval_dataloader is not None:
+        return bench, adaptor.take_inputs(eval_dataloader, bench.batch_size, "evaluation")
+    return bench, adaptor.take_inputs(calib_dataloader, bench.batch_size, "calibration")
 
 
 def _settings(config: Mapping[str, Any] | Settings | str | Path | None,
