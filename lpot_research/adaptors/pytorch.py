@@ -101,7 +101,6 @@ def _qconfig(choice: OpChoice, reduce_range: bool) -> QConfig:
 
 
 class PyTorchAdaptor(TorchAdaptor):
-    backend = "fx"
     approaches = APPROACHES  # QAT too
 
     def __init__(self, engine: str = "x86", threads: int | None = None, reduce_range: bool | None = None) -> None:

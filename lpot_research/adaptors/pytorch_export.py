@@ -76,13 +76,12 @@ def export_error(e: BaseException) -> str:
 
 
 class PyTorchExportAdaptor(TorchAdaptor):
-    backend = "export"
     approaches = APPROACHES  # QAT too
 
     def __init__(self, threads: int | None = None, reduce_range: bool | None = None, compile: bool = True) -> None:
         super().__init__(threads, reduce_range)
         self.compile = compile
-        self.compile_seconds = 0.0
+        self._compile_seconds = 0.0  # private: not part of the run key
 
     # ------------------------------------------------------------------ the CPU
     def range_rule(self) -> RangeRule | None:
@@ -255,10 +254,16 @@ class PyTorchExportAdaptor(TorchAdaptor):
         self._calibrate_cached(model, prepared, loader, sampling_size, prepare_all)
 
     # ------------------------------------------------------------------ running and measuring
-    def compiled(self, model: nn.Module) -> Callable[..., Any]:
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling models for timing (TrialRunner counts them apart from latency)."""
+        return self._compile_seconds
+
+    def compiled(self, model: nn.Module, args: tuple[torch.Tensor, ...]) -> Callable[..., Any]:
         """`model` compiled by Inductor with freezing (weights folded as constants, the INT8 Q/DQ
-        patterns lowered to oneDNN's kernels), remembered for the last few models; the seconds are
-        added to `compile_seconds`. With `compile=False`, the model itself (eager)."""
+        patterns lowered to oneDNN's kernels) for inputs shaped like `args`, remembered for the last few
+        models. A new one is compiled here, by its first call, and those seconds are added to
+        `compile_seconds`. With `compile=False`, the model itself (eager)."""
         if not self.compile:
             return model
         cache: collections.OrderedDict[int, tuple[nn.Module, Any]] = self.__dict__.setdefault(
@@ -273,23 +278,19 @@ class PyTorchExportAdaptor(TorchAdaptor):
         inductor.compile_threads = 1  # no pool of compile workers left busy beside the timed runs
         t0 = time.perf_counter()
         fn = torch.compile(model, dynamic=False)
-        cache[id(model)] = (model, fn)
-        while len(cache) > COMPILED_KEPT:
-            cache.popitem(last=False)
-        self.compile_seconds += time.perf_counter() - t0
-        return fn
-
-    def runner(self, model: nn.Module, inputs: Any) -> Callable[[], Any]:
-        """One inference of the compiled model; its first call (the compilation for these input shapes)
-        runs here and is counted in `compile_seconds`."""
-        args = torch_args(inputs)
-        fn = self.compiled(model)
-        t0 = time.perf_counter()
         with torch.no_grad(), quiet(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Inductor's own UserWarnings while lowering
             fn(*args)
-        if self.compile:
-            self.compile_seconds += time.perf_counter() - t0
+        cache[id(model)] = (model, fn)
+        while len(cache) > COMPILED_KEPT:
+            cache.popitem(last=False)
+        self._compile_seconds += time.perf_counter() - t0
+        return fn
+
+    def runner(self, model: nn.Module, inputs: Any) -> Callable[[], Any]:
+        """One inference of the compiled model (compiled on first use, see `compiled`)."""
+        args = torch_args(inputs)
+        fn = self.compiled(model, args)
 
         @torch.no_grad()
         def once() -> Any:
@@ -298,8 +299,8 @@ class PyTorchExportAdaptor(TorchAdaptor):
         return once
 
     def __getstate__(self) -> dict[str, Any]:
-        """Compiled models stay in their process (a worker compiles its own)."""
-        return {k: v for k, v in self.__dict__.items() if k != "_compiled"}
+        """Compiled models stay in their process (a worker compiles its own and counts its own seconds)."""
+        return {**{k: v for k, v in self.__dict__.items() if k != "_compiled"}, "_compile_seconds": 0.0}
 
     @torch.inference_mode()
     def inspect(self, model: fx.GraphModule, inputs: Any, op_names: list[str]) -> dict[str, Any]:

@@ -39,7 +39,6 @@ class TorchAdaptor(Adaptor):
     """The parts of a PyTorch back end that do not depend on how it quantizes."""
 
     name = "pytorch"
-    backend = "?"
 
     def __init__(self, threads: int | None = None, reduce_range: bool | None = None) -> None:
         self.threads = threads
