@@ -20,7 +20,7 @@ from lpot_research.measure.metrics import TopK
 from lpot_research.measure.objectives import OBJECTIVES, Objective
 from lpot_research.quant.criterion import AccuracyCriterion
 from lpot_research.quant.space import stable_hash
-from lpot_research.run.callbacks import Callback, ProgressLog, TensorBoardCallback, TrackerCallback
+from lpot_research.run.callbacks import CALLBACK_EVENTS, Callback, ProgressLog, TensorBoardCallback, TrackerCallback
 from lpot_research.run.evaluation import Evaluator, check_metric
 from lpot_research.run.history import History
 from lpot_research.run.inspector import Inspector
@@ -43,6 +43,9 @@ def _mapping(x: Any) -> Any:
         if not p.is_file():
             raise ConfigError(f"config={str(x)!r} is not a file; give a mapping of tuning keys or a YAML file")
         return OmegaConf.load(p)
+    if not isinstance(x, Mapping):
+        raise ConfigError(f"config={x!r:.80} ({type(x).__name__}) is not a mapping of tuning keys; give one (e.g. "
+                          "{'exit_policy': {'max_trials': 20}}), a YAML file or an lpot_research.config.Settings")
     return x
 
 
@@ -94,9 +97,9 @@ def _output_dir(output_dir: str | Path | None, resume: bool) -> Path:
     return out
 
 
-def _check_run_dir(out: Path, resume: bool) -> None:
+def _check_run_dir(out: Path, resume: bool, resume_hint: str) -> None:
     """A new run needs a dir that holds none, a resume one that does (asked while holding its RunLock, so
-    that two processes cannot both find it free)."""
+    that two processes cannot both find it free); `resume_hint`: the command that continues the run there."""
     if resume and not History.exists(out):
         raise ConfigError(f"resume: {str(out)!r} holds no run to continue (no {History.FILENAME}); start a new run "
                           "without resume, or give the directory of the run to continue")
@@ -105,8 +108,8 @@ def _check_run_dir(out: Path, resume: bool) -> None:
             held = f"{len(History.read(out).trials)} trial(s)"
         except LpotError as e:  # a damaged record is still a run not to overwrite
             held = f"its record does not read: {e}"
-        raise ConfigError(f"output_dir={str(out)!r} already holds a run ({held}); pass resume=True to continue "
-                          "it, or choose another output_dir")
+        raise ConfigError(f"{str(out)!r} already holds a run ({held}); continue it with: {resume_hint}; or start "
+                          "this run in another directory")
 
 
 def fingerprint_inputs(inputs: Any) -> str:
@@ -156,8 +159,9 @@ def tune(
     """
     settings, crit, ex = _settings(config, accuracy_criterion, exit_policy)
     out = _output_dir(output_dir, resume)
+    resume_hint = resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)"
     with RunLock(out):  # held to the run's end: one writer per run dir
-        _check_run_dir(out, resume)
+        _check_run_dir(out, resume, resume_hint)
         _default_logging()
         adaptor, strat, obj = _components(framework, strategy, objective, settings)
         calib_dataloader, metric = _check_inputs(adaptor, settings, calib_dataloader, eval_dataloader, metric,
@@ -174,7 +178,6 @@ def tune(
         history = History(out, stable_hash(description), description)
         watchers = _watchers(tracker, callbacks, {**description, "exit_policy": dataclasses.asdict(ex),
                                                   "threads": settings.threads}, settings.tensorboard, out)
-        resume_hint = resume_hint or f"lpot_research.tune(..., output_dir={str(out)!r}, resume=True)"
         return _run(_tuner(runner, strat, history, settings, ex, names, watchers, out, resume_hint), watchers)
 
 
@@ -321,7 +324,16 @@ def _watchers(tracker: Tracker | None, callbacks: list[Callback] | None, tracked
         watchers.append(TrackerCallback(tracker, tracked, out))
     if tensorboard:
         watchers.append(TensorBoardCallback(out / "tensorboard"))
-    return watchers + list(callbacks or [])
+    if callbacks is None:
+        return watchers
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, list | tuple):
+        raise ConfigError(f"callbacks={callbacks!r:.80} must be a list of lpot_research.run.callbacks.Callback")
+    for i, cb in enumerate(callbacks):
+        missing = [m for m in CALLBACK_EVENTS if not callable(getattr(cb, m, None))]
+        if missing:
+            raise ConfigError(f"callbacks[{i}]={cb!r:.80} is not a Callback: it lacks {', '.join(missing)} "
+                              "(subclass lpot_research.run.callbacks.Callback and override what you need)")
+    return watchers + list(callbacks)
 
 
 def _tuner(runner: TrialRunner, strat: Strategy, history: History, settings: Settings, ex: ExitPolicy,

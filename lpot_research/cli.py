@@ -3,6 +3,7 @@ problem, exit status 2), resolvers, and one job's run."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -70,6 +71,25 @@ def _parse(args: list[str]) -> list[Any] | None:
         return None
 
 
+def unparsable(args: list[str]) -> str | None:
+    """One line for the first override Hydra's grammar cannot read (its own message names no override)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for a in args:
+        if a.startswith("-") or "=" not in a:
+            continue
+        try:
+            parser.parse_override(a)
+        except HydraException as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else "a syntax error"
+            return (f"error: cannot read the override {a!r}: {why}. Quote values with special characters "
+                    "(key='\"a b[0]\"'); in a dictionary key escape them with a backslash "
+                    "(op_wise='{conv\\[0\\]: ...}'); see https://hydra.cc/docs/advanced/override_grammar/basic/")
+    return None
+
+
 def check_choices(args: list[str], conf_dir: Path) -> str | None:
     """The first unknown config-group choice among command-line overrides, as one line naming the
     valid choices (Hydra's own message spans a dozen lines); None when all are known."""
@@ -119,6 +139,9 @@ def _resume_problem(resume: Any, multirun: bool) -> str | None:
     return None
 
 
+PROBE_BYTES = 64 * 1024  # a run dir must take at least this much (Hydra's files, the history's first lines)
+
+
 def _run_dir_problem(cfg: DictConfig, multirun: bool) -> str | None:
     """The run (or sweep) dir must be creatable: its deepest existing ancestor a writable directory."""
     try:
@@ -131,12 +154,17 @@ def _run_dir_problem(cfg: DictConfig, multirun: bool) -> str | None:
     what = "sweep dir" if multirun else "run dir"
     if not probe.is_dir():
         return f"error: cannot create the {what} {d}: {probe} is a file"
-    try:
-        with open(probe / f".lpot_write_probe_{os.getpid()}", "w"):
-            pass
-        os.remove(probe / f".lpot_write_probe_{os.getpid()}")
+    path = probe / f".lpot_write_probe_{os.getpid()}"
+    try:  # written through, so that a full filesystem says so now (Hydra's own files come first)
+        with open(path, "wb") as f:
+            f.write(bytes(PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as e:
         return f"error: cannot write the {what} {d}: {e.strerror or e} ({probe})"
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
     return None
 
 
@@ -205,7 +233,7 @@ def validate(args: list[str], conf_dir: Path) -> str | None:
     from lpot_research.config import settings_error
     from lpot_research.core.errors import ConfigError
 
-    problem = check_choices(args, conf_dir)
+    problem = unparsable(args) or check_choices(args, conf_dir)
     if problem:
         return problem
     if any(a.startswith("--") for a in args):  # --help, --cfg, --info...: Hydra's own business

@@ -7,6 +7,7 @@ costs (int8 < bf16 < fp32). Everything is deterministic, so strategy behaviour c
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -63,7 +64,8 @@ class FakeAdaptor(Adaptor):
     def __init__(self, ops: int = 4, penalties: list[float] | None = None, bf16_penalty: float = 0.001,
                  kl_factor: float = 0.5, sleep: float = 0.0, fail_ops: Iterable[str] = (), threads: Any = None,
                  sym_penalty: float = 0.0, names: list[str] | None = None, eval_log: str | None = None,
-                 save_sleep: float = 0.0, sleep_spread: int = 1, per_sample: int = 0) -> None:
+                 save_sleep: float = 0.0, sleep_spread: int = 1, per_sample: int = 0, crash_ops: Iterable[str] = (),
+                 crash_in: str = "quantize", crash_dtype: str = "int8", crash_signal: int = 11) -> None:
         # `names`: op names in model order (e.g. ones that do not sort in model order)
         self.ops = list(names) if names is not None else [f"op{i}" for i in range(ops)]
         ops = len(self.ops)
@@ -74,6 +76,10 @@ class FakeAdaptor(Adaptor):
         self.sleep_spread = int(sleep_spread)
         self.sym_penalty = sym_penalty
         self.fail_ops = set(fail_ops)
+        # a config giving one of `crash_ops` the dtype `crash_dtype` kills its process with `crash_signal`
+        # in `crash_in` (quantize | evaluate), as a kernel's segfault or the OOM killer would
+        self.crash_ops, self.crash_in, self.crash_signal = set(crash_ops), crash_in, int(crash_signal)
+        self.crash_dtype = crash_dtype
         # per_sample=N: evaluation inputs carry sample indices (see `indexed_loader`) and each sample is
         # right or wrong: sample i has a difficulty u_i in [0, 1) and a config gets it right iff u_i < its
         # accuracy, so the hard samples are wrong for every weak config (as on real models): a stop taken
@@ -105,10 +111,16 @@ class FakeAdaptor(Adaptor):
         self.quantize_calls.append(config.id)
         if self.sleep:
             time.sleep(self.sleep * (1 + int(config.id[:4], 16) % max(1, self.sleep_spread)))
+        self._crash(config, "quantize")
         bad = [n for n, c in config.ops if n in self.fail_ops and c.quantized]
         if bad:
             raise RuntimeError(f"fake quantization failure at {bad[0]}")
         return FakeModel(config)
+
+    def _crash(self, config: TuneConfig | None, phase: str) -> None:
+        if config is not None and phase == self.crash_in and any(n in self.crash_ops and c.dtype == self.crash_dtype
+                                                                 for n, c in config.ops):
+            os.kill(os.getpid(), self.crash_signal)
 
     def take_inputs(self, loader: Any, n: int, what: str = "benchmark") -> Any:
         return np.concatenate([x for x, _ in batches(loader, what)])[:n]
@@ -119,6 +131,7 @@ class FakeAdaptor(Adaptor):
         if self._eval_log and np.all(np.asarray(inputs) == 1) and batch_len(inputs) > 1:
             with open(self._eval_log, "a") as f:
                 f.write(f"{model.config.id if model.config else 'fp32'}\n")
+        self._crash(model.config, "evaluate")
         acc = self.accuracy(model.config)
         x = np.asarray(inputs)
         if self.per_sample and x.ndim == 1 and x.size and x.min() >= INDEX_OFFSET:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -69,6 +70,9 @@ BAD = [
     (["resume=/etc/hostname"], "error: resume=/etc/hostname is a file"),
     (["resume=/tmp"], "error: resume=/tmp holds no run to continue"),
     (["-m", "strategy=basic,mse", "resume=/tmp"], "error: resume=/tmp continues one run; a sweep cannot be resumed"),
+    (["parallel.isolate=maybe"], "error: parallel.isolate='maybe' must be true or false"),
+    (['quantization.op_wise={"[": {weight: {dtype: fp32}}}'],
+     "error: cannot read the override 'quantization.op_wise={\"[\": {weight: {dtype: fp32}}}': no viable alternative"),
     (["hydra.run.dir=/sys/kernel/lpot"], "error: cannot write the run dir /sys/kernel/lpot"),
     (["hydra.run.dir=/etc/hostname/run"], "error: cannot create the run dir /etc/hostname/run: /etc/hostname is a "
                                           "file"),
@@ -133,6 +137,10 @@ def test_every_command_in_the_readme_passes_the_checks():
     ({"metric": object()}, "is not a metric: it lacks"),
     ({"config": {"threads": 0}}, "threads=0 must be an int >= 1"),
     ({"eval_func": lambda m: 0.9}, r"give either eval_func\(model\) -> float or a metric \(FakeScore\), not both"),
+    ({"config": 42}, r"config=42 \(int\) is not a mapping of tuning keys; give one"),
+    ({"callbacks": [object()]}, r"callbacks\[0\]=<object object at .*> is not a Callback: it lacks on_start, "
+                                "on_baseline, on_trial, on_finish, close"),
+    ({"callbacks": Callback()}, "callbacks=<.*Callback object .*> must be a list of lpot_research.run.callbacks"),
 ])
 def test_bad_api_input_is_one_clear_error(tmp_path, bad, needle):
     kw = {"metric": FakeScore(), **bad}
@@ -165,7 +173,8 @@ def test_a_run_of_another_model_is_never_resumed(tmp_path):
     other = DigitsCNN().trained()
     with torch.no_grad():
         other.fc.weight.mul_(0.5)  # another model of the same architecture and name
-    with pytest.raises(ConfigError, match=r"already holds a run \(1 trial\(s\)\); pass resume=True"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(1 trial\(s\)\); continue it with: "
+                                          r"lpot_research.tune\(\.\.\., output_dir='.*', resume=True\)"):
         lpot_research.tune(other, b.calib_dataloader, b.eval_dataloader, config=cfg, output_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"different run \(model: [0-9a-f]{16} -> [0-9a-f]{16}"):
         lpot_research.tune(other, b.calib_dataloader, b.eval_dataloader, config=cfg, output_dir=tmp_path,
@@ -199,6 +208,40 @@ def test_a_failing_history_write_is_fatal_and_not_blamed_on_the_strategy(tmp_pat
         run_fake(tmp_path, FakeAdaptor(ops=3), "random", {"exit_policy": {"timeout": 60, "max_trials": 6}},
                  callbacks=[BreakTheDisk()])
     assert not (tmp_path / "summary.json").exists()  # no summary claiming what the record does not hold
+
+
+@pytest.fixture
+def full_filesystem(tmp_path):
+    """A 64 KiB tmpfs, filled (needs root and mount(8): skipped, saying so, elsewhere)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a full filesystem needs root and mount -t tmpfs")
+    try:
+        with open(mnt / "fill", "wb", buffering=0) as f, pytest.raises(OSError, match="No space left"):
+            while True:
+                f.write(bytes(4096))
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_new_run_in_a_run_dir_that_holds_one_gives_the_command_that_continues_it(tmp_path):
+    args = [*FAKE, "exit_policy.max_trials=2"]
+    assert tune_cli(*args, f"hydra.run.dir={tmp_path}").returncode == 0
+    again = tune_cli(*args, f"hydra.run.dir={tmp_path}")
+    assert again.returncode == 2
+    assert lines(again.stderr) == [f"error: '{tmp_path}' already holds a run (2 trial(s)); continue it with: python "
+                                   f"tune.py {' '.join(shlex.quote(a) for a in args)} resume={tmp_path}; or start "
+                                   "this run in another directory"]
+
+
+def test_a_run_dir_on_a_full_filesystem_is_one_line(full_filesystem):
+    r = tune_cli(*FAKE, f"hydra.run.dir={full_filesystem / 'run'}")
+    assert r.returncode == 2
+    assert lines(r.stderr) == [f"error: cannot write the run dir {full_filesystem / 'run'}: No space left on device "
+                               f"({full_filesystem})"]
 
 
 # ---------------------------------------------------------------------------------------------- stopping

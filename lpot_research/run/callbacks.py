@@ -61,6 +61,9 @@ class RunView:
     evaluation: EvaluationSummary | None  # the evaluator: kind, samples, ranking samples, early stop
 
 
+CALLBACK_EVENTS = ("on_start", "on_baseline", "on_trial", "on_finish", "close")  # what the tuner calls
+
+
 class Callback:
     """Override any of these. `run` is a read-only `RunView` of the run (its history, space, criterion,
     objective, exit policy, names, baseline)."""

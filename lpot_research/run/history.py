@@ -13,6 +13,8 @@ Lines, each a JSON object with a `kind`:
   proposal order); it becomes a `trial` line in its turn, and a resumed run takes it from here instead
   of running it again.
 - `stopped`: a trial stopped by the time budget or Ctrl-C (not finished: a resume runs it again).
+- `attempt`: a trial about to enter a phase (quantize, evaluate) in the tuning process, with its PID; one
+  that no `trial` or `stopped` line follows was cut short by the process's death (lpot_research.run.crashes).
 - `analysis`: a result that is not a trial (e.g. basic's per-op sensitivity, the evaluation order), keyed,
   so a resumed run reuses it instead of recomputing it. Its keys are made here only (`FP32_SCORES`,
   `EVAL_ORDER`, `analysis_key(kind, config_id)`), whoever writes or reads them.
@@ -145,6 +147,7 @@ class History:
         self.baseline: dict[str, Any] | None = None
         self.trials: list[TrialRecord] = []
         self.stopped: list[dict[str, Any]] = []
+        self._attempts: dict[str, dict[int, dict[str, Any]]] = {}  # unfinished attempts: config id -> pid -> last
         self.ahead: dict[str, TrialRecord] = {}  # finished ahead of their turn, by config id
         self.ahead_written = 0  # `ahead` lines in the file (most became trials since)
         self.analysis: dict[str, Any] = {}
@@ -216,11 +219,13 @@ class History:
             if t.config_id != config_id(t.config):
                 raise self._corrupt(number, f"has a config that does not match its config_id {t.config_id}")
             if kind == "ahead":
+                self._attempts.pop(t.config_id, None)
                 self.ahead_written += 1
                 if all(o.config_id != t.config_id for o in self.trials):
                     self.ahead[t.config_id] = t
                 return
             self.ahead.pop(t.config_id, None)
+            self._attempts.pop(t.config_id, None)
             if t.trial != len(self.trials) + 1:
                 raise self._corrupt(number, f"is trial {t.trial}, expected {len(self.trials) + 1}")
             if any(o.config_id == t.config_id for o in self.trials):
@@ -233,6 +238,9 @@ class History:
             self._merge(self.trials[n - 1], rec)
         elif kind == "stopped":
             self.stopped.append(rec)
+            self._attempts.pop(str(rec.get("config_id")), None)
+        elif kind == "attempt":
+            self._attempts.setdefault(str(rec.get("config_id")), {})[int(rec.get("pid") or 0)] = rec
         elif kind == "analysis":
             key = str(rec.get("key"))
             self.analysis[key] = rec.get("value")
@@ -249,6 +257,11 @@ class History:
         for key in ("objective", "accuracy", "samples"):
             if m.get(key) is not None:
                 setattr(t, key, m[key])
+
+    def cut_short(self, cid: str) -> list[dict[str, Any]]:
+        """The attempts at config `cid` that a process's death cut short (the last phase each process
+        reached: {trial, config_id, phase, pid}); this process's own attempt is not one."""
+        return [a for pid, a in self._attempts.get(cid, {}).items() if pid != os.getpid()]
 
     def by_id(self) -> dict[str, TrialRecord]:
         return {t.config_id: t for t in self.trials}
@@ -296,11 +309,13 @@ class History:
         self._append(json.loads(rec.to_json()))
         self.trials.append(rec)
         self.ahead.pop(rec.config_id, None)
+        self._attempts.pop(rec.config_id, None)
 
     def add_ahead(self, rec: TrialRecord) -> None:
         """A trial finished before its turn (its number is provisional until `add`)."""
         self._append({**json.loads(rec.to_json()), "kind": "ahead"})
         self.ahead[rec.config_id] = rec
+        self._attempts.pop(rec.config_id, None)
         self.ahead_written += 1
 
     def measure(self, rec: TrialRecord, **values: Any) -> None:
@@ -312,6 +327,13 @@ class History:
     def add_stopped(self, info: dict[str, Any]) -> None:
         self._append({"kind": "stopped", **info})
         self.stopped.append(info)
+        self._attempts.pop(str(info.get("config_id")), None)
+
+    def add_attempt(self, trial: int, cid: str, phase: str) -> None:
+        """Trial `trial` (config `cid`) enters `phase` in this process."""
+        obj = {"kind": "attempt", "trial": trial, "config_id": cid, "phase": phase, "pid": os.getpid()}
+        self._append(obj)
+        self._attempts.setdefault(cid, {})[os.getpid()] = obj
 
     def add_analysis(self, key: str, value: Any, seconds: float | None = None) -> None:
         """A result that is not a trial; `seconds`: what computing it cost (a run's costs add them up; a

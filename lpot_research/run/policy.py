@@ -33,18 +33,29 @@ BACKENDS = ("loky", "dask")
 
 @dataclass
 class Parallel:
-    """workers: trials evaluated at once (1 = in this process); backend: loky (processes on this machine)
-    or dask (a dask.distributed cluster: the one at `address`, else a local one of `workers` processes).
-    Each worker runs `threads` intra-op threads; latency is measured in the tuning process alone."""
+    """workers: trials evaluated at once (1 = in this process, unless `isolate`); backend: loky (processes
+    on this machine) or dask (a dask.distributed cluster: the one at `address`, else a local one of
+    `workers` processes). Each worker runs `threads` intra-op threads; latency is measured in the tuning
+    process alone. isolate: one trial at a time on a worker process of its own even with workers=1, so
+    a trial that kills its process (a kernel's segfault, the OOM killer) is recorded as failed and the
+    run goes on (workers > 1 are isolated anyway)."""
 
     workers: int = 1
     backend: str = "loky"
     address: Optional[str] = None  # noqa: UP045 - a dask scheduler, e.g. tcp://10.0.0.1:8786
+    isolate: bool = False
+
+    @property
+    def pooled(self) -> bool:
+        """Trials run on worker processes."""
+        return self.workers > 1 or self.isolate
 
     def __post_init__(self) -> None:
         w = self.workers
         if not isinstance(w, int) or isinstance(w, bool) or w < 1:
             raise ConfigError(f"parallel.workers={w!r} must be an int >= 1")
+        if not isinstance(self.isolate, bool):
+            raise ConfigError(f"parallel.isolate={self.isolate!r} must be true or false")
         if self.backend not in BACKENDS:
             raise ConfigError(f"parallel.backend={self.backend!r} is unknown; valid choices: {list(BACKENDS)}")
         if self.address is not None and self.backend != "dask":

@@ -16,6 +16,11 @@ What a parallel run keeps of a serial one:
   ranking accuracy is computed under it, as in a serial run.
 - basic's per-op sensitivity (lpot_research.run.inspector) is computed on the workers too, a share each.
 
+A trial that kills its worker (a segfault in a kernel, the OOM killer) is recorded as failed ("killed by
+signal 11 (SIGSEGV) during evaluate", lpot_research.run.crashes), the workers are replaced and the run
+goes on; when which of the trials in flight did it is not known (no fatal signal was recorded), they run
+again one at a time. `parallel.isolate=true` runs a serial run's trials this way, on one worker.
+
 Each worker receives the run's trial runner (model, data, adaptor) pickled once, and builds nothing
 else; a model that cannot be pickled is a clear error before any trial.
 """
@@ -32,8 +37,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lpot_research.core.deadline import TrialTimeout, deadline
-from lpot_research.core.errors import ConfigError, LpotError, interrupt_reason
+from lpot_research.core.errors import ConfigError, interrupt_reason
 from lpot_research.quant.space import TuneConfig
+from lpot_research.run.crashes import (
+    CRASHES_TO_FAIL,
+    FAULTS_LOG,
+    FaultLog,
+    WorkerMarks,
+    dead_worker_trials,
+    fatal_signals,
+    pool_exit_signals,
+    signal_text,
+)
 from lpot_research.run.history import EVAL_ORDER, FP32_SCORES, SCORES, History, TrialRecord, analysis_key
 from lpot_research.run.policy import ExitPolicy, Parallel
 from lpot_research.run.trial import TrialRunner, one_line
@@ -49,6 +64,7 @@ class Stop(Exception):  # noqa: N818 - control flow, not an error
 
 # ------------------------------------------------------------------------------------------ the worker side
 _RUNNERS: dict[str, TrialRunner] = {}
+_MARKS: list[WorkerMarks] = []  # this worker's trace (loky workers)
 
 
 def _load(token: str, payload: bytes) -> TrialRunner:
@@ -83,9 +99,12 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, name="lpot-parent-watch", daemon=True).start()
 
 
-def _init_worker(token: str, payload: bytes, parent: int, share: str | None) -> None:
+def _init_worker(token: str, payload: bytes, parent: int, share: str | None, marks: str) -> None:
     _die_with(parent)
-    _load(token, payload).adaptor.calibration.share = share
+    _MARKS.append(WorkerMarks(marks))
+    runner = _load(token, payload)
+    runner.adaptor.calibration.share = share
+    runner.on_phase = _MARKS[0].phase
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,9 @@ def run_task(token: str, payload: bytes | None, task: Task) -> tuple[str, Any, A
         return "stopped", "timeout", None
     except KeyboardInterrupt as e:
         return "stopped", interrupt_reason(e), None
+    finally:
+        if _MARKS:
+            _MARKS[0].done()
     return "ok", rec, outcome.scores if task.order is None and outcome is not None else None
 
 
@@ -161,6 +183,10 @@ class Pool:
     def close(self, kill: bool = False) -> None:
         raise NotImplementedError
 
+    def dead_trials(self) -> dict[str, dict[str, Any]]:
+        """After workers died: the trials they ran, by config id ({phase, signal}), where known."""
+        return {}
+
 
 class LokyPool(Pool):
     """Processes on this machine; they and the tuning process share calibration results through a
@@ -176,9 +202,11 @@ class LokyPool(Pool):
 
         self.cache = runner.adaptor.calibration
         self.cache.share = tempfile.mkdtemp(prefix="lpot_calibration_")
+        self.marks = tempfile.mkdtemp(prefix="lpot_workers_")
         env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MXNET_OMP_MAX_THREADS")}
         self.executor = ProcessPoolExecutor(workers, initializer=_init_worker, env=env,
-                                            initargs=(self.token, self.payload, os.getpid(), self.cache.share))
+                                            initargs=(self.token, self.payload, os.getpid(), self.cache.share,
+                                                      self.marks))
         self.executor.submit(ready, self.token, None)  # the workers start loading the run now
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
@@ -191,6 +219,10 @@ class LokyPool(Pool):
         share, self.cache.share = self.cache.share, None
         if share:
             shutil.rmtree(share, ignore_errors=True)
+        shutil.rmtree(self.marks, ignore_errors=True)
+
+    def dead_trials(self) -> dict[str, dict[str, Any]]:
+        return dead_worker_trials(self.marks)
 
 
 class DaskPool(Pool):
@@ -241,6 +273,10 @@ class DaskPool(Pool):
             self.cluster.close()
 
 
+class _Broken(Exception):  # noqa: N818 - control flow inside the scheduler
+    """The worker pool broke: a worker process died (its error is the pool's message)."""
+
+
 def make_pool(runner: TrialRunner, parallel: Parallel, threads: int) -> Pool:
     if parallel.backend == "dask":
         return DaskPool(runner, parallel.workers, threads, parallel.address)
@@ -273,10 +309,16 @@ class TrialScheduler:
     pool: Pool | None = None
     repeats: int = 0
     _held: list[tuple[TrialRecord, Any]] = field(default_factory=list)  # on record, not yet reported
+    solo: set[str] = field(default_factory=set)  # configs that run alone: in flight when an unknown one crashed
 
     def __post_init__(self) -> None:
         self.records = self.history.by_id()
         self.workers = self.parallel.workers if self.parallel is not None else 1
+        self.pooled = self.parallel is not None and self.parallel.pooled
+        # this process's fatal signal is kept in the run dir; trials run here say which phase they enter
+        self.faults = FaultLog(self.history.path.parent / FAULTS_LOG)
+        if not self.pooled:
+            self.runner.on_phase = self.history.add_attempt
 
     # ------------------------------------------------------------------ shared steps
     def budget_spent(self, planned: int = 0) -> str | None:
@@ -357,7 +399,7 @@ class TrialScheduler:
         after the first that passes when `stop_at_pass`."""
         interrupted = False
         try:
-            if self.workers > 1:
+            if self.pooled:
                 return self._parallel(cfgs, stop_at_pass)
             return self._serial(cfgs, stop_at_pass)
         except KeyboardInterrupt:
@@ -378,7 +420,10 @@ class TrialScheduler:
                 spent = self.budget_spent()  # also covers a resumed run whose budget is used up
                 if spent:
                     raise Stop(spent)
-                rec = self._take_ahead(cfg) if cfg.id in self.history.ahead else self._trial(cfg)
+                if cfg.id in self.history.ahead:
+                    rec = self._take_ahead(cfg)
+                else:
+                    rec = self._given_up(cfg) or self._trial(cfg)
                 self._report()
             out.append(rec)
             self._end_if_passed(rec)
@@ -397,6 +442,27 @@ class TrialScheduler:
                 raise
             raise Stop(f"timeout ({self.exit.timeout:g} s) reached during trial {n}, which was stopped") from None
         return self._record(rec, outcome.scores if outcome is not None else None, model)
+
+    def _given_up(self, cfg: TuneConfig) -> TrialRecord | None:
+        """The failed record of a config whose trials the tuning process's death cut short twice (it is not
+        run a third time); None when it may run (a first crash is said)."""
+        cut = self.history.cut_short(cfg.id)
+        if not cut:
+            return None
+        signals = fatal_signals(self.history.path.parent / FAULTS_LOG)
+        last = cut[-1]
+        how = f"{signal_text(signals.get(int(last.get('pid') or 0)))} during {last.get('phase', '?')}"
+        n = len(self.history.trials) + 1
+        if len(cut) < CRASHES_TO_FAIL:
+            log.warning("trial %d (%s) killed the tuning process last time (%s); it runs again, and a second such "
+                        "death records it as failed (parallel.isolate=true runs each trial in a process of its own)",
+                        n, cfg.note or cfg.id, how)
+            return None
+        err = f"killed the tuning process {len(cut)} times, last by {how}; not run again"
+        log.warning("trial %d failed (%s): %s", n, cfg.note or cfg.id, err)
+        rec = TrialRecord(trial=n, config_id=cfg.id, config=cfg.to_dict(), status="failed", note=cfg.note, error=err,
+                          elapsed_s=self.elapsed())
+        return self._record(rec, None, None)
 
     def _pool(self) -> Pool:
         if self.pool is None:
@@ -422,7 +488,9 @@ class TrialScheduler:
             for head, slot in enumerate(slots):
                 self._fill(slots, head)
                 rec = self._known(slot.cfg)
-                if rec is None and not slot.started:
+                if rec is None and not slot.started and slot.cfg.id not in self.history.ahead:
+                    rec = self._given_up(slot.cfg)
+                if rec is None and not slot.started and self._broken(slots) is None:
                     spent = self.budget_spent()
                     if spent or slot.cfg.id not in self.history.ahead:  # not started: the budget is spent
                         raise Stop(spent or "no trial could start")
@@ -449,7 +517,10 @@ class TrialScheduler:
 
     def _fill(self, slots: list[_Slot], head: int) -> None:
         """Start the next unstarted new configurations while workers are free, in proposal order."""
-        busy = sum(1 for s in slots if s.future is not None and not s.future.done())
+        running = [s for s in slots if s.future is not None and not s.future.done()]
+        if any(s.cfg.id in self.solo for s in running):
+            return
+        busy = len(running)
         planned = self._planned(slots, head)
         taken = {s.cfg.id for s in slots[head:] if s.started}
         for pos in range(head, min(len(slots), head + LOOKAHEAD * self.workers)):
@@ -458,15 +529,23 @@ class TrialScheduler:
                 return
             if s.started or s.cfg.id in self.records or s.cfg.id in self.history.ahead or s.cfg.id in taken:
                 continue
+            if len(self.history.cut_short(s.cfg.id)) >= CRASHES_TO_FAIL:
+                continue  # given up in its turn (_given_up)
             if self.budget_spent(planned):
                 return
+            if s.cfg.id in self.solo and busy:
+                return
+            if self._broken(slots) is not None:
+                return  # (_wait replaces the workers)
             s.n = len(self.history.trials) + planned + 1
             order = self.runner.evaluator.order
             task = Task(s.n, s.cfg.to_dict(), s.cfg.note, self.runner.baseline,
                         order.tolist() if order is not None else None, self._left())
-            s.future, s.started = self.pool.submit(run_task, task), True
+            s.future, s.started = self._pool().submit(run_task, task), True
             busy, planned = busy + 1, planned + 1
             taken.add(s.cfg.id)
+            if s.cfg.id in self.solo:
+                return
 
     def _result(self, slot: _Slot) -> tuple[TrialRecord | None, Any]:
         """A finished slot's record (None when it was stopped: the budget ran out) and scores."""
@@ -480,8 +559,8 @@ class TrialScheduler:
             from joblib.externals.loky.process_executor import BrokenProcessPool
 
             if isinstance(e, BrokenProcessPool):
-                raise LpotError(f"a worker process died during trial {slot.n} ({slot.cfg.note or slot.cfg.id}) or "
-                                f"one running beside it: {one_line(e)}") from None
+                slot.future = future  # (with the others in flight: _recover sorts them out)
+                raise _Broken(str(e)) from None
             cfg = slot.cfg  # e.g. dask's KilledWorker: this task killed the workers that ran it
             log.warning("trial %d failed on its worker (%s): %s", slot.n, cfg.note or cfg.id, one_line(e))
             return TrialRecord(trial=slot.n, config_id=cfg.id, config=cfg.to_dict(), status="failed", note=cfg.note,
@@ -493,8 +572,71 @@ class TrialScheduler:
         return rec, scores
 
     def _wait(self, slots: list[_Slot], head: int) -> TrialRecord:
-        """Wait for the head slot; slots behind it that finish meanwhile are written ahead."""
+        """Wait for the head slot; slots behind it that finish meanwhile are written ahead. A worker's death
+        records the trial that caused it as failed and runs the others again on new workers."""
+        while True:
+            try:
+                return self._wait_once(slots, head)
+            except _Broken as e:
+                rec = self._recover(slots, head, str(e))
+            if rec is not None:
+                return self._record(rec, None, None)
+            self._fill(slots, head)
+            if slots[head].future is None:
+                raise Stop(self.budget_spent() or "no trial could start")
+
+    def _recover(self, slots: list[_Slot], head: int, error: str) -> TrialRecord | None:
+        """After the pool broke: the trials that killed their worker are failed records (the head's is
+        returned, the others are kept ahead), the rest are made ready to run again, on new workers."""
+        running = [s for s in slots if s.future is not None]
+        dead = self.pool.dead_trials() if self.pool is not None else {}
+        self._close_pool(kill=True)
+        for s in running:
+            s.future, s.started = None, False
+        culprits = {s.cfg.id: dead[s.cfg.id] for s in running if dead.get(s.cfg.id, {}).get("signal") is not None}
+        if not culprits and len(running) == 1:  # it ran alone: it is the one
+            exits = pool_exit_signals(error)
+            culprits = {running[0].cfg.id: {"phase": dead.get(running[0].cfg.id, {}).get("phase", "quantize or "
+                                                                                          "evaluate"),
+                                            "signal": exits[0] if exits else None}}
+        if not culprits:
+            self.solo.update(s.cfg.id for s in running)
+            exits = ", ".join(signal_text(sig) for sig in pool_exit_signals(error)) or "no exit code"
+            log.warning("a worker process died (%s) running one of trials %s, not known which: they run again one "
+                        "at a time, on new workers", exits, ", ".join(str(s.n) for s in running))
+            return None
+        out = None
+        for s in running:
+            if s.cfg.id not in culprits:
+                continue
+            why = culprits[s.cfg.id]
+            err = f"killed by {signal_text(why['signal'])} during {why['phase']}"
+            log.warning("trial %d failed (%s): %s; its worker is replaced", s.n, s.cfg.note or s.cfg.id, err)
+            rec = TrialRecord(trial=s.n, config_id=s.cfg.id, config=s.cfg.to_dict(), status="failed", note=s.cfg.note,
+                              error=err)
+            s.started = True  # (answered, never run again)
+            if s is slots[head]:
+                out = rec
+            else:
+                self.history.add_ahead(rec)
+        return out
+
+    @staticmethod
+    def _broken(slots: list[_Slot]) -> str | None:
+        """The pool's error when a worker died (every future in flight then holds it)."""
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        for s in slots:
+            f = s.future
+            if f is not None and f.done() and not f.cancelled() and isinstance(f.exception(), BrokenProcessPool):
+                return str(f.exception())
+        return None
+
+    def _wait_once(self, slots: list[_Slot], head: int) -> TrialRecord:
         slot = slots[head]
+        broken = self._broken(slots)
+        if broken is not None:
+            raise _Broken(broken)
         while slot.future is not None and not slot.future.done():
             left = self._left()
             running = [s.future for s in slots[head:] if s.future is not None]
@@ -525,23 +667,29 @@ class TrialScheduler:
         running = [s for s in slots if s.future is not None]
         if not running:
             return
+        broken = False
         if not kill:
             cf.wait([s.future for s in running])
         for s in running:
             try:
-                if s.future.done() and not s.future.cancelled():
+                if s.future is not None and s.future.done() and not s.future.cancelled():
                     self._keep_ahead(s)
                     continue
-            except LpotError:  # its worker died
-                pass
-            self._stopped(s.n, s.cfg, "the run stopped")
-        if kill:
-            self.close(kill=True)
+            except _Broken:  # a worker died: what was in flight runs again when it is proposed again
+                broken = True
+            self._stopped(s.n, s.cfg, "a worker process died" if broken else "the run stopped")
+        if kill or broken:
+            self._close_pool(kill=True)
 
-    def close(self, kill: bool = False) -> None:
+    def _close_pool(self, kill: bool = False) -> None:
         if self.pool is not None:
             pool, self.pool = self.pool, None
             pool.close(kill)
+
+    def close(self, kill: bool = False) -> None:
+        """At the end of the run: the workers go, and this process's fault record."""
+        self._close_pool(kill)
+        self.faults.close()
 
 
 __all__ = ["Pool", "Stop", "Task", "TrialScheduler", "make_pool", "run_task"]

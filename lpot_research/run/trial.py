@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from lpot_research.core.deadline import TrialTimeout
@@ -43,11 +43,16 @@ class TrialRunner:
         self.evaluator, self.criterion, self.objective = evaluator, criterion, objective
         self.bench, self.bench_inputs = bench, bench_inputs
         self.baseline: dict[str, Any] = {}
+        # told (trial, config id, phase) as a trial enters quantize and evaluate, so that the process's
+        # death in it is known afterwards (lpot_research.run.crashes)
+        self.on_phase: Callable[[int, str, str], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """To a worker process: the model in the form its adaptor sends (Adaptor.portable)."""
+        """To a worker process: the model in the form its adaptor sends (Adaptor.portable); the worker
+        keeps its own record of phases."""
         state = dict(self.__dict__)
         state["model"] = self.adaptor.portable(self.model, self.example_inputs)
+        state["on_phase"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -69,7 +74,9 @@ class TrialRunner:
         qmodel, outcome, metrics, costs, err = None, None, {}, {}, None
         base = self.baseline["accuracy"]
         try:
+            self._phase(n, cfg, "quantize")
             qmodel, costs = self.quantize(cfg)
+            self._phase(n, cfg, "evaluate")
             t1 = time.perf_counter()
             outcome = self.evaluator.evaluate(qmodel, f"trial {n} model", self.criterion.threshold(base),
                                               self.criterion.hib)
@@ -95,6 +102,10 @@ class TrialRunner:
         rec.duration_s = time.perf_counter() - t0
         rec.elapsed_s = elapsed + rec.duration_s
         return rec, qmodel, outcome
+
+    def _phase(self, n: int, cfg: TuneConfig, phase: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(n, cfg.id, phase)
 
     def unmeasured(self, rec: TrialRecord) -> bool:
         """A passing trial that lacks a measurement it gets (`needs`)."""
