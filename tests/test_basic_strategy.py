@@ -32,8 +32,10 @@ def test_stage_order_and_stop_when_met(tmp_path):
     assert set(s.best.fallback_dtypes.values()) == {"bf16"}
     assert s.best.accuracy == 0.992
     assert "fallback meets the criterion" not in s.stop_reason  # the tuner stopped it at the first pass
-    # the probe quantizations happen outside trials: 4 model-wise + 4 ops alone + 3 stage-3 trials
-    assert len(adaptor.quantize_calls) == 4 + 4 + 3
+    # the probe quantizations happen outside trials: 4 model-wise + 4 ops alone + 3 stage-3 trials, and the
+    # most accurate model-wise config again, timed at the end as the all-INT8 limit
+    assert len(adaptor.quantize_calls) == 4 + 4 + 3 + 1
+    assert adaptor.quantize_calls[-1] == s.all_int8["config_id"]
 
 
 def test_a_resumed_run_reuses_the_recorded_impact(tmp_path):

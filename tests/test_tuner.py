@@ -5,6 +5,7 @@ import pytest
 
 from lpot_research import tune
 from lpot_research.core.errors import ConfigError, DataError
+from lpot_research.run.history import History
 from lpot_research.run.summary import Summary
 from lpot_research.strategies import Strategy
 from lpot_research.strategies.basic import BasicStrategy
@@ -321,3 +322,44 @@ def test_passing_trials_the_measurement_cannot_tell_from_the_best_are_named(tmp_
     assert s.best.within_noise == same
     assert "Within measurement noise of the best's latency: trial(s) " + ", ".join(map(str, same)) in \
         (tmp_path / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- the speed limit
+def test_the_all_int8_latency_stands_beside_a_best_with_fallbacks(tmp_path):
+    """basic's most accurate model-wise trial (all INT8) is measured at the end: the limit the fallback ops
+    give latency back from, in summary.json, report.md and the closing lines."""
+    res = run_fake(tmp_path)
+    s, ts = res.summary, trials(tmp_path)
+    best = ts[s.best.trial - 1]
+    model_wise = [t for t in ts if t.note.startswith("model-wise")]
+    top = max(model_wise, key=lambda t: t.accuracy)
+    assert s.best.fallback_ops and s.all_int8["trial"] == top.trial
+    assert s.all_int8["latency_ratio"] == pytest.approx(top.metrics["latency_ratio"])  # measured at the end
+    assert s.all_int8["latency_ratio"] < s.best.latency_ratio
+    assert s.all_int8["fallbacks"] == len(s.best.fallback_ops)
+    assert s.all_int8["fallback_cost"] == pytest.approx(best.metrics["latency_ratio"] / top.metrics["latency_ratio"]
+                                                        - 1, abs=1e-4)
+    assert json.loads((tmp_path / "summary.json").read_text())["all_int8"] == s.all_int8
+    assert f"| all-INT8 (trial {top.trial}; the {len(s.best.fallback_ops)} fallback(s) cost" in \
+        (tmp_path / "report.md").read_text()
+
+
+def test_a_run_that_never_tried_all_int8_measures_it_once(tmp_path):
+    """A strategy that never proposed a model-wise configuration: the first one is quantized and timed
+    apart, once, and a resume reads it from the history."""
+    cfg = {"exit_policy": {"timeout": 0, "max_trials": 40}, "random_seed": 3}
+    res = run_fake(tmp_path, FakeAdaptor(ops=3), "random", cfg)
+    ts = trials(tmp_path)
+    assert res.summary.met_criterion and not any(t.note.startswith("model-wise") for t in ts)
+    a = res.summary.all_int8
+    assert a["trial"] is None and a["latency_ratio"] == pytest.approx(3 / 12)  # 3 INT8 ops of cost 1, FP32 4 each
+    h = History.read(tmp_path)
+    assert h.analysis_records["all_int8"] == 1
+    assert run_fake(tmp_path, FakeAdaptor(ops=3), "random", cfg).summary.all_int8 == a
+    assert History.read(tmp_path).analysis_records["all_int8"] == 1, "measured once per run"
+
+
+def test_a_best_that_is_all_int8_has_nothing_given_back(tmp_path):
+    s = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.001] * 3)).summary
+    assert not s.best.fallback_ops and s.all_int8["fallbacks"] == 0 and s.all_int8["fallback_cost"] == 0
+    assert "all-INT8" not in (tmp_path / "report.md").read_text()

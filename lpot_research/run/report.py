@@ -57,6 +57,11 @@ def cost_totals(trials: list[TrialRecord], baseline: dict[str, Any], analysis_se
             "benchmarked": sum("latency_ms" in t.metrics for t in trials)}
 
 
+def latency_of(metrics: dict[str, float]) -> dict[str, float | None]:
+    """A trial's latency measurements (its ratio to FP32 from interleaved pairs, their spread)."""
+    return {k: metrics.get(k) for k in ("latency_ms", "latency_ratio", "latency_spread", "fp32_latency_ms")}
+
+
 def cost_line(c: Costs) -> str:
     """Where the time went, in one line (the closing log and report.md)."""
     other = (f", other {c.other_s:.1f} s" if c.other_s is not None
@@ -96,8 +101,8 @@ class Reporter:
     def __init__(self, run: RunView, writer: ModelWriter) -> None:
         self.run, self.writer = run, writer
 
-    def summary(self, best: TrialRecord | None, stop_reason: str, elapsed: float, model_path: Path | None
-                ) -> Summary:
+    def summary(self, best: TrialRecord | None, stop_reason: str, elapsed: float, model_path: Path | None,
+                all_int8: dict[str, Any] | None = None) -> Summary:
         run = self.run
         b, trials, space = run.baseline, run.history.trials, run.space
         assert run.evaluation is not None  # the view after the baseline
@@ -120,6 +125,10 @@ class Reporter:
                 within_noise=[t.trial for t in latency_rivals(trials, best, b)],
             )
         ratio = best_s.latency_ratio if best_s else None
+        if all_int8 is not None and best_s is not None:
+            limit = all_int8.get("latency_ratio")
+            all_int8 = {**all_int8, "fallbacks": len(best_s.fallback_ops),
+                        "fallback_cost": round(ratio / limit - 1, 4) if ratio and limit else None}
         return Summary(
             names=dict(run.names),
             objective=run.objective.name,
@@ -143,6 +152,7 @@ class Reporter:
             pareto_front=[ParetoPoint(trial=r.trial, accuracy=r.accuracy, objective=r.objective, note=r.note)
                           for r in pareto_front(trials, run.criterion.hib)],
             run_dir=str(run.out),
+            all_int8=all_int8,
         )
 
     def write(self, summary: Summary, best: TrialRecord | None, best_model: Any) -> Path | None:
@@ -190,6 +200,13 @@ class Reporter:
             rows.append((f"#{best.trial}", "best", best.shown_accuracy, best.metrics.get("latency_ms"),
                          best.metrics.get("fp32_latency_ms"), metric_ratio(best, b, "latency_ms"),
                          best.metrics.get("size_bytes"), best.note))
+        a = s.all_int8
+        if a and a["fallbacks"] and a.get("trial") not in shown:
+            t = run.history.trials[a["trial"] - 1] if a.get("trial") else None
+            shown.add(a.get("trial"))
+            rows.append((f"#{a['trial']}" if t else "-", "all-int8", t.shown_accuracy if t else None, a["latency_ms"],
+                         a.get("fp32_latency_ms"), a.get("latency_ratio"), t.metrics.get("size_bytes") if t else None,
+                         "every quantizable op INT8 (model-wise): the speed limit"))
         for p in pareto_front(run.history.trials, run.criterion.hib):
             if p.trial not in shown:
                 shown.add(p.trial)
@@ -230,6 +247,11 @@ class Reporter:
                      (d.size_bytes or 0) / 1e6, b["size_bytes"] / 1e6)
         if d.latency_ratio is not None and d.quantized_ops:
             _log_speed(d, best, b)
+        if s.all_int8 and s.all_int8.get("latency_ratio") and s.all_int8["fallbacks"]:
+            a = s.all_int8
+            log.info("all-INT8 (%s) %.2fx FP32%s: the %d fallback op(s) cost %+.0f%% latency over it",
+                     f"trial {a['trial']}" if a["trial"] else "measured apart", a["latency_ratio"],
+                     plus_minus(a.get("latency_spread")), a["fallbacks"], 100 * (a["fallback_cost"] or 0))
         if d.within_noise:
             log.info("within measurement noise of the best's latency (as fast, as far as can be measured): trial(s) %s",
                      ", ".join(f"#{t}" for t in d.within_noise))
@@ -331,6 +353,14 @@ def write_report(out: Path, s: Summary, trials: list[TrialRecord]) -> None:
                      f"{'-' if lat is None else f'{lat:.3f}'} | {'-' if fp32 is None else f'{fp32:.3f}'} | "
                      f"{ratio_text(best.latency_ratio)}{plus_minus(best.latency_spread)}"
                      f" | {(best.size_bytes or 0) / 1e6:.3f} | {ratio_text(best.size_ratio)} |")
+        a = s.all_int8
+        if a and a["fallbacks"]:
+            lat, fp32 = a.get("latency_ms"), a.get("fp32_latency_ms")
+            where = f"trial {a['trial']}" if a.get("trial") else "measured apart"
+            lines.append(f"| all-INT8 ({where}; the {a['fallbacks']} fallback(s) cost "
+                         f"{100 * (a['fallback_cost'] or 0):+.0f}% latency) | - | {'-' if lat is None else f'{lat:.3f}'} | "
+                         f"{'-' if fp32 is None else f'{fp32:.3f}'} | "
+                         f"{ratio_text(a.get('latency_ratio'))}{plus_minus(a.get('latency_spread'))} | - | - |")
         lines += ["", f"Quantized ops: {best.quantized_ops}; fallback ops: "
                   + (", ".join(f"`{n}` ({d})" for n, d in best.fallback_dtypes.items()) or "none")]
         if best.within_noise:

@@ -130,6 +130,10 @@ class Summary:
     space_size: int
     pareto_front: list[ParetoPoint] = field(default_factory=list)
     run_dir: str = ""
+    # the all-INT8 model's latency beside a passing best: {config_id, trial (None: measured apart),
+    # latency_ms, latency_ratio, latency_spread, fp32_latency_ms, fallbacks, fallback_cost (the best's
+    # latency over it, minus 1: what the fallbacks give back)}
+    all_int8: dict[str, Any] | None = None
 
     @property
     def strategy(self) -> str:
@@ -171,4 +175,5 @@ class Summary:
             costs=Costs.from_dict(d["costs"]), evaluation=EvaluationSummary.from_dict(d["evaluation"]),
             cpu=dict(d["cpu"]), cpu_notes=list(d["cpu_notes"]), space_size=d["space_size"],
             pareto_front=[ParetoPoint.from_dict(p) for p in d["pareto_front"]], run_dir=d["run_dir"],
+            all_int8=d.get("all_int8"),  # (added later: older summaries lack it)
         )

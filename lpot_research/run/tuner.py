@@ -25,10 +25,10 @@ from lpot_research.quant.criterion import AccuracyCriterion
 from lpot_research.quant.ranking import better, rank_key
 from lpot_research.quant.space import TuneConfig, TuningSpace, build_space
 from lpot_research.run.callbacks import Callback, RunView
-from lpot_research.run.history import EVAL_ORDER, FP32_SCORES, History, TrialRecord
+from lpot_research.run.history import ALL_INT8, EVAL_ORDER, FP32_SCORES, History, TrialRecord
 from lpot_research.run.inspector import Inspector
 from lpot_research.run.policy import ExitPolicy, Parallel
-from lpot_research.run.report import ModelWriter, Reporter
+from lpot_research.run.report import ModelWriter, Reporter, latency_of
 from lpot_research.run.scheduler import Stop, TrialScheduler
 from lpot_research.run.summary import EvaluationSummary, Summary
 from lpot_research.run.trial import TrialRunner, one_line
@@ -226,6 +226,33 @@ class Tuner:
             rec.accuracy = accuracy
         self.runner.measure_recorded(self.history, rec, model, keys, accuracy=accuracy, samples=samples)
 
+    def _all_int8(self, best: TrialRecord) -> dict[str, Any] | None:
+        """The latency of the all-INT8 model (every quantizable op INT8: a model-wise configuration), the
+        limit fallback gives speed back from: the most accurate model-wise trial on record, measured now
+        if it was not; else the first model-wise configuration, quantized and measured once per run (kept
+        in the history for a resume)."""
+        model_wise = {c.id: c for c in self.space.model_wise_configs()}
+        on_record = sorted((t for t in self.history.trials if t.ok and t.config_id in model_wise),
+                           key=lambda t: rank_key(t, self.criterion.hib))
+        if on_record:
+            rec = on_record[0]
+            if "latency_ms" not in rec.metrics:
+                self.runner.measure_recorded(self.history, rec, self._model_of(rec), ("latency_ms",))
+            return {"config_id": rec.config_id, "trial": rec.trial, **latency_of(rec.metrics)}
+        if ALL_INT8 not in self.history.analysis:
+            cfg = next(iter(model_wise.values()))
+            t0 = time.perf_counter()
+            probe = TrialRecord(trial=0, config_id=cfg.id, config=cfg.to_dict(), status="ok")
+            try:
+                qmodel, _ = self.runner.quantize(cfg)
+                self.runner.measure(probe, qmodel, ("latency_ms",))
+            except Exception as e:  # noqa: BLE001 - a reference that does not build is said, not fatal
+                log.warning("the all-INT8 reference (%s) could not be measured: %s", cfg.id, one_line(e))
+                return None
+            self.history.add_analysis(ALL_INT8, {"config_id": cfg.id, "trial": None, **latency_of(probe.metrics)},
+                                      seconds=time.perf_counter() - t0)
+        return dict(self.history.analysis[ALL_INT8])
+
     def _finish(self, stop_reason: str, interrupted: bool) -> TuneResult:
         hib = self.criterion.hib
         ranked = sorted((r for r in self.history.trials if r.ok), key=lambda r: rank_key(r, hib))
@@ -237,10 +264,11 @@ class Tuner:
         elif best is not None and "latency_ms" not in best.metrics:  # e.g. objective=modelsize
             self._complete(best, ("latency_ms",))
         model = self._model_of(best) if best is not None else self.runner.model
+        all_int8 = self._all_int8(best) if best is not None and best.passed else None
         assert self.view is not None
         reporter = Reporter(self.view, ModelWriter(lambda m, path: self.adaptor.save(m, path, self.example_inputs),
                                                    self.adaptor.predict, self.runner.bench_inputs))
-        summary = reporter.summary(best, stop_reason, self._elapsed(), None)
+        summary = reporter.summary(best, stop_reason, self._elapsed(), None, all_int8)
         reporter.write(summary, best, model if best is not None else None)
         self._emit("on_finish", summary)
         reporter.log(summary, best)
