@@ -94,3 +94,13 @@ def test_calibration_dataloader_through_the_api(tmp_path):
     assert r.summary.met_criterion
     with pytest.raises(ConfigError, match="give a calib_dataloader, or describe one"):
         lpot_research.tune(b.model, None, b.eval_dataloader, b.metric, output_dir=tmp_path / "none")
+
+
+def test_the_digits_read_from_scikit_learns_file_are_load_digits_own():
+    from sklearn.datasets import load_digits
+
+    from lpot_research.models.data import sklearn_digits
+
+    images, target = sklearn_digits()
+    d = load_digits()
+    assert images.shape == (1797, 8, 8) and np.array_equal(images, d.images) and np.array_equal(target, d.target)

@@ -35,9 +35,10 @@ def test_bad_parallel_settings_are_one_clear_error(tmp_path, parallel, needle):
 
 def test_a_dask_scheduler_that_does_not_answer_is_a_clear_error(tmp_path):
     pytest.importorskip("distributed", reason=NO_DASK)
-    with pytest.raises(ConfigError, match="no dask scheduler answers there"):
+    with pytest.raises(ConfigError, match=r"no dask scheduler answers there within parallel.connect_timeout=3 s"):
         run_fake(tmp_path, FakeAdaptor(), "random", merge(NO_PASS, LONG, {"parallel": {
-            "workers": 2, "backend": "dask", "address": "tcp://127.0.0.1:9"}}))
+            "workers": 2, "backend": "dask", "address": "tcp://127.0.0.1:9", "connect_timeout": 3}}))
+
 
 
 class Unpicklable(FakeAdaptor):

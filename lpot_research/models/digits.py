@@ -17,7 +17,7 @@ from torch import nn
 
 from lpot_research.measure.metrics import TopK
 from lpot_research.models import ModelBundle, check_framework, trained_weights
-from lpot_research.models.data import ArrayLoader
+from lpot_research.models.data import ArrayLoader, sklearn_digits
 from lpot_research.quant.space import stable_hash
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,11 @@ class DigitsNet(nn.Module):
 
 
 def digits_arrays(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    images, target = sklearn_digits()
+    x = torch.tensor(images, dtype=torch.float32)[:, None] / 16.0
     x = nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     x = (x - 0.3) / 0.4
-    return x, torch.tensor(d.target, dtype=torch.int64)
+    return x, torch.from_numpy(target)
 
 
 class DigitsCNN:

@@ -44,6 +44,7 @@ class Parallel:
     backend: str = "loky"
     address: Optional[str] = None  # noqa: UP045 - a dask scheduler, e.g. tcp://10.0.0.1:8786
     isolate: bool = False
+    connect_timeout: float = 30.0  # seconds the dask scheduler at `address` has to answer
 
     @property
     def pooled(self) -> bool:
@@ -54,6 +55,9 @@ class Parallel:
         w = self.workers
         if not isinstance(w, int) or isinstance(w, bool) or w < 1:
             raise ConfigError(f"parallel.workers={w!r} must be an int >= 1")
+        t = self.connect_timeout
+        if isinstance(t, bool) or not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
+            raise ConfigError(f"parallel.connect_timeout={t!r} must be seconds > 0")
         if not isinstance(self.isolate, bool):
             raise ConfigError(f"parallel.isolate={self.isolate!r} must be true or false")
         if self.backend not in BACKENDS:

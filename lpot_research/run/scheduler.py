@@ -226,7 +226,8 @@ class LokyPool(Pool):
 
 
 class DaskPool(Pool):
-    def __init__(self, runner: TrialRunner, workers: int, threads: int, address: str | None) -> None:
+    def __init__(self, runner: TrialRunner, workers: int, threads: int, address: str | None,
+                 connect_timeout: float = 30.0) -> None:
         self.where = f"the dask cluster at {address}" if address else "a local dask cluster"
         super().__init__(runner, workers, threads)
         try:
@@ -240,10 +241,10 @@ class DaskPool(Pool):
                                         dashboard_address=None, env={"OMP_NUM_THREADS": str(threads),
                                                                      "MXNET_OMP_MAX_THREADS": str(threads)})
         try:
-            self.client = Client(self.cluster or address, timeout="30s")
+            self.client = Client(self.cluster or address, timeout=f"{connect_timeout}s")
         except OSError as e:
-            raise ConfigError(f"parallel.address={address!r}: no dask scheduler answers there ({one_line(e)})"
-                              ) from None
+            raise ConfigError(f"parallel.address={address!r}: no dask scheduler answers there within "
+                              f"parallel.connect_timeout={connect_timeout:g} s ({one_line(e)})") from None
         self.data = self.client.scatter(self.payload, broadcast=True, hash=False)
         self.executor = self.client.get_executor(pure=False)
         self.running: dict[str, list[cf.Future]] = {}
@@ -279,7 +280,7 @@ class _Broken(Exception):  # noqa: N818 - control flow inside the scheduler
 
 def make_pool(runner: TrialRunner, parallel: Parallel, threads: int) -> Pool:
     if parallel.backend == "dask":
-        return DaskPool(runner, parallel.workers, threads, parallel.address)
+        return DaskPool(runner, parallel.workers, threads, parallel.address, parallel.connect_timeout)
     return LokyPool(runner, parallel.workers, threads)
 
 
