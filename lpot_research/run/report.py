@@ -358,8 +358,8 @@ def write_report(out: Path, s: Summary, trials: list[TrialRecord]) -> None:
             lat, fp32 = a.get("latency_ms"), a.get("fp32_latency_ms")
             where = f"trial {a['trial']}" if a.get("trial") else "measured apart"
             lines.append(f"| all-INT8 ({where}; the {a['fallbacks']} fallback(s) cost "
-                         f"{100 * (a['fallback_cost'] or 0):+.0f}% latency) | - | {'-' if lat is None else f'{lat:.3f}'} | "
-                         f"{'-' if fp32 is None else f'{fp32:.3f}'} | "
+                         f"{100 * (a['fallback_cost'] or 0):+.0f}% latency) | - | "
+                         f"{'-' if lat is None else f'{lat:.3f}'} | {'-' if fp32 is None else f'{fp32:.3f}'} | "
                          f"{ratio_text(a.get('latency_ratio'))}{plus_minus(a.get('latency_spread'))} | - | - |")
         lines += ["", f"Quantized ops: {best.quantized_ops}; fallback ops: "
                   + (", ".join(f"`{n}` ({d})" for n, d in best.fallback_dtypes.items()) or "none")]
