@@ -65,7 +65,8 @@ class FakeAdaptor(Adaptor):
                  kl_factor: float = 0.5, sleep: float = 0.0, fail_ops: Iterable[str] = (), threads: Any = None,
                  sym_penalty: float = 0.0, names: list[str] | None = None, eval_log: str | None = None,
                  save_sleep: float = 0.0, sleep_spread: int = 1, per_sample: int = 0, crash_ops: Iterable[str] = (),
-                 crash_in: str = "quantize", crash_dtype: str = "int8", crash_signal: int = 11) -> None:
+                 crash_in: str = "quantize", crash_dtype: str = "int8", crash_signal: int = 11,
+                 probe_penalties: list[float] | None = None, pair_penalties: Iterable[Any] = ()) -> None:
         # `names`: op names in model order (e.g. ones that do not sort in model order)
         self.ops = list(names) if names is not None else [f"op{i}" for i in range(ops)]
         ops = len(self.ops)
@@ -75,6 +76,12 @@ class FakeAdaptor(Adaptor):
         # quantize sleeps sleep x (1..sleep_spread), by config: trials finish out of order
         self.sleep_spread = int(sleep_spread)
         self.sym_penalty = sym_penalty
+        # what per-op output inspection sees of each op (default: its accuracy penalty): a probe batch
+        # that misjudges the ops makes basic's sensitivity order imperfect
+        self.probe_penalties = list(probe_penalties) if probe_penalties is not None else self.penalties
+        # [(a, b, p)]: p more accuracy lost when ops a and b are both INT8 (error that compounds across
+        # ops: quantizing either one alone, as basic's sensitivity does, does not show it)
+        self.pair_penalties = [(str(a), str(b), float(pp)) for a, b, pp in pair_penalties]
         self.fail_ops = set(fail_ops)
         # a config giving one of `crash_ops` the dtype `crash_dtype` kills its process with `crash_signal`
         # in `crash_in` (quantize | evaluate), as a kernel's segfault or the OOM killer would
@@ -105,6 +112,8 @@ class FakeAdaptor(Adaptor):
                 acc -= p * f + (self.sym_penalty if c.activation and c.activation.scheme == "sym" else 0.0)
             elif c.dtype == "bf16":
                 acc -= self.bf16_penalty
+        for a, b, p in self.pair_penalties:
+            acc -= p if cfg.op(a).quantized and cfg.op(b).quantized else 0.0
         return round(acc, 10)
 
     def quantize(self, model: Any, config: TuneConfig, calib_dataloader: Any, example_inputs: Any) -> FakeModel:
@@ -171,7 +180,7 @@ class FakeAdaptor(Adaptor):
         out = {}
         for n in op_names:
             c = model.config.op(n)
-            out[n] = np.ones(4) + (self.penalties[self.ops.index(n)] if c.quantized else 0.0)
+            out[n] = np.ones(4) + (self.probe_penalties[self.ops.index(n)] if c.quantized else 0.0)
         return out
 
     def save(self, model: FakeModel, path: Path, example_inputs: Any) -> Path:

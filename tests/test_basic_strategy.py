@@ -8,6 +8,9 @@ fallback removes) follows its penalty.
 
 import dataclasses
 
+import pytest
+
+from lpot_research.core.errors import ConfigError
 from lpot_research.run.history import SENSITIVITY, History, analysis_key
 from lpot_research.strategies.basic import BasicStrategy
 from tests.fakes import FakeAdaptor
@@ -24,17 +27,21 @@ def test_stage_order_and_stop_when_met(tmp_path):
     # runs on a probe batch; how far that moves the output from FP32 is kept in the history
     [impact] = History.read(tmp_path).per_config(SENSITIVITY).values()
     assert sorted(impact, key=lambda n: -impact[n]) == ["op3", "op2", "op1", "op0"]
-    # stage 3 falls back op3, op2, op1 (0.969, 0.983, 0.992 >= 0.99) and the first pass ends the run
-    assert notes[4:] == [f"stage 3: +op{i} -> bf16 ({k}/4 ops)" for k, i in ((1, 3), (2, 2), (3, 1))]
+    # stage 3 falls back op3, op2, op1 (0.969, 0.983, 0.992 >= 0.99): the first pass
+    assert notes[4:7] == [f"stage 3: +op{i} -> bf16 ({k}/4 ops)" for k, i in ((1, 3), (2, 2), (3, 1))]
+    # stage 4 quantizes each fallback again, least sensitive first: op1's is stage 3's failing second
+    # config (answered from the history, no trial), op2's and op3's fail (0.976, 0.971): all three are needed
+    assert notes[7:] == ["stage 4: op2 back to INT8 (2/3)", "stage 4: op3 back to INT8 (3/3)"]
     s = res.summary
-    assert s.met_criterion and s.trials == 7
+    assert s.met_criterion and s.trials == 9
     assert sorted(s.best.fallback_ops) == ["op1", "op2", "op3"]
     assert set(s.best.fallback_dtypes.values()) == {"bf16"}
     assert s.best.accuracy == 0.992
-    assert "fallback meets the criterion" not in s.stop_reason  # the tuner stopped it at the first pass
-    # the probe quantizations happen outside trials: 4 model-wise + 4 ops alone + 3 stage-3 trials, and the
-    # most accurate model-wise config again, timed at the end as the all-INT8 limit
-    assert len(adaptor.quantize_calls) == 4 + 4 + 3 + 1
+    assert s.stop_reason == ("strategy finished: cumulative bf16 fallback meets the criterion; refinement quantized 0 "
+                             "of its 3 fallback op(s) again (2 trial(s))")
+    # the probe quantizations happen outside trials: 4 model-wise + 4 ops alone + 3 stage-3 and 2 stage-4
+    # trials, and the most accurate model-wise config again, timed at the end as the all-INT8 limit
+    assert len(adaptor.quantize_calls) == 4 + 4 + 3 + 2 + 1
     assert adaptor.quantize_calls[-1] == s.all_int8["config_id"]
 
 
@@ -42,9 +49,10 @@ def test_a_resumed_run_reuses_the_recorded_impact(tmp_path):
     run_fake(tmp_path, FakeAdaptor(ops=4), BasicStrategy(seed=1), config={"exit_policy": {"max_trials": 5}})
     again = FakeAdaptor(ops=4)
     res = run_fake(tmp_path, again, BasicStrategy(seed=1))
-    assert res.summary.trials == 7
-    # only the two new stage-3 trials quantize (the best is the last, in memory): no probe ran again
-    assert len(again.quantize_calls) == 2
+    assert res.summary.trials == 9
+    # only the new stage-3 and stage-4 trials quantize (the best, stage 3's last, is kept in memory): no
+    # probe ran again
+    assert len(again.quantize_calls) == 2 + 2
     h = History.read(tmp_path)
     [base] = h.per_config(SENSITIVITY)  # one base configuration, its impact written once
     assert h.analysis_records[analysis_key(SENSITIVITY, base)] == 1
@@ -63,9 +71,9 @@ def test_without_measured_impact_stage2_runs_a_trial_per_op(tmp_path):
     assert notes[4:8] == [f"stage 2: op{i} -> bf16 alone" for i in (3, 2, 1, 0)]
     # none passed alone: the first 2 ops together (0.963) fail, then stage 3 in stage 2's order, where
     # "+op3" repeats a stage-2 config and costs no trial; +op1 reaches 0.992
-    assert notes[8:] == ["stage 2b: first 2 ops -> bf16", "stage 3: +op2 -> bf16 (2/4 ops)",
-                         "stage 3: +op1 -> bf16 (3/4 ops)"]
-    assert res.summary.met_criterion and res.summary.trials == 11
+    assert notes[8:11] == ["stage 2b: first 2 ops -> bf16", "stage 3: +op2 -> bf16 (2/4 ops)",
+                           "stage 3: +op1 -> bf16 (3/4 ops)"]
+    assert res.summary.met_criterion and res.summary.trials == 11 + 2  # and two stage-4 trials
 
 
 BLOCK = {"ops": 8, "penalties": [0.01] * 4 + [0.0005] * 4}  # the first four of eight ops carry the error
@@ -76,9 +84,11 @@ def test_block_stage_finds_the_input_side_prefix(tmp_path):
     # with timeout 0 the first pass ends the run, so k grows one at a time from 2
     res = run_fake(tmp_path, FakeAdaptor(**BLOCK), TrialRanked())
     notes = history_notes(res)
-    assert notes[12:] == ["stage 2b: first 2 ops -> bf16", "stage 2b: first 3 ops -> bf16"]
+    assert notes[12:14] == ["stage 2b: first 2 ops -> bf16", "stage 2b: first 3 ops -> bf16"]
+    # stage 4 refines the block: each of its ops is needed (op2's try is the failing first-2 block, answered)
+    assert notes[14:] == ["stage 4: op0 back to INT8 (1/3)", "stage 4: op1 back to INT8 (2/3)"]
     s = res.summary
-    assert s.met_criterion and s.trials == 4 + 8 + 2
+    assert s.met_criterion and s.trials == 4 + 8 + 2 + 2
     assert sorted(s.best.fallback_ops) == ["op0", "op1", "op2"]
 
 
@@ -88,14 +98,15 @@ def test_block_stage_bisects_with_a_time_budget(tmp_path):
     res = run_fake(tmp_path, FakeAdaptor(**BLOCK), TrialRanked(), config={"exit_policy": {"timeout": 3600}})
     notes = history_notes(res)
     assert notes[12:15] == [f"stage 2b: first {k} ops -> bf16" for k in (4, 2, 3)]
-    assert notes[15:] and all(n.startswith("stage 3") for n in notes[15:])
+    assert notes[15:17] and all(n.startswith("stage 3") for n in notes[15:17])
+    assert notes[17:] and all(n.startswith("stage 4") for n in notes[17:])
     assert sorted(res.summary.best.fallback_ops) == ["op0", "op1", "op2"]
 
 
 def test_measured_sensitivity_finds_the_spread_error_without_a_block_stage(tmp_path):
     # each of the first four ops carries the same error: quantized alone, each moves the output most, so
     # they rank first and stage 3 takes them
-    res = run_fake(tmp_path, FakeAdaptor(**BLOCK), BasicStrategy())
+    res = run_fake(tmp_path, FakeAdaptor(**BLOCK), BasicStrategy(refine=0))
     notes = history_notes(res)
     assert all(n.startswith("stage 3") for n in notes[4:]) and len(notes) == 4 + 3
     fallback = res.summary.best.fallback_ops
@@ -132,10 +143,13 @@ def test_passing_model_wise_config_ends_after_stage1(tmp_path):
                                           "criterion; fallback cannot improve on it")
 
 
-def test_first_pass_stops_with_timeout_zero(tmp_path):
-    res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.001] * 3), BasicStrategy())
+@pytest.mark.parametrize("refine", [0, 8])
+def test_first_pass_stops_with_timeout_zero(tmp_path, refine):
+    res = run_fake(tmp_path, FakeAdaptor(ops=3, penalties=[0.001] * 3), BasicStrategy(refine=refine))
     assert res.summary.trials == 1 and res.summary.met_criterion
-    assert "first passing" in res.summary.stop_reason
+    assert res.summary.stop_reason == ("met the criterion (timeout=0: stop at the first passing config)" if not refine
+                                       else "strategy finished: the best model-wise configuration meets the "
+                                       "criterion; fallback cannot improve on it")
 
 
 def test_failing_op_is_routed_around(tmp_path):
@@ -143,6 +157,41 @@ def test_failing_op_is_routed_around(tmp_path):
     # either, so it ranks first (infinitely sensitive) and falls back first
     res = run_fake(tmp_path, FakeAdaptor(ops=3, fail_ops=["op0"]), BasicStrategy())
     s = res.summary
-    assert s.failed_trials == 4 and s.met_criterion
+    # the model-wise four and stage 4's try of op0 in INT8 again fail to build
+    assert s.failed_trials == 4 + 1 and s.met_criterion
     assert history_notes(res)[4] == "stage 3: +op0 -> bf16 (1/3 ops)"
+    assert history_notes(res)[-1] == "stage 4: op0 back to INT8 (3/3)"
     assert "op0" in s.best.fallback_ops
+
+
+PAIR = {"ops": 4, "penalties": [0.001, 0.001, 0.001, 0.006], "pair_penalties": [("op0", "op1", 0.012)]}
+
+
+def test_refinement_drops_the_fallbacks_the_passing_config_does_not_need(tmp_path):
+    """op0 and op1 lose 1.2% together and nothing alone: sensitivity ranks op3 first, stage 3 needs three
+    fallbacks (op3, op2, then op1, which breaks the pair) and stage 4 finds that op1's alone suffices."""
+    res = run_fake(tmp_path / "refined", FakeAdaptor(**PAIR), BasicStrategy())
+    notes = history_notes(res)
+    assert notes[4:] == ["stage 3: +op3 -> bf16 (1/4 ops)", "stage 3: +op2 -> bf16 (2/4 ops)",
+                         "stage 3: +op1 -> bf16 (3/4 ops)", "stage 4: op2 back to INT8 (2/3)",
+                         "stage 4: op3 back to INT8 (3/3)"]
+    s = res.summary
+    assert s.met_criterion and s.best.fallback_ops == ["op1"] and s.best.trial == 9
+    assert s.all_int8["fallbacks"] == 1
+    seed_rule = run_fake(tmp_path / "first", FakeAdaptor(**PAIR), BasicStrategy(refine=0)).summary
+    assert sorted(seed_rule.best.fallback_ops) == ["op1", "op2", "op3"] and seed_rule.trials == 7
+    assert s.best.latency_ratio < seed_rule.best.latency_ratio  # each fallback given back is speed
+
+
+def test_refinement_is_bounded_when_the_first_pass_ends_the_run_and_not_with_a_time_budget(tmp_path):
+    one = run_fake(tmp_path / "one", FakeAdaptor(**PAIR), BasicStrategy(refine=1)).summary
+    assert one.trials == 7 + 1 and sorted(one.best.fallback_ops) == ["op1", "op3"]
+    assert one.stop_reason.endswith("(1 trial(s), bounded by strategy.refine=1)")
+    budget = run_fake(tmp_path / "budget", FakeAdaptor(**PAIR), BasicStrategy(refine=1),
+                      config={"exit_policy": {"timeout": 3600}}).summary
+    assert budget.best.fallback_ops == ["op1"] and budget.stop_reason.endswith("(2 trial(s))")
+
+
+def test_a_bad_refine_value_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"strategy.refine=-1 must be an int >= 0"):
+        BasicStrategy(refine=-1)

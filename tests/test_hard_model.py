@@ -43,7 +43,9 @@ def test_minilm_fallback_meets_the_criterion_within_the_anchors_trials(tmp_path,
     # fallback brings it within the criterion, and says which ops it kept in bf16/fp32
     assert s["met_criterion"] and s["best"]["fallback_ops"] and len(trials) <= MAX_TRIALS
     assert s["best"]["accuracy"] >= s["criterion"]["threshold"]
-    assert trials[-1].note.startswith("stage 3")
+    best = trials[s["best"]["trial"] - 1]
+    assert best.note.startswith(("stage 3", "stage 4"))  # cumulative fallback, maybe refined
+    assert all(t.note.startswith("stage 4") for t in trials[trials.index(best) + 1:])
     if isa == "avx2":
         assert s["cpu"]["class"] == "AVX2" and set(s["best"]["fallback_dtypes"].values()) == {"fp32"}
     v = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_saved_model.py"), str(tmp_path)],

@@ -311,6 +311,8 @@ class TrialScheduler:
     repeats: int = 0
     _held: list[tuple[TrialRecord, Any]] = field(default_factory=list)  # on record, not yet reported
     solo: set[str] = field(default_factory=set)  # configs that run alone: in flight when an unknown one crashed
+    # timeout=0 ends the run at the first passing config, unless the strategy refines it (and then ends)
+    first_pass_ends: bool = True
 
     def __post_init__(self) -> None:
         self.records = self.history.by_id()
@@ -386,7 +388,7 @@ class TrialScheduler:
         return ev.per_sample and ev.order is None and FP32_SCORES in self.history.analysis
 
     def _end_if_passed(self, rec: TrialRecord) -> None:
-        if self.exit.timeout == 0 and rec.passed:
+        if self.first_pass_ends and self.exit.timeout == 0 and rec.passed:
             raise Stop("met the criterion (timeout=0: stop at the first passing config)")
 
     def _take_ahead(self, cfg: TuneConfig) -> TrialRecord:

@@ -126,7 +126,7 @@ class Tuner:
         self._elapsed0 = self.history.trials[-1].elapsed_s if self.history.trials else self.baseline["duration_s"]
         self._t0 = time.perf_counter()
         self.trials = TrialScheduler(self.runner, self.history, self.exit, self._elapsed, self._on_record,
-                                     self.parallel, self.threads)
+                                     self.parallel, self.threads, first_pass_ends=not self.strategy.refines_first_pass)
         if self.trials.workers > 1:
             self.inspector.spread = self.trials.spread
         interrupted = False

@@ -91,6 +91,9 @@ class Strategy:
     point a config's `_target_` at the subclass."""
 
     name = "base"
+    # True when the strategy, told that the first pass ends the run (ctx.first_pass_ends), still proposes
+    # a bounded refinement of that passing config and then ends itself: the tuner does not stop at it
+    refines_first_pass = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -15,7 +15,12 @@
    ops. k grows one at a time when the first passing config ends the run (timeout 0), else it is
    bisected;
 3. ops fall back cumulatively in impact order, most sensitive first, until the criterion is met (one
-   batch: the configs are known in advance; the run stops at the first that passes).
+   batch: the configs are known in advance; it stops at the first that passes);
+4. refinement: a fallback that the passing config does not need gives speed back for nothing, so each
+   fallback op is quantized again, one at a time (least sensitive first: the likeliest to be free),
+   and kept INT8 when the config still passes. A failing try is cheap (its evaluation stops as soon as
+   it cannot pass). With a time budget every fallback is tried; when the first pass ends the run
+   (timeout=0) at most `refine` are (0: no refinement, the seed's rule), then the strategy ends.
 
 Stages 2, 2b and 3 run for bf16 first, then for fp32 if bf16 fallback did not suffice. If the best
 model-wise configuration already passes, fallback cannot improve the objective and the strategy ends.
@@ -25,7 +30,15 @@ from __future__ import annotations
 
 from lpot_research.core.errors import ConfigError
 from lpot_research.quant.space import FALLBACK_DTYPES, OpChoice, TuneConfig
-from lpot_research.strategies.base import DEFAULT_SEED, Proposals, Strategy, StrategyContext, UntilPass, select_best
+from lpot_research.strategies.base import (
+    DEFAULT_SEED,
+    Proposals,
+    Result,
+    Strategy,
+    StrategyContext,
+    UntilPass,
+    select_best,
+)
 
 STAGE2 = ("sensitivity", "trials")
 
@@ -33,15 +46,23 @@ STAGE2 = ("sensitivity", "trials")
 class BasicStrategy(Strategy):
     name = "basic"
 
-    def __init__(self, seed: int = DEFAULT_SEED, stage2: str = "sensitivity", **options: object) -> None:
+    def __init__(self, seed: int = DEFAULT_SEED, stage2: str = "sensitivity", refine: int = 8,
+                 **options: object) -> None:
         super().__init__(seed, **options)
         if stage2 not in STAGE2:
             raise ConfigError(f"strategy.stage2={stage2!r} is unknown; valid choices: {list(STAGE2)}")
-        self.stage2 = stage2
+        if not isinstance(refine, int) or isinstance(refine, bool) or refine < 0:
+            raise ConfigError(f"strategy.refine={refine!r} must be an int >= 0 (fallback ops tried again in INT8 "
+                              "after the first pass when it ends the run; 0: none)")
+        self.stage2, self.refine = stage2, refine
+
+    @property
+    def refines_first_pass(self) -> bool:  # type: ignore[override]
+        return self.refine > 0
 
     def proposals(self, ctx: StrategyContext) -> Proposals:
         model_wise = ctx.space.model_wise_configs()
-        results = yield model_wise
+        results = yield UntilPass(model_wise) if ctx.first_pass_ends else model_wise
         best = select_best(results, ctx.criterion.hib)
         if best is not None and best.passed:
             return "the best model-wise configuration meets the criterion; fallback cannot improve on it"
@@ -53,11 +74,41 @@ class BasicStrategy(Strategy):
             if not ops:
                 continue
             order, blocks = yield from self.rank_ops(ctx, base, dtype, ops)
-            if blocks:  # with a time budget, stage 3 follows in case it needs fewer fallbacks
-                yield from self.block_fallback(ctx, base, dtype, ops[::-1])
-            if (yield from self.accumulate(base, dtype, order)):
-                return f"cumulative {dtype} fallback meets the criterion"
+            block = (yield from self.block_fallback(ctx, base, dtype, ops[::-1])) if blocks else None
+            if block is not None and ctx.first_pass_ends:  # (with a time budget, stage 3 may need fewer)
+                return (yield from self.refinement(ctx, base, block, order, "block"))
+            passing = yield from self.accumulate(base, dtype, order)
+            if passing is not None:
+                return (yield from self.refinement(ctx, base, passing, order, f"cumulative {dtype}"))
+            if block is not None:
+                return (yield from self.refinement(ctx, base, block, order, "block"))
         return "every candidate op has fallen back without meeting the criterion"
+
+    def refinement(self, ctx: StrategyContext, base: TuneConfig, passing: Result, order: list[str],
+                   how: str) -> Proposals:
+        """Stage 4: the fallback ops of `passing` quantized again as in `base`, one at a time, least
+        sensitive (last in `order`) first, each kept INT8 when the config still passes; the stop reason.
+        When the first pass ends the run, at most `refine` of them cost a trial (a config evaluated
+        before, e.g. the stage-3 one before the pass, is answered from the history)."""
+        rank = {n: i for i, n in enumerate(order)}
+        cfg, last = passing.config, passing.trial
+        fallbacks = sorted((n for n, c in cfg.ops if not c.quantized and base.op(n).quantized),
+                           key=lambda n: -rank.get(n, len(order)))
+        kept, tried, bounded = [], 0, False
+        for k, name in enumerate(fallbacks, 1):
+            if ctx.first_pass_ends and tried >= self.refine:
+                bounded = True
+                break
+            r = yield cfg.with_ops({name: base.op(name)}, f"stage 4: {name} back to INT8 ({k}/{len(fallbacks)})")
+            if r.trial > last:  # a new trial
+                tried, last = tried + 1, r.trial
+            if r.passed:
+                cfg, kept = r.config, [*kept, name]
+        said = f"{how} fallback meets the criterion"
+        if not fallbacks or not self.refine and ctx.first_pass_ends:
+            return said
+        return (f"{said}; refinement quantized {len(kept)} of its {len(fallbacks)} fallback op(s) again "
+                f"({tried} trial(s){f', bounded by strategy.refine={self.refine}' if bounded else ''})")
 
     @staticmethod
     def candidates(ctx: StrategyContext, base: TuneConfig, dtype: str) -> list[str]:
@@ -75,7 +126,10 @@ class BasicStrategy(Strategy):
             order = sorted(range(len(ops)), key=lambda i: (-impact[ops[i]], i))
             return [ops[i] for i in order], False
         hib = ctx.criterion.hib
-        results = yield [base.with_ops({n: OpChoice(dtype)}, f"stage 2: {n} -> {dtype} alone") for n in ops]
+        alone = [base.with_ops({n: OpChoice(dtype)}, f"stage 2: {n} -> {dtype} alone") for n in ops]
+        # (when the first pass ends the run, it ends this batch: a passing op ranks first, and stage 3's first
+        # config, the same one, is answered from the history)
+        results = yield UntilPass(alone) if ctx.first_pass_ends else alone
         scored = [((-r.accuracy if hib else r.accuracy) if r.ok and r.accuracy is not None else float("inf"), i)
                   for i, r in enumerate(results)]
         return [ops[i] for _, i in sorted(scored)], not any(r.passed for r in results)
@@ -83,7 +137,7 @@ class BasicStrategy(Strategy):
     @staticmethod
     def block_fallback(ctx: StrategyContext, base: TuneConfig, dtype: str, ops: list[str]) -> Proposals:
         """Stage 2b: the smallest k (2 <= k <= half of `ops`, in model order) such that the first k ops
-        falling back to `dtype` passes; True when one did."""
+        falling back to `dtype` passes; its result (None when none did)."""
         hi = len(ops) // 2
 
         def first(k: int) -> TuneConfig:
@@ -91,24 +145,27 @@ class BasicStrategy(Strategy):
 
         if ctx.first_pass_ends:  # the first pass ends the run: the smallest blocks first, as one batch
             results = yield UntilPass(first(k) for k in range(2, hi + 1))
-            return any(r.passed for r in results)
-        if hi < 2 or not (yield first(hi)).passed:
-            return False
+            return next((r for r in results if r.passed), None)
+        upper = (yield first(hi)) if hi >= 2 else None
+        if upper is None or not upper.passed:
+            return None
         lo = 1
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if (yield first(mid)).passed:
-                hi = mid
+            r = yield first(mid)
+            if r.passed:
+                hi, upper = mid, r
             else:
                 lo = mid
-        return True
+        return upper
 
     @staticmethod
     def accumulate(base: TuneConfig, dtype: str, order: list[str]) -> Proposals:
-        """Stage 3: fall back ops one more at a time in `order`; True once a config passes."""
+        """Stage 3: fall back ops one more at a time in `order`; the result of the first config that
+        passes (or None)."""
         configs, cfg = [], base
         for k, name in enumerate(order, 1):
             cfg = cfg.with_ops({name: OpChoice(dtype)}, f"stage 3: +{name} -> {dtype} ({k}/{len(order)} ops)")
             configs.append(cfg)
         results = yield UntilPass(configs)
-        return any(r.passed for r in results)
+        return next((r for r in results if r.passed), None)
