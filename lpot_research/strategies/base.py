@@ -27,7 +27,7 @@ from lpot_research.quant.space import TuneConfig, TuningSpace
 DEFAULT_SEED = 9527  # every strategy's seed when none is given (random_seed in the settings)
 
 __all__ = ["DEFAULT_SEED", "Proposals", "batched", "Result", "Strategy", "StrategyContext", "UntilPass", "rank_key",
-           "select_best"]
+           "select_best", "sensitivity_ladder"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,32 @@ class StrategyContext:
         """One number to maximize, for model-based strategies (lpot_research.quant.ranking.score)."""
         return score(r, self.criterion.threshold(self.baseline_accuracy), self.baseline_accuracy,
                      self.baseline_objective, self.criterion.hib)
+
+
+def sensitivity_ladder(ctx: StrategyContext, base: TuneConfig) -> list[TuneConfig]:
+    """What the run knows, as starting points for a model-based strategy: `base` (the best model-wise
+    config) with its k most sensitive ops falling back (BF16 where offered, else FP32), for k = 1, 2, 4,
+    ... up to half of its quantized ops, most sensitive by the run's per-op sensitivity (basic's stage 2:
+    each op quantized alone; computed once per run and base, kept in the history). Empty when the tuner
+    measures no sensitivity."""
+    if ctx.sensitivity is None:
+        return []
+    from lpot_research.quant.space import FALLBACK_DTYPES, OpChoice
+
+    space = ctx.space
+    fallback = {n: next((OpChoice(d) for d in FALLBACK_DTYPES if OpChoice(d) in space.op_options(n)), None)
+                for n in space.op_names if base.op(n).quantized}
+    ops = [n for n, c in fallback.items() if c is not None]
+    if not ops:
+        return []
+    impact = ctx.sensitivity(base, ops)
+    order = sorted(ops, key=lambda n: (-impact[n], ops.index(n)))
+    out, k = [], 1
+    while k <= max(1, len(order) // 2):
+        out.append(base.with_ops({n: fallback[n] for n in order[:k]},
+                                 f"prior: the {k} most sensitive op(s) fall back"))
+        k *= 2
+    return out
 
 
 class UntilPass(list):

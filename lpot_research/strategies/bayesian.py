@@ -1,8 +1,11 @@
 """bayesian: a Gaussian process over a one-hot encoding of per-op choices, proposing the unevaluated
 candidates with the highest expected improvement, `batch` at a time by the kriging believer rule: after
 each pick the GP is refit as if the pick had scored its predicted mean, so the next pick goes where
-that leaves most to gain (parallel workers evaluate the batch together). The initial design (the
-recommended model-wise config, then random ones up to `n_init`) is one batch.
+that leaves most to gain (parallel workers evaluate the batch together). The initial design is what
+the run knows (`prior`, the default): every model-wise configuration (one batch), then, from the best of
+them, the run's per-op sensitivity ladder (its 1, 2, 4, ... most sensitive ops falling back:
+`sensitivity_ladder`); without it (or without sensitivity), the recommended model-wise config and
+random ones up to `n_init`.
 
 The target is `StrategyContext.score` (passing configs by objective, failing ones by how far they miss).
 Candidates are every unevaluated configuration when the space is small, else a seeded pool of random
@@ -19,7 +22,14 @@ import numpy as np
 from scipy.stats import norm
 
 from lpot_research.quant.space import TuningSpace
-from lpot_research.strategies.base import DEFAULT_SEED, Proposals, Strategy, StrategyContext
+from lpot_research.strategies.base import (
+    DEFAULT_SEED,
+    Proposals,
+    Strategy,
+    StrategyContext,
+    select_best,
+    sensitivity_ladder,
+)
 
 Index = tuple[int, ...]  # a point of the space: one index per dimension (sampling size, then each op)
 
@@ -34,9 +44,10 @@ class BayesianStrategy(Strategy):
     name = "bayesian"
 
     def __init__(self, seed: int = DEFAULT_SEED, n_init: int = 4, pool: int = 2048, batch: int = 4,
-                 **options: object) -> None:
+                 prior: bool = True, **options: object) -> None:
         super().__init__(seed, **options)
         self.n_init, self.pool, self.batch = int(n_init), int(pool), max(1, int(batch))
+        self.prior = bool(prior)
 
     def candidates(self, ctx: StrategyContext, rng: np.random.Generator, seen: set[Index],
                    ranked: list[Index]) -> list[Index]:
@@ -68,6 +79,13 @@ class BayesianStrategy(Strategy):
         ys: list[float | None] = []
         first = tuple(space.index_of(space.model_wise_configs()[0]))  # an informed first point
         k = 0
+        if self.prior:  # the initial design: what the run knows
+            k, results = yield from self.observe(ctx, [(c, f"prior: {c.note}") for c in space.model_wise_configs()],
+                                                 seen, points, ys, k)
+            best = select_best(results, ctx.criterion.hib)
+            if best is not None and not best.passed:
+                ladder = [(c, c.note) for c in sensitivity_ladder(ctx, best.config)]
+                k, _ = yield from self.observe(ctx, ladder, seen, points, ys, k)
         while True:
             order = sorted(range(len(ys)), key=lambda i: -(ys[i] if ys[i] is not None else -np.inf))
             cands = self.candidates(ctx, rng, seen, [points[i] for i in order])
@@ -82,6 +100,22 @@ class BayesianStrategy(Strategy):
                 seen.add(pick)
                 points.append(pick)
                 ys.append(ctx.score(result))
+
+    def observe(self, ctx: StrategyContext, picks: list, seen: set[Index], points: list[Index],
+                ys: list[float | None], k: int) -> Proposals:
+        """Evaluate the configs `picks` ((config, how)) not seen yet as one batch and record them; the new
+        count and their results."""
+        space = ctx.space
+        fresh = [(c, how) for c, how in picks if tuple(space.index_of(c)) not in seen]
+        if not fresh:
+            return k, []
+        results = yield [c.with_note(f"bayesian {k + i} ({how})") for i, (c, how) in enumerate(fresh, 1)]
+        for (c, _), result in zip(fresh, results, strict=True):
+            pick = tuple(space.index_of(c))
+            seen.add(pick)
+            points.append(pick)
+            ys.append(ctx.score(result))
+        return k + len(fresh), list(results)
 
     def initial(self, rng: np.random.Generator, cands: list[Index], first: Index, seen: set[Index],
                 k: int) -> list[tuple[Index, str]]:

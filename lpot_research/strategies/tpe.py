@@ -9,13 +9,27 @@ it); every later proposal of a configuration already seen or already in the batc
 the sampler ignores, so repeats never weigh more in its densities. A TPE sampler happily re-proposes
 configurations it has seen; after several repeats in a row an unseen configuration is enqueued so the
 search keeps moving, and the strategy ends once every configuration of the space has been seen.
+
+With `prior` (the default) the sampler starts from what the run knows instead of random points: the
+model-wise configurations are enqueued first (Optuna's `enqueue_trial`), then, from the best of them,
+the run's per-op sensitivity ladder (its 1, 2, 4, ... most sensitive ops falling back:
+`sensitivity_ladder`). They are ordinary observations to TPE, which goes on from there: on a space of
+10^60 configurations a sampler that starts from random points does not find the few ops that carry
+the error.
 """
 
 from __future__ import annotations
 
 import warnings
 
-from lpot_research.strategies.base import DEFAULT_SEED, Proposals, Strategy, StrategyContext
+from lpot_research.strategies.base import (
+    DEFAULT_SEED,
+    Proposals,
+    Strategy,
+    StrategyContext,
+    select_best,
+    sensitivity_ladder,
+)
 
 SAMPLING = "__sampling_size__"
 FAILED = -1e6  # the score Optuna is told for a config that failed (TPE ranks observations: only order matters)
@@ -25,10 +39,10 @@ class TPEStrategy(Strategy):
     name = "tpe"
 
     def __init__(self, seed: int = DEFAULT_SEED, n_startup_trials: int = 5, multivariate: bool = True,
-                 max_repeats: int = 10, batch: int = 4, **options: object) -> None:
+                 max_repeats: int = 10, batch: int = 4, prior: bool = True, **options: object) -> None:
         super().__init__(seed, **options)
         self.n_startup_trials, self.multivariate, self.max_repeats = int(n_startup_trials), multivariate, max_repeats
-        self.batch = int(batch)
+        self.batch, self.prior = int(batch), bool(prior)
         self._study = None
 
     @property
@@ -47,6 +61,15 @@ class TPEStrategy(Strategy):
                                                  multivariate=self.multivariate, constant_liar=True)
         study = self._study = optuna.create_study(direction="maximize", sampler=sampler)
         names = [SAMPLING, *space.op_names]
+
+        def enqueue(cfgs: list) -> None:
+            for c in cfgs:
+                study.enqueue_trial(dict(zip(names, space.index_of(c), strict=True)))
+                notes.setdefault(c.id, c.note if c.note.startswith("prior: ") else f"prior: {c.note}")
+
+        notes: dict[str, str] = {}  # the prior's configs: what they are
+        model_wise = {c.id: None for c in space.model_wise_configs()} if self.prior else {}
+        enqueue(space.model_wise_configs() if self.prior else [])
         seen: set[str] = set()
         repeats, k = 0, 0
         while len(seen) < space.size:
@@ -69,12 +92,19 @@ class TPEStrategy(Strategy):
                     continue
                 repeats = 0
                 k += 1
-                batch[cfg.id] = (trial, cfg.with_note(f"tpe {k}"))
+                batch[cfg.id] = (trial, cfg.with_note(f"tpe {k}" + (f" ({notes[cfg.id]})" if cfg.id in notes else "")))
             results = yield [c for _, c in batch.values()]
             for (trial, cfg), result in zip(batch.values(), results, strict=True):
                 score = ctx.score(result)
                 study.tell(trial, score if score is not None else FAILED)
                 seen.add(cfg.id)
+                if cfg.id in model_wise:
+                    model_wise[cfg.id] = result
+            if model_wise and all(r is not None for r in model_wise.values()):  # the model-wise stage is done
+                best = select_best(model_wise.values(), ctx.criterion.hib)
+                model_wise = {}
+                if best is not None and not best.passed:
+                    enqueue([c for c in sensitivity_ladder(ctx, best.config) if c.id not in seen])
         return f"its space is exhausted: all {space.size} configuration(s) were seen"
 
     @staticmethod
