@@ -123,3 +123,14 @@ def test_model_based_strategies_start_from_what_the_run_knows(tmp_path, strategy
     s = res.summary
     assert s.met_criterion and s.trials <= 2 * basic.summary.trials
     assert {"op7", "op23", "op41"} <= set(s.best.fallback_ops)
+
+
+def test_random_and_exhaustive_say_how_much_of_the_space_they_cover(tmp_path, caplog):
+    caplog.set_level("INFO", logger="lpot_research")
+    run_fake(tmp_path / "r", FakeAdaptor(**SPARSE), RandomStrategy(), {"exit_policy": {"max_trials": 20}})
+    run_fake(tmp_path / "e", FakeAdaptor(**SPARSE), ExhaustiveStrategy(), {"exit_policy": {"max_trials": 20}})
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("random (a baseline") and "max_trials=20 covers at most 4.1e-44% of them" in m
+               for m in said)
+    assert any(m.startswith("exhaustive: the space (1.33e+36 configs) exceeds max_trials (20)") and
+               "(1.5e-33% of it)" in m for m in said)

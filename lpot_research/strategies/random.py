@@ -1,4 +1,6 @@
-"""random: seeded random configurations from the whole space, never the same one twice.
+"""random: seeded random configurations from the whole space, never the same one twice: the baseline the
+other strategies are measured against (it learns nothing; on a space of many ops it covers a vanishing
+share, which it says at the start).
 
 Small spaces are walked as a seeded permutation (so the strategy ends when it has seen everything);
 large ones are sampled per op and duplicates rejected. Results teach it nothing, so it proposes
@@ -7,12 +9,22 @@ large ones are sampled per op and duplicates rejected. Results teach it nothing,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from lpot_research.quant.space import TuneConfig
 from lpot_research.strategies.base import DEFAULT_SEED, Proposals, Strategy, StrategyContext, batched
 
 PERMUTE_BELOW = 1 << 20  # spaces up to this size are permuted outright
+log = logging.getLogger("lpot_research")
+
+
+def coverage(tried: int | None, size: int) -> str:
+    """What share of a space of `size` configurations `tried` of them are, e.g. "2.5e-25%"."""
+    if tried is None:
+        return "an unbounded number"
+    share = min(1.0, tried / size)
+    return f"{share:.0%}" if share >= 0.01 else f"{100 * share:.2g}%"
 
 
 class RandomStrategy(Strategy):
@@ -37,5 +49,8 @@ class RandomStrategy(Strategy):
                 yield cfg.with_note(f"random {len(seen)}")
 
     def proposals(self, ctx: StrategyContext) -> Proposals:
+        log.info("random (a baseline: uniform configurations, it learns nothing): %.3g configuration(s); "
+                 "max_trials=%s covers at most %s of them", ctx.space.size, ctx.max_trials,
+                 coverage(ctx.max_trials, ctx.space.size))
         yield from batched(self.configs(ctx), self.batch)
         return f"its space is exhausted: all {ctx.space.size} configuration(s) were tried"
