@@ -125,8 +125,9 @@ class Tuner:
             self._emit("on_trial", rec, self.best, None, True)
         self._elapsed0 = self.history.trials[-1].elapsed_s if self.history.trials else self.baseline["duration_s"]
         self._t0 = time.perf_counter()
+        refines = bool(getattr(self.strategy, "refines_first_pass", False))  # (it ends the run itself)
         self.trials = TrialScheduler(self.runner, self.history, self.exit, self._elapsed, self._on_record,
-                                     self.parallel, self.threads, first_pass_ends=not self.strategy.refines_first_pass)
+                                     self.parallel, self.threads, first_pass_ends=not refines)
         if self.trials.workers > 1:
             self.inspector.spread = self.trials.spread
         interrupted = False
@@ -239,6 +240,8 @@ class Tuner:
             if "latency_ms" not in rec.metrics:
                 self.runner.measure_recorded(self.history, rec, self._model_of(rec), ("latency_ms",))
             return {"config_id": rec.config_id, "trial": rec.trial, **latency_of(rec.metrics)}
+        if not model_wise:
+            return None
         if ALL_INT8 not in self.history.analysis:
             cfg = next(iter(model_wise.values()))
             t0 = time.perf_counter()
