@@ -57,6 +57,23 @@ def test_static_int8_fuses_conv_relu_and_shrinks_the_model(adaptor, bundle):
     assert adaptor.size_bytes(q) < 0.5 * adaptor.size_bytes(bundle.model)
 
 
+def test_a_torchscript_model_is_not_offered_kl_and_quantizes_with_histogram(adaptor, bundle):
+    """JIT graph-mode quantization scripts its observers, and the KL search is Python: KL is not offered
+    (asking for it names why), torch's histogram observer is, and it quantizes the scripted model."""
+    scripted = torch.jit.script(bundle.model.eval())
+    with pytest.raises(ConfigError, match=r"activation.algorithm='kl' is not supported .* a TorchScript model's "
+                                          r"observers are scripted .*valid choices: \['minmax', 'histogram'\]"):
+        space(adaptor, bundle.__class__(**{**bundle.__dict__, "model": scripted}),
+              model_wise={"activation": {"algorithm": ["kl"]}})
+    sp = space(adaptor, bundle.__class__(**{**bundle.__dict__, "model": scripted}),
+               model_wise={"activation": {"algorithm": ["histogram"]}})
+    cfg = sp.model_wise_configs()[0]
+    assert {c.activation.algorithm for _, c in cfg.ops if c.quantized} == {"histogram"}
+    q = adaptor.quantize(scripted, cfg, bundle.calib_dataloader, bundle.example_inputs)
+    x, y = next(iter(bundle.eval_dataloader))
+    assert (q(x).argmax(1) == y).float().mean() > 0.9
+
+
 @pytest.mark.skipif(not bf16_supported(), reason=f"BF16 needs AVX512-BF16 or AMX-BF16; this CPU: {CPU.describe()}")
 def test_fallback_to_bf16(adaptor, bundle):
     base = space(adaptor, bundle).model_wise_configs()[0]

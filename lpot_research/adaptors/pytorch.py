@@ -193,10 +193,14 @@ class PyTorchAdaptor(TorchAdaptor):
             unavailable["activation.scheme=sym"] = (
                 "activations are 7-bit (reduce_range) on CPUs without AVX512-VNNI, and torch cannot "
                 f"range-reduce symmetric quint8; this CPU: {cpu_info().describe()}")
-        act = {"dtype": ("uint8",), "scheme": schemes, "granularity": ("per_tensor",),
-               "algorithm": ("minmax", "kl", "histogram")}
+        algorithms: tuple[str, ...] = ("minmax", "kl", "histogram")
+        if script:  # graph-mode (JIT) quantization scripts its observers; the KL search runs in Python
+            algorithms = ("minmax", "histogram")
+            unavailable["activation.algorithm=kl"] = ("a TorchScript model's observers are scripted and the KL "
+                                                      "search is Python (give an nn.Module, or use histogram)")
+        act = {"dtype": ("uint8",), "scheme": schemes, "granularity": ("per_tensor",), "algorithm": algorithms}
         # Asymmetric per-channel weights are 3-4x slower in FX and histogram ~ kl: opt-in only.
-        defaults = {"weight": {"scheme": ("sym",)}, "activation": {"algorithm": ("minmax", "kl")}}
+        defaults = {"weight": {"scheme": ("sym",)}, "activation": {"algorithm": ("minmax", "kl")[:1 + (not script)]}}
         if approach == "quant_aware_training":  # ranges are learned by moving averages while training
             act = {**act, "algorithm": ("moving_average",)}
             defaults = {"weight": {"scheme": ("sym",)}}
