@@ -241,11 +241,12 @@ def test_random_search_has_no_trial_the_cpu_cannot_run(tmp_path, isa):
     env = env_without_isa_cap()
     if isa != "native":
         env["LPOT_CPU_ISA"] = isa
-    r = tune("strategy=random", "exit_policy.max_trials=20", "exit_policy.timeout=3600", f"hydra.run.dir={tmp_path}",
+    # 12 random configurations of 6 ops: 72 draws of the ops' options, each config compiled and timed
+    r = tune("strategy=random", "exit_policy.max_trials=12", "exit_policy.timeout=3600", f"hydra.run.dir={tmp_path}",
              timeout=1200, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["trials"] == 20 and s["failed_trials"] == 0, [t.error for t in History.read(tmp_path).trials if t.error]
+    assert s["trials"] == 12 and s["failed_trials"] == 0, [t.error for t in History.read(tmp_path).trials if t.error]
     schemes = {c["activation"]["scheme"] for t in History.read(tmp_path).trials for c in t.config["ops"].values()
                if c["dtype"] == "int8"}
     assert schemes == {"asym", "sym"}

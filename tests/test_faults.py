@@ -145,7 +145,7 @@ def test_killed_and_resumed_runs_end_as_uninterrupted_ones(tmp_path, strategy):
 @pytest.mark.slow
 def test_pytorch_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
     pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'lpot-research[pytorch]')")
-    args = ["strategy=random", "objective=modelsize", "exit_policy.timeout=600", "exit_policy.max_trials=6",
+    args = ["strategy=random", "objective=modelsize", "exit_policy.timeout=600", "exit_policy.max_trials=5",
             "random_seed=3"]
     ref = tmp_path / "ref"
     p = start([*args, f"hydra.run.dir={ref}"])

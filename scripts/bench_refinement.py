@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""The fastest passing model, not the first: basic with stage 4 (refinement) against the seed's rule,
+side by side in one run, on real models.
+
+    python scripts/bench_refinement.py                                  # digits_cnn, minilm_wordnet, ppocr_rec
+    python scripts/bench_refinement.py --models ppocr_rec --timeout 600
+
+For each model, `tune.py strategy=basic` runs twice from scratch in its own run dir, with the same
+criterion, seed and budget: `strategy.refine=0` (stop at the first passing config: the strategy's
+behaviour before stage 4 existed, trial for trial) and `strategy.refine=8` (the default). It prints what
+each run reports: the all-INT8 latency (the speed limit), the latency at goal and its ratio to the limit,
+the fallback count, the accuracy, the trials and the wall time. Latency ratios are each run's own
+interleaved measurement against FP32; the CPU is printed first (say it with every number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# each model on its default framework; minilm on the FX back end with MinMax, where naive INT8 misses
+MODELS = {
+    "digits_cnn": ["model=digits_cnn"],
+    "minilm_wordnet": ["model=minilm_wordnet", "framework.backend=fx",
+                       "quantization.model_wise.activation.algorithm=minmax"],
+    "ppocr_rec": ["model=ppocr_rec", "framework=onnxrt"],
+}
+
+
+def run(args: list[str], out: Path) -> dict:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, str(ROOT / "tune.py"), *args, f"hydra.run.dir={out}"], cwd=ROOT,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"tune.py {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    s = json.loads((out / "summary.json").read_text())
+    return {"summary": s, "wall": wall}
+
+
+def row(label: str, res: dict) -> str:
+    s, best, limit = res["summary"], res["summary"]["best"] or {}, res["summary"].get("all_int8") or {}
+    at_goal, lim = best.get("latency_ratio"), limit.get("latency_ratio")
+    vs = f"{at_goal / lim:.2f}x" if at_goal and lim else "-"
+    return (f"{label:<26} {lim or float('nan'):>8.2f}x {at_goal or float('nan'):>8.2f}x {vs:>9} "
+            f"{len(best.get('fallback_ops', [])):>9} {best.get('accuracy') or float('nan'):>8.4f} "
+            f"{s['trials']:>6} {res['wall']:>7.1f}  {'met' if s['met_criterion'] else 'NOT met'}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--timeout", type=float, default=0, help="exit_policy.timeout (0: stop at the first pass)")
+    ap.add_argument("--max-trials", type=int, default=60)
+    ap.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary dir)")
+    args = ap.parse_args()
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in names if m not in MODELS]
+    if bad:
+        print(f"error: unknown model {bad[0]!r}; valid models: {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench_refinement_"))
+    from lpot_research.core.cpu import cpu_info
+
+    print(f"CPU: {cpu_info().describe()} | LPOT_CPU_ISA={os.environ.get('LPOT_CPU_ISA', '(none)')} | "
+          f"timeout {args.timeout:g}, max_trials {args.max_trials}, one thread")
+    print(f"{'model / strategy':<26} {'all-INT8':>9} {'at goal':>9} {'vs limit':>9} {'fallbacks':>9} "
+          f"{'accuracy':>8} {'trials':>6} {'wall s':>7}")
+    for name in names:
+        common = [*MODELS[name], "strategy=basic", f"exit_policy.timeout={args.timeout:g}",
+                  f"exit_policy.max_trials={args.max_trials}"]
+        for refine in (0, 8):
+            res = run([*common, f"strategy.refine={refine}"], out / f"{name}_refine{refine}")
+            print(row(f"{name} refine={refine}", res), flush=True)
+    print(f"runs in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
