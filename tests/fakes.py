@@ -17,6 +17,7 @@ import numpy as np
 
 from lpot_research.adaptors.base import Adaptor, batch_len, batches
 from lpot_research.measure.benchmark import Latency
+from lpot_research.measure.op_costs import OpCosts
 from lpot_research.models import ModelBundle
 from lpot_research.quant.space import OpCapability, TuneConfig
 
@@ -66,7 +67,8 @@ class FakeAdaptor(Adaptor):
                  sym_penalty: float = 0.0, names: list[str] | None = None, eval_log: str | None = None,
                  save_sleep: float = 0.0, sleep_spread: int = 1, per_sample: int = 0, crash_ops: Iterable[str] = (),
                  crash_in: str = "quantize", crash_dtype: str = "int8", crash_signal: int = 11,
-                 probe_penalties: list[float] | None = None, pair_penalties: Iterable[Any] = ()) -> None:
+                 probe_penalties: list[float] | None = None, pair_penalties: Iterable[Any] = (),
+                 int8_ms: dict[str, float] | None = None, fp32_penalties: dict[str, float] | None = None) -> None:
         # `names`: op names in model order (e.g. ones that do not sort in model order)
         self.ops = list(names) if names is not None else [f"op{i}" for i in range(ops)]
         ops = len(self.ops)
@@ -93,6 +95,13 @@ class FakeAdaptor(Adaptor):
         # on the running mean of the hardest samples first would reject configs that pass on the whole set
         self.per_sample = int(per_sample)
         self.quantize_calls: list[str] = []
+        # {op: ms}: ops whose INT8 latency differs from COST["int8"] (e.g. slower than FP32's, as a first
+        # conv of one input channel is on ONNX Runtime); given, the fake has a profiler: `op_costs`
+        self.int8_ms = {str(k): float(v) for k, v in (int8_ms or {}).items()}
+        self.profiler = "fake per-op costs" if self.int8_ms else ""
+        # {op: p}: accuracy lost when the op is FP32 in a quantized model (fallback does not always help:
+        # on PP-OCRv4 more FP32 convs sometimes lose a sample or two)
+        self.fp32_penalties = {str(k): float(v) for k, v in (fp32_penalties or {}).items()}
 
     def capabilities(self, model: Any, approach: str, example_inputs: Any) -> list[OpCapability]:
         w = {"dtype": ("int8",), "scheme": ("sym", "asym"), "granularity": ("per_channel", "per_tensor"),
@@ -112,6 +121,8 @@ class FakeAdaptor(Adaptor):
                 acc -= p * f + (self.sym_penalty if c.activation and c.activation.scheme == "sym" else 0.0)
             elif c.dtype == "bf16":
                 acc -= self.bf16_penalty
+        if any(c.quantized for _, c in cfg.ops):
+            acc -= sum(p for n, p in self.fp32_penalties.items() if cfg.op(n).dtype == "fp32")
         for a, b, p in self.pair_penalties:
             acc -= p if cfg.op(a).quantized and cfg.op(b).quantized else 0.0
         return round(acc, 10)
@@ -157,7 +168,13 @@ class FakeAdaptor(Adaptor):
     def latency_ms(self, model: FakeModel, inputs: Any, warmup: int, iterations: int) -> float:
         if model.config is None:
             return COST["fp32"] * len(self.ops)
-        return sum(COST[c.dtype] for _, c in model.config.ops)
+        return sum(self.int8_ms.get(n, COST["int8"]) if c.quantized else COST[c.dtype] for n, c in model.config.ops)
+
+    def op_costs(self, fp32_model: FakeModel, int8_model: FakeModel, inputs: Any, op_names: list[str],
+                 runs: int) -> OpCosts:
+        assert int8_model.config is not None and all(c.quantized for _, c in int8_model.config.ops)
+        return OpCosts(self.profiler, runs, {n: COST["fp32"] for n in op_names},
+                       {n: self.int8_ms.get(n, COST["int8"]) for n in op_names})
 
     def measure_latency(self, model: FakeModel, inputs: Any, bench: Any, reference: Any = None) -> Latency:
         """Deterministic: the per-op cost sum, against the all-FP32 cost."""

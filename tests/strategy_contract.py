@@ -46,7 +46,10 @@ class StrategyContract:
         return self.strategy(seed=seed, **self.options)
 
     def landscape(self, **kw) -> FakeAdaptor:
-        return FakeAdaptor(**{"ops": 5, "penalties": [0.01, 0.03, 0.02, 0.05, 0.04], "bf16_penalty": 0.02, **kw})
+        """Five ops; op1 is slower in INT8 than in FP32 (so the tuner profiles per-op costs, and strategies
+        that use them, basic's speed step, are held to the contract too)."""
+        return FakeAdaptor(**{"ops": 5, "penalties": [0.01, 0.03, 0.02, 0.05, 0.04], "bf16_penalty": 0.02,
+                              "int8_ms": {"op1": 5.0}, **kw})
 
     def test_same_seed_same_sequence(self, tmp_path):
         a = run_fake(tmp_path / "a", self.landscape(), self.make(11), merge(NO_PASS, LONG))

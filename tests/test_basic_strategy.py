@@ -11,10 +11,10 @@ import dataclasses
 import pytest
 
 from lpot_research.core.errors import ConfigError
-from lpot_research.run.history import SENSITIVITY, History, analysis_key
+from lpot_research.run.history import OP_COSTS, SENSITIVITY, History, analysis_key
 from lpot_research.strategies.basic import BasicStrategy
 from tests.fakes import FakeAdaptor
-from tests.helpers import history_notes, run_fake
+from tests.helpers import history_notes, run_fake, trials
 
 
 def test_stage_order_and_stop_when_met(tmp_path):
@@ -195,3 +195,68 @@ def test_refinement_is_bounded_when_the_first_pass_ends_the_run_and_not_with_a_t
 def test_a_bad_refine_value_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"strategy.refine=-1 must be an int >= 0"):
         BasicStrategy(refine=-1)
+
+
+def test_the_speed_step_lets_the_ops_slower_in_int8_fall_back_and_the_faster_model_wins(tmp_path):
+    """op0 takes 6 ms in INT8 against 4 in FP32 (as a first conv of one input channel does on ONNX
+    Runtime): the first model-wise config passes, the speed step lets op0 fall back, and it is faster."""
+    slow = {"ops": 4, "penalties": [0.001] * 4, "int8_ms": {"op0": 6.0}}
+    res = run_fake(tmp_path / "speed", FakeAdaptor(**slow), BasicStrategy())
+    s = res.summary
+    assert history_notes(res)[1:] == ["stage 4: the 1 op(s) slower in INT8 than FP32 fall back"]
+    assert s.best.trial == 2 and s.best.fallback_dtypes == {"op0": "fp32"}
+    assert s.best.latency_ms == 4 + 3 * 1.0 and s.all_int8["latency_ms"] == 6 + 3 * 1.0
+    assert s.op_costs["ops"]["op0"] == {"fp32_ms": 4.0, "int8_ms": 6.0}
+    assert s.stop_reason.endswith("the speed step let the 1 op(s) slower in INT8 fall back to FP32 (it passes, "
+                                  "trial 2)")
+    # not when latency is not the objective, nor with the seed's rule
+    size = run_fake(tmp_path / "size", FakeAdaptor(**slow), BasicStrategy(), objective="modelsize")
+    assert size.summary.trials == 1
+    seed = run_fake(tmp_path / "seed", FakeAdaptor(**slow), BasicStrategy(refine=0))
+    assert seed.summary.trials == 1 and seed.summary.best.latency_ms == 9.0
+
+
+def test_with_profiled_costs_refinement_tries_the_costliest_fallback_first_and_not_one_no_faster_in_int8(tmp_path):
+    """PAIR's stage 3 ends with op3, op2, op1 falling back. op2 is no faster in INT8 (4 ms, as FP32) and is
+    not tried again; op3 saves 3.5 ms in INT8, op1 3: op3 is tried first and kept, op1 breaks the pair."""
+    res = run_fake(tmp_path, FakeAdaptor(**PAIR, int8_ms={"op2": 4.0, "op3": 0.5}), BasicStrategy())
+    notes = history_notes(res)
+    assert notes[4:] == ["stage 3: +op3 -> bf16 (1/4 ops)", "stage 3: +op2 -> bf16 (2/4 ops)",
+                         "stage 3: +op1 -> bf16 (3/4 ops)", "stage 4: op3 back to INT8 (1/2)",
+                         "stage 4: op1 back to INT8 (2/2)"]
+    s = res.summary
+    assert sorted(s.best.fallback_ops) == ["op1", "op2"]
+    assert s.stop_reason.endswith("refinement quantized 1 of its 2 fallback op(s) again (2 trial(s)); 1 fallback "
+                                  "op(s) no faster in INT8 stay fallbacks")
+
+
+def test_when_all_slower_ops_falling_back_fails_the_speed_step_tries_the_slowest_that_make_most_of_it(tmp_path):
+    """Four of five ops slower in INT8 (op0 by 5 ms, op1 by 3, op2 and op3 by 0.5 each); op3 in FP32 loses
+    2% (fallback does not always help accuracy). All four fail; op0 and op1 (8 of the 9 ms, >= 80%) pass."""
+    fake = FakeAdaptor(ops=5, penalties=[0.001] * 5, int8_ms={"op0": 9.0, "op1": 7.0, "op2": 4.5, "op3": 4.5},
+                       fp32_penalties={"op3": 0.02})
+    res = run_fake(tmp_path, fake, BasicStrategy())
+    assert history_notes(res)[1:] == ["stage 4: the 4 op(s) slower in INT8 than FP32 fall back",
+                                      "stage 4: the slowest 2 op(s) slower in INT8 than FP32 (80% of their "
+                                      "slowdown) fall back"]
+    s = res.summary
+    assert s.best.trial == 3 and sorted(s.best.fallback_ops) == ["op0", "op1"]
+    assert s.stop_reason.endswith("(it does not pass, trial 2); the speed step let the slowest 2 op(s) slower in "
+                                  "INT8 (80% of their slowdown) fall back to FP32 (it passes, trial 3)")
+
+
+def test_the_speed_step_proposes_the_same_on_two_workers_and_after_a_resume(tmp_path):
+    """The strategy contract for the profiled path: the per-op costs are measured once in the tuning
+    process and kept in the history, so workers and a resumed run see the same numbers."""
+    slow = {"ops": 4, "penalties": [0.001, 0.001, 0.001, 0.02], "int8_ms": {"op0": 6.0, "op2": 1.5}}
+    serial = run_fake(tmp_path / "serial", FakeAdaptor(**slow), BasicStrategy())
+    notes = history_notes(serial)
+    assert "stage 4: the 1 op(s) slower in INT8 than FP32 fall back" in notes
+    par = run_fake(tmp_path / "par", FakeAdaptor(**slow), BasicStrategy(), config={"parallel": {"workers": 2}})
+    assert [t.config_id for t in trials(par)] == [t.config_id for t in trials(serial)]
+    assert par.summary.best.config_id == serial.summary.best.config_id
+    run_fake(tmp_path / "run", FakeAdaptor(**slow), BasicStrategy(), config={"exit_policy": {"max_trials": 5}})
+    again = FakeAdaptor(**slow)
+    resumed = run_fake(tmp_path / "run", again, BasicStrategy())
+    assert [t.config_id for t in trials(resumed)] == [t.config_id for t in trials(serial)]
+    assert History.read(tmp_path / "run").analysis_records[OP_COSTS] == 1

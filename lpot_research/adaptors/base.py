@@ -309,6 +309,13 @@ class Adaptor(ABC):
         ref = self.runner(reference, inputs) if reference is not None else None
         return measure(self.runner(model, inputs), bench, ref)
 
+    profiler = ""  # the framework profiler `op_costs` reads ("": none wired)
+
+    def op_costs(self, fp32_model: Any, int8_model: Any, inputs: Any, op_names: list[str], runs: int) -> Any:
+        """Per-op milliseconds of one inference on `inputs` in the FP32 model and in `int8_model` (every op
+        quantized), from the framework's own profiler (`profiler`): a lpot_research.measure.op_costs.OpCosts."""
+        raise NotImplementedError(f"{type(self).__name__} has no profiler wired for per-op costs")
+
     @abstractmethod
     def size_bytes(self, model: Any) -> int:
         """Bytes of the serialized model."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 import tempfile
 import time
@@ -32,6 +33,7 @@ from onnx import numpy_helper
 from lpot_research.adaptors.base import Adaptor, RangeRule, as_tuple, batch_len, limited_batches, numpy_inputs, quiet
 from lpot_research.core.cpu import cpu_info
 from lpot_research.core.errors import ConfigError
+from lpot_research.measure.op_costs import OpCosts, graph_of, per_op
 from lpot_research.quant.calibration import kl_range, mse_range
 from lpot_research.quant.space import OpCapability, OpChoice, TuneConfig
 
@@ -93,8 +95,12 @@ class OrtModel:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-def make_session(model: bytes | str, threads: int | None) -> ort.InferenceSession:
+def make_session(model: bytes | str, threads: int | None, profile: str | None = None) -> ort.InferenceSession:
+    """A CPU session; `profile`: a file prefix to write ONNX Runtime's session profile to."""
     so = ort.SessionOptions()
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
@@ -165,6 +171,7 @@ class _Reader:
 
 class OnnxRuntimeAdaptor(Adaptor):
     name = "onnxrt"
+    profiler = "onnxruntime session profiling"
 
     def __init__(self, quant_format: str = "QDQ", threads: int | None = None, cache_calibration: bool = True,
                  opset: int = 17, reduce_range: bool | None = None) -> None:
@@ -412,6 +419,36 @@ class OnnxRuntimeAdaptor(Adaptor):
                 v = (v.astype(np.float32) - zp.astype(np.float32)) * scale
             result[op] = v.astype(np.float32)
         return result
+
+    def op_costs(self, fp32_model: OrtModel, int8_model: OrtModel, inputs: Any, op_names: list[str],
+                 runs: int) -> OpCosts:
+        """Each op's kernels in ONNX Runtime's session profile, mapped back to the FP32 graph's names."""
+        graph = graph_of((n.name, n.input, n.output) for n in fp32_model.proto.graph.node)
+        tunable = frozenset(op_names)
+        fp32, rest32 = per_op(self._profile(fp32_model, inputs, runs), graph, tunable)
+        int8, rest8 = per_op(self._profile(int8_model, inputs, runs), graph, tunable)
+        return OpCosts(self.profiler, runs, fp32, int8, (rest32, rest8))
+
+    def _profile(self, model: OrtModel, inputs: Any, runs: int, warmup: int = 2) -> list[dict[str, float]]:
+        """Milliseconds of each kernel (node event) in each of `runs` profiled runs, after `warmup`."""
+        feed = model.feed(inputs)
+        with tempfile.TemporaryDirectory() as d:
+            sess = make_session(model.proto.SerializeToString(), self.threads, profile=str(Path(d) / "profile"))
+            for _ in range(warmup + runs):
+                sess.run(None, feed)
+            events = json.loads(Path(sess.end_profiling()).read_text())
+        timed = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                       key=lambda e: e["ts"])[warmup:]
+        kernels = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+        out = []
+        for r in timed:
+            run: dict[str, float] = {}
+            for e in kernels:
+                if r["ts"] <= e["ts"] <= r["ts"] + r["dur"]:
+                    name = e["name"][: -len("_kernel_time")]
+                    run[name] = run.get(name, 0.0) + e["dur"] / 1e3
+            out.append(run)
+        return out
 
     def _save(self, model: OrtModel, path: Path, example_inputs: Any) -> Path:
         out = Path(path).with_suffix(".onnx")

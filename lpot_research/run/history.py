@@ -39,6 +39,8 @@ FP32_SCORES = "fp32_scores"  # the FP32 model's per-sample scores (the first INT
 EVAL_ORDER = "eval_order"  # the evaluation order of the samples, set once per run
 # the all-INT8 reference's latency when no trial of the run holds it: {config_id, latency_ms, latency_ratio, ...}
 ALL_INT8 = "all_int8"
+# per-op milliseconds in the FP32 and the all-INT8 model, from the framework's profiler (OpCosts.to_dict())
+OP_COSTS = "op_costs"
 # kinds of analysis kept per configuration, under analysis_key(kind, config_id):
 SCORES = "scores"  # a trial's per-sample scores, kept while it waits ahead of its turn
 SENSITIVITY = "sensitivity"  # per-op sensitivity around a base configuration (the basic strategy's stage 2)

@@ -95,6 +95,39 @@ class ModelWriter:
     check_inputs: Any
 
 
+def fallback_costs(s: Summary) -> list[tuple[str, float | None, float | None, float | None]]:
+    """Per fallback op of the best: (op, FP32 ms, INT8 ms, what falling back costs over INT8), costliest
+    first (ops the profiler saw no kernel of last)."""
+    if not s.op_costs or s.best is None:
+        return []
+    ops = s.op_costs["ops"]
+    rows = []
+    for op in s.best.fallback_ops:
+        f, i = ops.get(op, {}).get("fp32_ms"), ops.get(op, {}).get("int8_ms")
+        rows.append((op, f, i, None if f is None or i is None else f - i))
+    return sorted(rows, key=lambda r: -r[3] if r[3] is not None else float("inf"))
+
+
+def fallback_cost_table(s: Summary) -> list[str]:
+    """report.md's lines on what each fallback op costs (none without profiled op costs or fallbacks)."""
+    costs = fallback_costs(s)
+    if not costs or s.op_costs is None:
+        return []
+    lines = ["", f"What each fallback op costs, from {s.op_costs['profiler']} of the FP32 and the all-INT8 model "
+             f"(ms of one benchmark batch, median of {s.op_costs['runs']} runs; the INT8 time includes the "
+             "conversions around the op):", "",
+             "| fallback op | FP32 ms | INT8 ms | falling back costs ms |", "|---|---|---|---|"]
+    lines += [f"| `{op}` | {_ms(f)} | {_ms(i)} | {'-' if c is None else f'{c:+.3f}'} |" for op, f, i, c in costs]
+    rest = s.op_costs["rest"]
+    lines.append(f"| (the rest: ops not tuned, layout conversions) | {_ms(rest['fp32_ms'])} | "
+                 f"{_ms(rest['int8_ms'])} | |")
+    return lines
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 class Reporter:
     """The end of a run, from a read-only view of it (`RunView`) and how to write its best model."""
 
@@ -102,7 +135,7 @@ class Reporter:
         self.run, self.writer = run, writer
 
     def summary(self, best: TrialRecord | None, stop_reason: str, elapsed: float, model_path: Path | None,
-                all_int8: dict[str, Any] | None = None) -> Summary:
+                all_int8: dict[str, Any] | None = None, op_costs: dict[str, Any] | None = None) -> Summary:
         run = self.run
         b, trials, space = run.baseline, run.history.trials, run.space
         assert run.evaluation is not None  # the view after the baseline
@@ -153,6 +186,7 @@ class Reporter:
                           for r in pareto_front(trials, run.criterion.hib)],
             run_dir=str(run.out),
             all_int8=all_int8,
+            op_costs=op_costs,
         )
 
     def write(self, summary: Summary, best: TrialRecord | None, best_model: Any) -> Path | None:
@@ -206,7 +240,7 @@ class Reporter:
             shown.add(a.get("trial"))
             rows.append((f"#{a['trial']}" if t else "-", "all-int8", t.shown_accuracy if t else None, a["latency_ms"],
                          a.get("fp32_latency_ms"), a.get("latency_ratio"), t.metrics.get("size_bytes") if t else None,
-                         "every quantizable op INT8 (model-wise): the speed limit"))
+                         "every quantizable op INT8 (model-wise)"))
         for p in pareto_front(run.history.trials, run.criterion.hib):
             if p.trial not in shown:
                 shown.add(p.trial)
@@ -257,6 +291,10 @@ class Reporter:
                      ", ".join(f"#{t}" for t in d.within_noise))
         if d.fallback_ops:
             log.info("fallback ops: %s", d.fallback_dtypes)
+            costs = fallback_costs(s)
+            if costs:
+                log.info("what each fallback costs over INT8 (%s, ms per batch): %s", s.op_costs["profiler"],
+                         ", ".join(f"{op} {c:+.3f}" for op, _, _, c in costs))
         if d.unquantizable_ops:
             log.info("not quantizable by %s with %s (left FP32): %s", run.framework, run.space.approach,
                      ", ".join(d.unquantizable_ops))
@@ -363,6 +401,7 @@ def write_report(out: Path, s: Summary, trials: list[TrialRecord]) -> None:
                          f"{ratio_text(a.get('latency_ratio'))}{plus_minus(a.get('latency_spread'))} | - | - |")
         lines += ["", f"Quantized ops: {best.quantized_ops}; fallback ops: "
                   + (", ".join(f"`{n}` ({d})" for n, d in best.fallback_dtypes.items()) or "none")]
+        lines += fallback_cost_table(s)
         if best.within_noise:
             lines += ["", "Within measurement noise of the best's latency: trial(s) "
                       + ", ".join(str(t) for t in best.within_noise)]

@@ -134,6 +134,9 @@ class Summary:
     # latency_ms, latency_ratio, latency_spread, fp32_latency_ms, fallbacks, fallback_cost (the best's
     # latency over it, minus 1: what the fallbacks give back)}
     all_int8: dict[str, Any] | None = None
+    # per-op milliseconds of one benchmark batch in the FP32 and the all-INT8 model, from the framework's
+    # profiler (lpot_research.measure.op_costs.OpCosts.to_dict()); None where none is wired
+    op_costs: dict[str, Any] | None = None
 
     @property
     def strategy(self) -> str:
@@ -175,5 +178,5 @@ class Summary:
             costs=Costs.from_dict(d["costs"]), evaluation=EvaluationSummary.from_dict(d["evaluation"]),
             cpu=dict(d["cpu"]), cpu_notes=list(d["cpu_notes"]), space_size=d["space_size"],
             pareto_front=[ParetoPoint.from_dict(p) for p in d["pareto_front"]], run_dir=d["run_dir"],
-            all_int8=d.get("all_int8"),  # (added later: older summaries lack it)
+            all_int8=d.get("all_int8"), op_costs=d.get("op_costs"),  # (added later: older summaries lack them)
         )

@@ -25,7 +25,7 @@ from lpot_research.quant.criterion import AccuracyCriterion
 from lpot_research.quant.ranking import better, rank_key
 from lpot_research.quant.space import TuneConfig, TuningSpace, build_space
 from lpot_research.run.callbacks import Callback, RunView
-from lpot_research.run.history import ALL_INT8, EVAL_ORDER, FP32_SCORES, History, TrialRecord
+from lpot_research.run.history import ALL_INT8, EVAL_ORDER, FP32_SCORES, OP_COSTS, History, TrialRecord
 from lpot_research.run.inspector import Inspector
 from lpot_research.run.policy import ExitPolicy, Parallel
 from lpot_research.run.report import ModelWriter, Reporter, latency_of
@@ -36,6 +36,7 @@ from lpot_research.strategies.base import Result, Strategy, StrategyContext, Unt
 
 log = logging.getLogger("lpot_research")
 PARETO_MEASURED = 3  # when nothing passes, the most accurate trials measured for the Pareto front
+PROFILED_RUNS = 10  # inferences of the FP32 and of the all-INT8 model profiled for per-op costs (medians)
 
 
 @dataclass
@@ -185,7 +186,7 @@ class Tuner:
         ctx = StrategyContext(self.space, self.criterion, self.baseline["accuracy"],
                               baseline_objective=self.baseline.get(self.objective.key), max_trials=self.exit.max_trials,
                               op_errors=self.inspector.op_errors, sensitivity=self.inspector.sensitivity,
-                              first_pass_ends=self.exit.timeout == 0)
+                              first_pass_ends=self.exit.timeout == 0, op_savings=self._op_savings())
         gen = self.strategy.proposals(ctx)
         try:
             proposal = self._ask(gen, None)
@@ -256,6 +257,42 @@ class Tuner:
                                       seconds=time.perf_counter() - t0)
         return dict(self.history.analysis[ALL_INT8])
 
+    def _op_costs(self) -> dict[str, Any] | None:
+        """Per-op milliseconds in the FP32 model and the all-INT8 one (the first model-wise configuration)
+        from the framework's profiler, once per run (kept in the history, so a resume proposes as the run
+        did); None where the back end has no profiler wired or the profile fails."""
+        if OP_COSTS not in self.history.analysis:
+            if not self.adaptor.profiler:
+                return None
+            cfg = self.space.model_wise_configs()[0]
+            t0 = time.perf_counter()
+            try:
+                qmodel, _ = self.runner.quantize(cfg)
+                costs = self.adaptor.op_costs(self.runner.model, qmodel, self.runner.bench_inputs,
+                                              sorted(self.space.quantizable), PROFILED_RUNS)
+            except Exception as e:  # noqa: BLE001 - tuning goes on without them
+                log.warning("per-op costs (%s) could not be profiled: %s", self.adaptor.profiler, one_line(e))
+                return None
+            costs.config_id = cfg.id
+            self.history.add_analysis(OP_COSTS, costs.to_dict(), seconds=time.perf_counter() - t0)
+            slower = sorted(o for o, v in costs.to_dict()["ops"].items()
+                            if v["fp32_ms"] is not None and v["int8_ms"] is not None and v["int8_ms"] > v["fp32_ms"])
+            log.info("per-op costs from %s (%.1f s): %d op(s) profiled; INT8 is slower than FP32 for %d: %s",
+                     costs.profiler, time.perf_counter() - t0, len(costs.int8_ms), len(slower),
+                     ", ".join(slower[:8]) + (", ..." if len(slower) > 8 else ""))
+        return dict(self.history.analysis[OP_COSTS])
+
+    def _op_savings(self) -> dict[str, float] | None:
+        """What keeping each op INT8 saves over FP32 (ms per batch; negative: INT8 is slower), for a
+        strategy to find the fastest passing model; None unless latency is (part of) the objective."""
+        if "latency_ms" not in self.objective.needs():
+            return None
+        costs = self._op_costs()
+        if costs is None:
+            return None
+        return {o: v["fp32_ms"] - v["int8_ms"] for o, v in costs["ops"].items()
+                if v["fp32_ms"] is not None and v["int8_ms"] is not None}
+
     def _finish(self, stop_reason: str, interrupted: bool) -> TuneResult:
         hib = self.criterion.hib
         ranked = sorted((r for r in self.history.trials if r.ok), key=lambda r: rank_key(r, hib))
@@ -268,10 +305,11 @@ class Tuner:
             self._complete(best, ("latency_ms",))
         model = self._model_of(best) if best is not None else self.runner.model
         all_int8 = self._all_int8(best) if best is not None and best.passed else None
+        op_costs = self._op_costs() if all_int8 is not None else None
         assert self.view is not None
         reporter = Reporter(self.view, ModelWriter(lambda m, path: self.adaptor.save(m, path, self.example_inputs),
                                                    self.adaptor.predict, self.runner.bench_inputs))
-        summary = reporter.summary(best, stop_reason, self._elapsed(), None, all_int8)
+        summary = reporter.summary(best, stop_reason, self._elapsed(), None, all_int8, op_costs)
         reporter.write(summary, best, model if best is not None else None)
         self._emit("on_finish", summary)
         reporter.log(summary, best)

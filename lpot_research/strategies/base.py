@@ -59,6 +59,10 @@ class StrategyContext:
     # How far each op quantized alone (as a config quantizes it, every other op FP32) moves the output
     # from FP32's ({op: share of the total}), measured without trials; used by basic's stage 2.
     sensitivity: Callable[[TuneConfig, list[str]], dict[str, float]] | None = None
+    # What keeping each op INT8 saves over FP32 ({op: ms per benchmark batch}; negative: the op is slower in
+    # INT8, its quantize/dequantize included), from the framework's profiler, once per run; given when
+    # latency is the objective and the back end has a profiler wired; used by basic's stage 4.
+    op_savings: dict[str, float] | None = None
 
     def score(self, r: Result) -> float | None:
         """One number to maximize, for model-based strategies (lpot_research.quant.ranking.score)."""

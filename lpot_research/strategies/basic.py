@@ -17,13 +17,17 @@
 3. ops fall back cumulatively in impact order, most sensitive first, until the criterion is met (one
    batch: the configs are known in advance; it stops at the first that passes);
 4. refinement: a fallback that the passing config does not need gives speed back for nothing, so each
-   fallback op is quantized again, one at a time (least sensitive first: the likeliest to be free),
-   and kept INT8 when the config still passes. A failing try is cheap (its evaluation stops as soon as
-   it cannot pass). With a time budget every fallback is tried; when the first pass ends the run
-   (timeout=0) at most `refine` are (0: no refinement, the seed's rule), then the strategy ends.
+   fallback op is quantized again, one at a time, and kept INT8 when the config still passes: costliest
+   first where the framework's profiler measured each op in FP32 and INT8 (`ctx.op_savings`; ops no
+   faster in INT8 are not tried), else least sensitive first (the likeliest to be free). A failing try is
+   cheap (its evaluation stops as soon as it cannot pass). With a time budget every fallback is tried;
+   when the first pass ends the run (timeout=0) at most `refine` are (0: no refinement, the seed's rule),
+   then the strategy ends. Where the profiler measured ops, a last trial (the speed step) lets every op
+   that is slower in INT8 than in FP32 fall back, and the faster passing model wins; this runs also when
+   a model-wise configuration passes.
 
 Stages 2, 2b and 3 run for bf16 first, then for fp32 if bf16 fallback did not suffice. If the best
-model-wise configuration already passes, fallback cannot improve the objective and the strategy ends.
+model-wise configuration already passes, fallback cannot improve accuracy: only the speed step follows.
 """
 
 from __future__ import annotations
@@ -65,7 +69,10 @@ class BasicStrategy(Strategy):
         results = yield UntilPass(model_wise) if ctx.first_pass_ends else model_wise
         best = select_best(results, ctx.criterion.hib)
         if best is not None and best.passed:
-            return "the best model-wise configuration meets the criterion; fallback cannot improve on it"
+            said = "the best model-wise configuration meets the criterion"
+            if (not self.refine and ctx.first_pass_ends) or not ctx.op_savings:
+                return f"{said}; fallback cannot improve on it"
+            return said + (yield from self.speed_step(ctx, best))
         # If every model-wise config failed to quantize, fallback may still route around the op that
         # breaks: start from the first (recommended) one.
         base = best.config if best is not None else model_wise[0]
@@ -86,14 +93,19 @@ class BasicStrategy(Strategy):
 
     def refinement(self, ctx: StrategyContext, base: TuneConfig, passing: Result, order: list[str],
                    how: str) -> Proposals:
-        """Stage 4: the fallback ops of `passing` quantized again as in `base`, one at a time, least
-        sensitive (last in `order`) first, each kept INT8 when the config still passes; the stop reason.
-        When the first pass ends the run, at most `refine` of them cost a trial (a config evaluated
-        before, e.g. the stage-3 one before the pass, is answered from the history)."""
+        """Stage 4: the fallback ops of `passing` quantized again as in `base`, one at a time, each kept INT8
+        when the config still passes; then the speed step. The order: costliest fallback first where the
+        framework's profiler measured what each op saves in INT8 (`ctx.op_savings`; an op no faster in
+        INT8 is not tried: it stays a fallback), else least sensitive (last in `order`) first. When the
+        first pass ends the run, at most `refine` of them cost a trial (a config evaluated before, e.g.
+        the stage-3 one before the pass, is answered from the history). Returns the stop reason."""
         rank = {n: i for i, n in enumerate(order)}
+        savings = ctx.op_savings or {}
         cfg, last = passing.config, passing.trial
         fallbacks = sorted((n for n, c in cfg.ops if not c.quantized and base.op(n).quantized),
-                           key=lambda n: -rank.get(n, len(order)))
+                           key=lambda n: (-savings.get(n, 0.0), -rank.get(n, len(order))))
+        no_faster = [n for n in fallbacks if n in savings and savings[n] <= 0.0]
+        fallbacks = [n for n in fallbacks if n not in no_faster]
         kept, tried, bounded = [], 0, False
         for k, name in enumerate(fallbacks, 1):
             if ctx.first_pass_ends and tried >= self.refine:
@@ -103,12 +115,47 @@ class BasicStrategy(Strategy):
             if r.trial > last:  # a new trial
                 tried, last = tried + 1, r.trial
             if r.passed:
-                cfg, kept = r.config, [*kept, name]
+                cfg, kept, passing = r.config, [*kept, name], r
         said = f"{how} fallback meets the criterion"
-        if not fallbacks or not self.refine and ctx.first_pass_ends:
+        if not self.refine and ctx.first_pass_ends:
             return said
-        return (f"{said}; refinement quantized {len(kept)} of its {len(fallbacks)} fallback op(s) again "
-                f"({tried} trial(s){f', bounded by strategy.refine={self.refine}' if bounded else ''})")
+        if fallbacks:
+            said += (f"; refinement quantized {len(kept)} of its {len(fallbacks)} fallback op(s) again "
+                     f"({tried} trial(s){f', bounded by strategy.refine={self.refine}' if bounded else ''})")
+        if no_faster:
+            said += f"; {len(no_faster)} fallback op(s) no faster in INT8 stay fallbacks"
+        return said + (yield from self.speed_step(ctx, passing))
+
+    @staticmethod
+    def speed_step(ctx: StrategyContext, passing: Result, share: float = 0.8) -> Proposals:
+        """The last step where the profiler measured each op (`ctx.op_savings`): every op of the passing
+        config that is slower in INT8 than in FP32 (its quantize/dequantize included; e.g. a first conv
+        of one input channel, depthwise convs on ONNX Runtime) falls back to FP32 together, one trial; if
+        that fails the criterion (fallback does not always help accuracy: ranges and rounding change
+        around the ops), a second trial with only the slowest of them, those making `share` of the
+        slowdown. The tuner keeps whichever passing model measures faster. Returns what it did."""
+        savings = ctx.op_savings or {}
+        fp32 = OpChoice("fp32")
+        slower = sorted((n for n, c in passing.config.ops
+                         if c.quantized and savings.get(n, 0.0) < 0.0 and fp32 in ctx.space.op_options(n)),
+                        key=lambda n: savings[n])
+        if not slower:
+            return ""
+        total, acc, top = -sum(savings[n] for n in slower), 0.0, []
+        for n in slower:
+            if acc >= share * total:
+                break
+            top, acc = [*top, n], acc - savings[n]
+        said = ""
+        tries = [(slower, "")] + ([(top, f" ({share:.0%} of their slowdown)")] if len(top) < len(slower) else [])
+        for ops, part in tries:
+            r = yield passing.config.with_ops({n: fp32 for n in ops}, f"stage 4: the {'slowest ' if part else ''}"
+                                              f"{len(ops)} op(s) slower in INT8 than FP32{part} fall back")
+            said += (f"; the speed step let the {'slowest ' if part else ''}{len(ops)} op(s) slower in INT8{part} "
+                     f"fall back to FP32 ({'it passes' if r.passed else 'it does not pass'}, trial {r.trial})")
+            if r.passed:
+                break
+        return said
 
     @staticmethod
     def candidates(ctx: StrategyContext, base: TuneConfig, dtype: str) -> list[str]:

@@ -1,0 +1,109 @@
+"""Per-op costs: profiled kernels mapped back to the tunable ops (known answers on a small graph), the
+real ONNX Runtime profile of the digits CNN, and what a run does with them (report, history, resume)."""
+
+import json
+
+import pytest
+
+from lpot_research.measure.op_costs import attribute, graph_of, per_op
+from lpot_research.run.history import OP_COSTS, History
+
+# conv0 -> bn -> relu -> conv1, conv2 (both read relu's output) -> add -> gemm; node and tensor names
+# overlap as paddle2onnx's do ("p.Add" is a node and "relu_out" a tensor; "conv1" is both)
+GRAPH = graph_of([
+    ("conv0", ["x", "w0"], ["conv0_out"]),
+    ("bn", ["conv0_out", "scale", "bias"], ["bn_out"]),
+    ("relu", ["bn_out"], ["relu_out"]),
+    ("conv1", ["relu_out", "w1"], ["conv1"]),
+    ("conv2", ["relu_out", "w2"], ["conv2_out"]),
+    ("p.Add", ["conv1", "conv2_out"], ["add_out"]),
+    ("gemm", ["add_out", "wg"], ["y"]),
+])
+TUNABLE = frozenset({"conv0", "conv1", "conv2", "gemm"})
+
+
+@pytest.mark.parametrize("kernel, owners", [
+    ("conv0", ("conv0",)),  # a node keeps its name
+    ("conv0_token_17", ("conv0",)),  # a rewrite of a node (QLinearConv from Q-DQ-Conv-Q)
+    ("conv0_quant", ("conv0",)),  # QOperator format
+    ("gemm/MatmulTransposeFusion/", ("gemm",)),  # a fusion named after the node
+    ("bn_out_nchwc", ("conv0",)),  # conv+bn fused, named by bn's output: walks up to the conv
+    ("add_out_nchwc", ("conv1",)),  # conv+add fused, named by the add's output: the tunable input first
+    ("x_QuantizeLinear", ("conv0",)),  # the conversion of an op's input into INT8 is the op's
+    ("relu_out_QuantizeLinear", ("conv1", "conv2")),  # one quantize feeding two ops: shared
+    ("conv1_DequantizeLinear", ("conv1",)),  # a tensor named as a node: the dequantize of conv1's output
+    ("conv2_out_DequantizeLinear", ("conv2",)),
+    ("relu", ()),  # an untunable node is the rest
+    ("p.Add", ()),
+    ("ReorderOutput_token_156", ()),  # a layout conversion
+    ("y_nchwc", ("gemm",)),
+])
+def test_a_kernel_is_attributed_to_the_op_it_runs_for(kernel, owners):
+    assert attribute(kernel, GRAPH, TUNABLE) == owners
+
+
+def test_per_op_times_are_medians_over_runs_with_shared_kernels_split():
+    runs = [{"conv0_token_1": 1.0, "relu_out_QuantizeLinear": 0.4, "relu": 0.5},
+            {"conv0_token_1": 3.0, "relu_out_QuantizeLinear": 0.2, "relu": 0.7},
+            {"conv0_token_1": 2.0, "relu": 0.6}]  # no quantize in run 3: it took no time there
+    ops, rest = per_op(runs, GRAPH, TUNABLE)
+    assert ops == {"conv0": 2.0, "conv1": pytest.approx(0.1), "conv2": pytest.approx(0.1)}
+    assert rest == pytest.approx(0.6)
+
+
+@pytest.fixture(scope="module")
+def digits_onnx():
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (pip install 'lpot-research[onnxrt]')")
+    pytest.importorskip("torch", reason="the digits model is built with PyTorch (pip install 'lpot-research[pytorch]')")
+    from lpot_research.adaptors.onnxrt import OnnxRuntimeAdaptor
+    from lpot_research.models.digits import DigitsCNN
+
+    bundle = DigitsCNN().load()
+    adaptor = OnnxRuntimeAdaptor(threads=1)
+    return bundle, adaptor, adaptor.prepare(bundle.model, bundle.example_inputs)
+
+
+def test_onnxruntime_profiles_every_op_in_fp32_and_in_int8(digits_onnx):
+    from lpot_research.quant.space import build_space
+
+    bundle, adaptor, model = digits_onnx
+    approach = "post_training_static_quant"
+    space = build_space(adaptor.capabilities(model, approach, None), approach, 64)
+    q = adaptor.quantize(model, space.model_wise_configs()[0], bundle.calib_dataloader, None)
+    inputs = adaptor.take_inputs(bundle.eval_dataloader, 8)
+    costs = adaptor.op_costs(model, q, inputs, sorted(space.quantizable), 3)
+    ops = set(space.quantizable)
+    assert len(ops) == 6
+    # every conv and the gemm found in both profiles, under the FP32 graph's names (the INT8 graph's
+    # QLinearConv nodes, the FP32 one's fused NCHWc convs are named otherwise)
+    assert set(costs.fp32_ms) == ops and set(costs.int8_ms) == ops
+    assert all(v > 0 for v in [*costs.fp32_ms.values(), *costs.int8_ms.values()])
+    # what is not a tunable op's is little: the convs and the gemm are the model's work
+    assert costs.rest_ms[1] < 0.5 * sum(costs.int8_ms.values())
+    assert costs.profiler == "onnxruntime session profiling" and costs.runs == 3
+
+
+def test_a_run_keeps_its_op_costs_reports_them_beside_the_fallbacks_and_a_resume_reuses_them(digits_onnx, tmp_path):
+    from lpot_research.api import tune
+    from lpot_research.measure.metrics import TopK
+
+    bundle, _, _ = digits_onnx
+    fc = "/fc/Gemm"
+    cfg = {"quantization": {"op_wise": {fc: {"activation": {"dtype": ["fp32"]}}}},
+           "exit_policy": {"timeout": 0, "max_trials": 2}, "benchmark": {"warmup": 1, "iterations": 3}}
+    res = tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, TopK(1), config=cfg,
+               framework="onnxrt", output_dir=tmp_path, example_inputs=bundle.example_inputs)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert res.met_criterion and fc in s["best"]["fallback_ops"]
+    costs = s["op_costs"]
+    assert costs["profiler"] == "onnxruntime session profiling" and len(costs["ops"]) == 6
+    assert costs["config_id"] == s["all_int8"]["config_id"]
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith(f"| `{fc}`"))
+    f, i = costs["ops"][fc]["fp32_ms"], costs["ops"][fc]["int8_ms"]
+    assert row == f"| `{fc}` | {f:.3f} | {i:.3f} | {f - i:+.3f} |"
+    h = History.read(tmp_path)
+    assert h.analysis_records[OP_COSTS] == 1
+    tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, TopK(1),
+         config={**cfg, "exit_policy": {"timeout": 0, "max_trials": 3}}, framework="onnxrt", output_dir=tmp_path,
+         example_inputs=bundle.example_inputs, resume=True)
+    assert History.read(tmp_path).analysis_records[OP_COSTS] == 1  # profiled once per run
