@@ -52,13 +52,19 @@ def test_per_op_times_are_medians_over_runs_with_shared_kernels_split():
 
 
 @pytest.fixture(scope="module")
-def digits_onnx():
-    pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (pip install 'lpot-research[onnxrt]')")
+def digits():
     pytest.importorskip("torch", reason="the digits model is built with PyTorch (pip install 'lpot-research[pytorch]')")
-    from lpot_research.adaptors.onnxrt import OnnxRuntimeAdaptor
     from lpot_research.models.digits import DigitsCNN
 
-    bundle = DigitsCNN().load()
+    return DigitsCNN().load()
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(digits):
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (pip install 'lpot-research[onnxrt]')")
+    from lpot_research.adaptors.onnxrt import OnnxRuntimeAdaptor
+
+    bundle = digits
     adaptor = OnnxRuntimeAdaptor(threads=1)
     return bundle, adaptor, adaptor.prepare(bundle.model, bundle.example_inputs)
 
@@ -107,3 +113,37 @@ def test_a_run_keeps_its_op_costs_reports_them_beside_the_fallbacks_and_a_resume
          config={**cfg, "exit_policy": {"timeout": 0, "max_trials": 3}}, framework="onnxrt", output_dir=tmp_path,
          example_inputs=bundle.example_inputs, resume=True)
     assert History.read(tmp_path).analysis_records[OP_COSTS] == 1  # profiled once per run
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("onednn::qconv_pointwise", "conv"), ("onednn::qconv2d_pointwise.binary", "conv"),
+    ("mkldnn::_convolution_pointwise", "conv"), ("aten::conv2d", "conv"),
+    ("onednn::qlinear_pointwise.tensor", "linear"), ("mkl::_mkl_linear", "linear"), ("aten::addmm", "linear"),
+    ("mkldnn::_linear_pointwise", "linear"),
+    ("graph_0_cpp_fused_addmm_mean_view_1", None),  # Inductor's fused elementwise kernel, named after its ops
+    ("graph_1_cpp_fused_quantize_per_tensor_0", None), ("aten::bmm", None), ("aten::empty", None),
+    ("## Call CompiledFxGraph None ##", None),
+])
+def test_the_extern_conv_and_linear_kernels_are_told_from_the_rest(name, kind):
+    pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'lpot-research[pytorch]')")
+    from lpot_research.adaptors.pytorch_export import kernel_kind
+
+    assert kernel_kind(name) == kind
+
+
+def test_torch_profiler_finds_every_conv_and_linear_of_the_compiled_models(digits):
+    from lpot_research.adaptors.pytorch_export import PyTorchExportAdaptor
+    from lpot_research.quant.space import build_space
+
+    bundle = digits
+    adaptor = PyTorchExportAdaptor(threads=1)
+    model = adaptor.prepare(bundle.model, bundle.example_inputs)
+    approach = "post_training_static_quant"
+    space = build_space(adaptor.capabilities(model, approach, None), approach, 64)
+    q = adaptor.quantize(model, space.model_wise_configs()[0], bundle.calib_dataloader, bundle.example_inputs)
+    costs = adaptor.op_costs(model, q, adaptor.take_inputs(bundle.eval_dataloader, 8), sorted(space.quantizable), 3)
+    # five convs and the fc, each one extern kernel per run in graph order: all matched, none left over
+    assert costs.notes == []
+    assert set(costs.fp32_ms) == set(costs.int8_ms) == set(space.quantizable) and len(costs.int8_ms) == 6
+    assert all(v > 0 for v in [*costs.fp32_ms.values(), *costs.int8_ms.values()])
+    assert costs.rest_ms[1] < sum(costs.int8_ms.values())

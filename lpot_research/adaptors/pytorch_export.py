@@ -34,10 +34,11 @@ import torch
 from torch import fx, nn
 
 from lpot_research.adaptors.base import RangeRule, quiet
-from lpot_research.adaptors.export_graph import OPS, export_batched, is_dequantize, op_nodes, run_in_bf16
+from lpot_research.adaptors.export_graph import OPS, export_batched, is_dequantize, op_name, op_nodes, run_in_bf16
 from lpot_research.adaptors.torch_common import BF16_MISSING, TorchAdaptor, bf16_supported, torch_args
 from lpot_research.core.cpu import cpu_info
 from lpot_research.core.errors import ConfigError
+from lpot_research.measure.op_costs import OpCosts
 from lpot_research.quant.space import APPROACHES, OpCapability, TuneConfig
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,67 @@ def export_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" + (f" ({where})" if where else "")
 
 
+def kernel_kind(name: str) -> str | None:
+    """"conv" or "linear" for an extern conv/linear kernel in torch.profiler's record (oneDNN's qconv and
+    qlinear, mkldnn's convolution, MKL's linear, aten's addmm), else None (Inductor's fused C++ kernels
+    are named after what they fuse, e.g. cpp_fused_addmm_mean_view: not a linear)."""
+    n = name.lower()
+    if "::" not in n or "cpp_fused" in n:
+        return None
+    if "conv" in n:
+        return "conv"
+    if "linear" in n or n.split("::")[-1] in ("addmm", "mm"):
+        return "linear"
+    return None
+
+
+def profile_compiled(run: Callable[[], Any], runs: int, order: dict[str, list[str]], what: str,
+                     notes: list[str], warmup: int = 2) -> tuple[dict[str, float], float]:
+    """Per op (median over `runs` profiled calls of `run`) the milliseconds of its extern kernel, matched
+    by kind and position to `order` (op names per kind in graph order), and the median rest."""
+    import statistics
+
+    for _ in range(warmup):
+        run()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            with torch.profiler.record_function("lpot_profiled_run"):
+                run()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    marks = [e for e in events if e.name == "lpot_profiled_run"]
+    per_op: dict[str, list[float]] = {}
+    rest: list[float] = []
+    for m in marks:
+        lo, hi = m.time_range.start, m.time_range.end
+        inside = [e for e in events if lo <= e.time_range.start and e.time_range.end <= hi]
+        kernels: dict[str, list[Any]] = {"conv": [], "linear": []}
+        for e in inside:
+            kind = kernel_kind(e.name)
+            parent = e.cpu_parent
+            while kind and parent is not None and parent is not m:  # a kernel's own sub-calls are its time
+                if kernel_kind(parent.name):
+                    kind = None
+                parent = parent.cpu_parent
+            if kind:
+                kernels[kind].append(e)
+        this: dict[str, float] = {}
+        for kind, names in order.items():
+            if len(kernels[kind]) != len(names):
+                note = (f"{what}: {len(kernels[kind])} {kind} kernel(s) per run for {len(names)} {kind} call(s) "
+                        "in the graph: not attributed")
+                if note not in notes:
+                    notes.append(note)
+                continue
+            for name, e in zip(names, kernels[kind], strict=True):  # an op called twice: its calls add up
+                this[name] = this.get(name, 0.0) + e.cpu_time_total / 1e3
+        for name, ms in this.items():
+            per_op.setdefault(name, []).append(ms)
+        rest.append(m.cpu_time_total / 1e3 - sum(this.values()))
+    return {o: statistics.median(v) for o, v in per_op.items()}, statistics.median(rest) if rest else 0.0
+
+
 class PyTorchExportAdaptor(TorchAdaptor):
+    profiler = "torch.profiler of the Inductor-compiled models"
     approaches = APPROACHES  # QAT too
 
     def __init__(self, threads: int | None = None, reduce_range: bool | None = None, compile: bool = True) -> None:
@@ -297,6 +358,25 @@ class PyTorchExportAdaptor(TorchAdaptor):
             return fn(*args)
 
         return once
+
+    def op_costs(self, fp32_model: fx.GraphModule, int8_model: nn.Module, inputs: Any, op_names: list[str],
+                 runs: int) -> OpCosts:
+        """Each op's kernel in torch.profiler's record of the compiled models: Inductor lowers every conv
+        and linear to one extern kernel call (oneDNN's qconv/qlinear in INT8; oneDNN's or MKL's in FP32)
+        and keeps their graph order, so the k-th conv (linear) kernel of a run is the k-th conv (linear)
+        call of the FP32 graph. A kind whose count differs from the graph's is left unattributed (in the
+        rest) and said in `notes`. Quantize/dequantize steps are fused into Inductor's own kernels, so they
+        are in the rest: an op's INT8 time here is its kernel alone."""
+        order: dict[str, list[str]] = {"conv": [], "linear": []}
+        for node in fp32_model.graph.nodes:
+            if node.op == "call_function" and node.target in OPS:
+                order["linear" if OPS[node.target] == "Linear" else "conv"].append(op_name(node))
+        notes: list[str] = []
+        (fp32, rest32), (int8, rest8) = (profile_compiled(self.runner(m, inputs), runs, order, what, notes)
+                                         for m, what in ((fp32_model, "FP32"), (int8_model, "INT8")))
+        keep = set(op_names)
+        return OpCosts(self.profiler, runs, {o: v for o, v in fp32.items() if o in keep},
+                       {o: v for o, v in int8.items() if o in keep}, (rest32, rest8), notes=notes)
 
     def __getstate__(self) -> dict[str, Any]:
         """Compiled models stay in their process (a worker compiles its own and counts its own seconds)."""

@@ -34,6 +34,11 @@ class OpCosts:
         a, b = self.fp32_ms.get(op), self.int8_ms.get(op)
         return None if a is None or b is None else a - b
 
+    @property
+    def int8_total(self) -> float:
+        """The all-INT8 model's profiled milliseconds: its ops and the rest."""
+        return sum(self.int8_ms.values()) + self.rest_ms[1]
+
     def to_dict(self) -> dict[str, Any]:
         ops = sorted(set(self.fp32_ms) | set(self.int8_ms))
         return {"profiler": self.profiler, "runs": self.runs, "config_id": self.config_id,

@@ -21,6 +21,7 @@ from typing import Any
 from lpot_research.core.cpu import cpu_info
 from lpot_research.core.errors import LpotError, interrupt_reason
 from lpot_research.measure.objectives import Objective
+from lpot_research.measure.op_costs import OpCosts
 from lpot_research.quant.criterion import AccuracyCriterion
 from lpot_research.quant.ranking import better, rank_key
 from lpot_research.quant.space import TuneConfig, TuningSpace, build_space
@@ -28,7 +29,7 @@ from lpot_research.run.callbacks import Callback, RunView
 from lpot_research.run.history import ALL_INT8, EVAL_ORDER, FP32_SCORES, OP_COSTS, History, TrialRecord
 from lpot_research.run.inspector import Inspector
 from lpot_research.run.policy import ExitPolicy, Parallel
-from lpot_research.run.report import ModelWriter, Reporter, latency_of
+from lpot_research.run.report import ModelWriter, Reporter, fallback_ops, latency_of
 from lpot_research.run.scheduler import Stop, TrialScheduler
 from lpot_research.run.summary import EvaluationSummary, Summary
 from lpot_research.run.trial import TrialRunner, one_line
@@ -186,7 +187,8 @@ class Tuner:
         ctx = StrategyContext(self.space, self.criterion, self.baseline["accuracy"],
                               baseline_objective=self.baseline.get(self.objective.key), max_trials=self.exit.max_trials,
                               op_errors=self.inspector.op_errors, sensitivity=self.inspector.sensitivity,
-                              first_pass_ends=self.exit.timeout == 0, op_savings=self._op_savings())
+                              first_pass_ends=self.exit.timeout == 0,
+                              op_costs=self._strategy_op_costs if self._profiles_for_speed() else None)
         gen = self.strategy.proposals(ctx)
         try:
             proposal = self._ask(gen, None)
@@ -260,14 +262,18 @@ class Tuner:
     def _op_costs(self) -> dict[str, Any] | None:
         """Per-op milliseconds in the FP32 model and the all-INT8 one (the first model-wise configuration)
         from the framework's profiler, once per run (kept in the history, so a resume proposes as the run
-        did); None where the back end has no profiler wired or the profile fails."""
+        did); None where the back end has no profiler wired or the profile fails. The all-INT8 model is
+        the best trial's when that is it (already compiled where the back end compiles for timing)."""
         if OP_COSTS not in self.history.analysis:
             if not self.adaptor.profiler:
                 return None
             cfg = self.space.model_wise_configs()[0]
             t0 = time.perf_counter()
             try:
-                qmodel, _ = self.runner.quantize(cfg)
+                if self._best_model and self._best_model[0] == cfg.id and self._best_model[1] is not None:
+                    qmodel = self._best_model[1]
+                else:
+                    qmodel, _ = self.runner.quantize(cfg)
                 costs = self.adaptor.op_costs(self.runner.model, qmodel, self.runner.bench_inputs,
                                               sorted(self.space.quantizable), PROFILED_RUNS)
             except Exception as e:  # noqa: BLE001 - tuning goes on without them
@@ -275,23 +281,20 @@ class Tuner:
                 return None
             costs.config_id = cfg.id
             self.history.add_analysis(OP_COSTS, costs.to_dict(), seconds=time.perf_counter() - t0)
-            slower = sorted(o for o, v in costs.to_dict()["ops"].items()
-                            if v["fp32_ms"] is not None and v["int8_ms"] is not None and v["int8_ms"] > v["fp32_ms"])
-            log.info("per-op costs from %s (%.1f s): %d op(s) profiled; INT8 is slower than FP32 for %d: %s",
+            slower = sorted(o for o in costs.int8_ms if (costs.saving(o) or 0.0) < 0.0)
+            log.info("per-op costs from %s (%.1f s): %d op(s) profiled; INT8 is slower than FP32 for %d%s%s",
                      costs.profiler, time.perf_counter() - t0, len(costs.int8_ms), len(slower),
-                     ", ".join(slower[:8]) + (", ..." if len(slower) > 8 else ""))
+                     ": " + ", ".join(slower[:8]) + (", ..." if len(slower) > 8 else "") if slower else "",
+                     "".join(f"; {n}" for n in costs.notes))
         return dict(self.history.analysis[OP_COSTS])
 
-    def _op_savings(self) -> dict[str, float] | None:
-        """What keeping each op INT8 saves over FP32 (ms per batch; negative: INT8 is slower), for a
-        strategy to find the fastest passing model; None unless latency is (part of) the objective."""
-        if "latency_ms" not in self.objective.needs():
-            return None
+    def _profiles_for_speed(self) -> bool:
+        return bool(self.adaptor.profiler) and "latency_ms" in self.objective.needs()
+
+    def _strategy_op_costs(self) -> OpCosts | None:
+        """`ctx.op_costs`: the profiled costs for a strategy to find the fastest passing model."""
         costs = self._op_costs()
-        if costs is None:
-            return None
-        return {o: v["fp32_ms"] - v["int8_ms"] for o, v in costs["ops"].items()
-                if v["fp32_ms"] is not None and v["int8_ms"] is not None}
+        return OpCosts.from_dict(costs) if costs is not None else None
 
     def _finish(self, stop_reason: str, interrupted: bool) -> TuneResult:
         hib = self.criterion.hib
@@ -305,7 +308,9 @@ class Tuner:
             self._complete(best, ("latency_ms",))
         model = self._model_of(best) if best is not None else self.runner.model
         all_int8 = self._all_int8(best) if best is not None and best.passed else None
-        op_costs = self._op_costs() if all_int8 is not None else None
+        # (measured for the report when a fallback op's cost is worth showing, or already measured)
+        shown = all_int8 is not None and (OP_COSTS in self.history.analysis or fallback_ops(self.space, best.config))
+        op_costs = self._op_costs() if shown else None
         assert self.view is not None
         reporter = Reporter(self.view, ModelWriter(lambda m, path: self.adaptor.save(m, path, self.example_inputs),
                                                    self.adaptor.predict, self.runner.bench_inputs))

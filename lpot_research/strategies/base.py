@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from lpot_research.measure.op_costs import OpCosts
 from lpot_research.quant.criterion import AccuracyCriterion
 from lpot_research.quant.ranking import rank_key, score, select_best
 from lpot_research.quant.space import TuneConfig, TuningSpace
@@ -59,10 +60,11 @@ class StrategyContext:
     # How far each op quantized alone (as a config quantizes it, every other op FP32) moves the output
     # from FP32's ({op: share of the total}), measured without trials; used by basic's stage 2.
     sensitivity: Callable[[TuneConfig, list[str]], dict[str, float]] | None = None
-    # What keeping each op INT8 saves over FP32 ({op: ms per benchmark batch}; negative: the op is slower in
-    # INT8, its quantize/dequantize included), from the framework's profiler, once per run; given when
-    # latency is the objective and the back end has a profiler wired; used by basic's stage 4.
-    op_savings: dict[str, float] | None = None
+    # Each op's time in FP32 and INT8 (lpot_research.measure.op_costs.OpCosts: `saving(op)` is what keeping
+    # it INT8 saves; negative where the op is slower in INT8), from the framework's profiler, measured on
+    # the first call and once per run (None: it could not be); given when latency is the objective and
+    # the back end has a profiler wired; used by basic's stage 4.
+    op_costs: Callable[[], OpCosts | None] | None = None
 
     def score(self, r: Result) -> float | None:
         """One number to maximize, for model-based strategies (lpot_research.quant.ranking.score)."""

@@ -18,7 +18,7 @@
    batch: the configs are known in advance; it stops at the first that passes);
 4. refinement: a fallback that the passing config does not need gives speed back for nothing, so each
    fallback op is quantized again, one at a time, and kept INT8 when the config still passes: costliest
-   first where the framework's profiler measured each op in FP32 and INT8 (`ctx.op_savings`; ops no
+   first where the framework's profiler measured each op in FP32 and INT8 (`ctx.op_costs`; ops no
    faster in INT8 are not tried), else least sensitive first (the likeliest to be free). A failing try is
    cheap (its evaluation stops as soon as it cannot pass). With a time budget every fallback is tried;
    when the first pass ends the run (timeout=0) at most `refine` are (0: no refinement, the seed's rule),
@@ -47,6 +47,14 @@ from lpot_research.strategies.base import (
 STAGE2 = ("sensitivity", "trials")
 
 
+def op_savings(ctx: StrategyContext) -> dict[str, float]:
+    """What keeping each op INT8 saves over FP32 (ms; negative: slower in INT8), where profiled."""
+    costs = ctx.op_costs() if ctx.op_costs is not None else None
+    if costs is None:
+        return {}
+    return {n: v for n in costs.int8_ms if (v := costs.saving(n)) is not None}
+
+
 class BasicStrategy(Strategy):
     name = "basic"
 
@@ -70,7 +78,7 @@ class BasicStrategy(Strategy):
         best = select_best(results, ctx.criterion.hib)
         if best is not None and best.passed:
             said = "the best model-wise configuration meets the criterion"
-            if (not self.refine and ctx.first_pass_ends) or not ctx.op_savings:
+            if (not self.refine and ctx.first_pass_ends) or ctx.op_costs is None:
                 return f"{said}; fallback cannot improve on it"
             return said + (yield from self.speed_step(ctx, best))
         # If every model-wise config failed to quantize, fallback may still route around the op that
@@ -95,12 +103,12 @@ class BasicStrategy(Strategy):
                    how: str) -> Proposals:
         """Stage 4: the fallback ops of `passing` quantized again as in `base`, one at a time, each kept INT8
         when the config still passes; then the speed step. The order: costliest fallback first where the
-        framework's profiler measured what each op saves in INT8 (`ctx.op_savings`; an op no faster in
+        framework's profiler measured what each op saves in INT8 (`ctx.op_costs`; an op no faster in
         INT8 is not tried: it stays a fallback), else least sensitive (last in `order`) first. When the
         first pass ends the run, at most `refine` of them cost a trial (a config evaluated before, e.g.
         the stage-3 one before the pass, is answered from the history). Returns the stop reason."""
         rank = {n: i for i, n in enumerate(order)}
-        savings = ctx.op_savings or {}
+        savings = op_savings(ctx)
         cfg, last = passing.config, passing.trial
         fallbacks = sorted((n for n, c in cfg.ops if not c.quantized and base.op(n).quantized),
                            key=lambda n: (-savings.get(n, 0.0), -rank.get(n, len(order))))
@@ -127,21 +135,26 @@ class BasicStrategy(Strategy):
         return said + (yield from self.speed_step(ctx, passing))
 
     @staticmethod
-    def speed_step(ctx: StrategyContext, passing: Result, share: float = 0.8) -> Proposals:
-        """The last step where the profiler measured each op (`ctx.op_savings`): every op of the passing
+    def speed_step(ctx: StrategyContext, passing: Result, share: float = 0.8, min_gain: float = 0.05) -> Proposals:
+        """The last step where the profiler measured each op (`ctx.op_costs`): every op of the passing
         config that is slower in INT8 than in FP32 (its quantize/dequantize included; e.g. a first conv
         of one input channel, depthwise convs on ONNX Runtime) falls back to FP32 together, one trial; if
         that fails the criterion (fallback does not always help accuracy: ranges and rounding change
         around the ops), a second trial with only the slowest of them, those making `share` of the
-        slowdown. The tuner keeps whichever passing model measures faster. Returns what it did."""
-        savings = ctx.op_savings or {}
+        slowdown. Not when the profile says the gain is under `min_gain` of the all-INT8 model's time (under
+        the +-5% a latency ratio is measured to here, a trial could not show it). The tuner keeps
+        whichever passing model measures faster. Returns what it did."""
+        savings = op_savings(ctx)
         fp32 = OpChoice("fp32")
         slower = sorted((n for n, c in passing.config.ops
                          if c.quantized and savings.get(n, 0.0) < 0.0 and fp32 in ctx.space.op_options(n)),
                         key=lambda n: savings[n])
-        if not slower:
-            return ""
-        total, acc, top = -sum(savings[n] for n in slower), 0.0, []
+        total = -sum(savings[n] for n in slower)
+        costs = ctx.op_costs() if ctx.op_costs is not None else None
+        if not slower or costs is None or total < min_gain * costs.int8_total:
+            return (f"; no speed step: the {len(slower)} op(s) slower in INT8 cost {total:.3f} ms, under "
+                    f"{min_gain:.0%} of the all-INT8 model's {costs.int8_total:.3f} ms" if slower and costs else "")
+        acc, top = 0.0, []
         for n in slower:
             if acc >= share * total:
                 break
