@@ -4,6 +4,10 @@ side by side in one run, on real models.
 
     python scripts/bench_refinement.py                                  # digits_cnn, minilm_wordnet, ppocr_rec
     python scripts/bench_refinement.py --models ppocr_rec --timeout 600
+    python scripts/bench_refinement.py --before a9459cd~1                # the defaults, then and now
+
+With `--before REV`, each model runs with the default strategy settings twice instead: in a `git worktree`
+of REV (the code before a change) and in this checkout.
 
 For each model, `tune.py strategy=basic` runs twice from scratch in its own run dir, with the same
 criterion, seed and budget: `strategy.refine=0` (stop at the first passing config: the strategy's
@@ -28,16 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # each model on its default framework; minilm on the FX back end with MinMax, where naive INT8 misses
 MODELS = {
     "digits_cnn": ["model=digits_cnn"],
+    "digits_onnx": ["model=digits_cnn", "framework=onnxrt"],
+    "minilm_export": ["model=minilm_wordnet", "quantization.model_wise.activation.algorithm=minmax"],
     "minilm_wordnet": ["model=minilm_wordnet", "framework.backend=fx",
                        "quantization.model_wise.activation.algorithm=minmax"],
     "ppocr_rec": ["model=ppocr_rec", "framework=onnxrt"],
 }
 
 
-def run(args: list[str], out: Path) -> dict:
+def run(args: list[str], out: Path, root: Path = ROOT) -> dict:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, str(ROOT / "tune.py"), *args, f"hydra.run.dir={out}"], cwd=ROOT,
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run([sys.executable, str(root / "tune.py"), *args, f"hydra.run.dir={out}"], cwd=root,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"tune.py {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
@@ -60,6 +66,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=0, help="exit_policy.timeout (0: stop at the first pass)")
     ap.add_argument("--max-trials", type=int, default=60)
     ap.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary dir)")
+    ap.add_argument("--before", default=None, help="compare the defaults at this commit (a git worktree) and now")
     args = ap.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in names if m not in MODELS]
@@ -73,12 +80,21 @@ def main() -> int:
           f"timeout {args.timeout:g}, max_trials {args.max_trials}, one thread")
     print(f"{'model / strategy':<26} {'all-INT8':>9} {'at goal':>9} {'vs limit':>9} {'fallbacks':>9} "
           f"{'accuracy':>8} {'trials':>6} {'wall s':>7}")
-    for name in names:
-        common = [*MODELS[name], "strategy=basic", f"exit_policy.timeout={args.timeout:g}",
-                  f"exit_policy.max_trials={args.max_trials}"]
-        for refine in (0, 8):
-            res = run([*common, f"strategy.refine={refine}"], out / f"{name}_refine{refine}")
-            print(row(f"{name} refine={refine}", res), flush=True)
+    variants: list[tuple[str, list[str], Path]] = [(f"refine={k}", [f"strategy.refine={k}"], ROOT) for k in (0, 8)]
+    tree = out / "before"
+    if args.before:
+        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), args.before], cwd=ROOT, check=True)
+        variants = [(f"@{args.before}", [], tree), ("now", [], ROOT)]
+    try:
+        for name in names:
+            common = [*MODELS[name], "strategy=basic", f"exit_policy.timeout={args.timeout:g}",
+                      f"exit_policy.max_trials={args.max_trials}"]
+            for label, extra, root in variants:
+                res = run([*common, *extra], out / f"{name}_{label.strip('@=')}", root)
+                print(row(f"{name} {label}", res), flush=True)
+    finally:
+        if args.before:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     print(f"runs in {out}")
     return 0
 
