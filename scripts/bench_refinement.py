@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -90,7 +91,7 @@ def main() -> int:
             common = [*MODELS[name], "strategy=basic", f"exit_policy.timeout={args.timeout:g}",
                       f"exit_policy.max_trials={args.max_trials}"]
             for label, extra, root in variants:
-                res = run([*common, *extra], out / f"{name}_{label.strip('@=')}", root)
+                res = run([*common, *extra], out / re.sub(r"[^\w.-]", "_", f"{name}_{label}"), root)
                 print(row(f"{name} {label}", res), flush=True)
     finally:
         if args.before:

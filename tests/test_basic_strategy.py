@@ -214,6 +214,10 @@ def test_the_speed_step_lets_the_ops_slower_in_int8_fall_back_and_the_faster_mod
     assert size.summary.trials == 1
     seed = run_fake(tmp_path / "seed", FakeAdaptor(**slow), BasicStrategy(refine=0))
     assert seed.summary.trials == 1 and seed.summary.best.latency_ms == 9.0
+    # nor when the profile promises under 5% (0.2 ms of 7.2): no latency measurement could show it
+    small = run_fake(tmp_path / "small", FakeAdaptor(**{**slow, "int8_ms": {"op0": 4.2}}), BasicStrategy()).summary
+    assert small.trials == 1 and small.stop_reason.endswith(
+        "no speed step: the 1 op(s) slower in INT8 cost 0.200 ms, under 5% of the all-INT8 model's 7.200 ms")
 
 
 def test_with_profiled_costs_refinement_tries_the_costliest_fallback_first_and_not_one_no_faster_in_int8(tmp_path):

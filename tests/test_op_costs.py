@@ -8,15 +8,15 @@ import pytest
 from lpot_research.measure.op_costs import attribute, graph_of, per_op
 from lpot_research.run.history import OP_COSTS, History
 
-# conv0 -> bn -> relu -> conv1, conv2 (both read relu's output) -> add -> gemm; node and tensor names
-# overlap as paddle2onnx's do ("p.Add" is a node and "relu_out" a tensor; "conv1" is both)
+# conv0 -> bn -> relu -> conv1, conv2 (both read relu's output); relu + conv1 -> add -> gemm; node and tensor names
+# overlap as paddle2onnx's do: conv1's output tensor is "conv1", conv2's is "p.Add", the add node's name
 GRAPH = graph_of([
     ("conv0", ["x", "w0"], ["conv0_out"]),
     ("bn", ["conv0_out", "scale", "bias"], ["bn_out"]),
     ("relu", ["bn_out"], ["relu_out"]),
     ("conv1", ["relu_out", "w1"], ["conv1"]),
-    ("conv2", ["relu_out", "w2"], ["conv2_out"]),
-    ("p.Add", ["conv1", "conv2_out"], ["add_out"]),
+    ("conv2", ["relu_out", "w2"], ["p.Add"]),
+    ("p.Add", ["relu_out", "conv1"], ["add_out"]),  # a residual add
     ("gemm", ["add_out", "wg"], ["y"]),
 ])
 TUNABLE = frozenset({"conv0", "conv1", "conv2", "gemm"})
@@ -28,11 +28,12 @@ TUNABLE = frozenset({"conv0", "conv1", "conv2", "gemm"})
     ("conv0_quant", ("conv0",)),  # QOperator format
     ("gemm/MatmulTransposeFusion/", ("gemm",)),  # a fusion named after the node
     ("bn_out_nchwc", ("conv0",)),  # conv+bn fused, named by bn's output: walks up to the conv
-    ("add_out_nchwc", ("conv1",)),  # conv+add fused, named by the add's output: the tunable input first
+    ("add_out_nchwc", ("conv1",)),  # conv+add fused, named by the add's output: its tunable input, not its first
     ("x_QuantizeLinear", ("conv0",)),  # the conversion of an op's input into INT8 is the op's
     ("relu_out_QuantizeLinear", ("conv1", "conv2")),  # one quantize feeding two ops: shared
     ("conv1_DequantizeLinear", ("conv1",)),  # a tensor named as a node: the dequantize of conv1's output
-    ("conv2_out_DequantizeLinear", ("conv2",)),
+    ("p.Add_DequantizeLinear", ("conv2",)),  # the dequantize of the tensor "p.Add", not the node
+    ("p.Add_QuantizeLinear", ()),  # nothing tunable reads the tensor "p.Add": no owner
     ("relu", ()),  # an untunable node is the rest
     ("p.Add", ()),
     ("ReorderOutput_token_156", ()),  # a layout conversion
@@ -147,3 +148,26 @@ def test_torch_profiler_finds_every_conv_and_linear_of_the_compiled_models(digit
     assert set(costs.fp32_ms) == set(costs.int8_ms) == set(space.quantizable) and len(costs.int8_ms) == 6
     assert all(v > 0 for v in [*costs.fp32_ms.values(), *costs.int8_ms.values()])
     assert costs.rest_ms[1] < sum(costs.int8_ms.values())
+
+
+def test_kernels_are_matched_per_run_by_kind_and_order_and_a_count_that_differs_is_said():
+    """torch.profiler on an eager two-conv model (aten::conv2d and its own sub-calls: counted once)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'lpot-research[pytorch]')")
+    from lpot_research.adaptors.pytorch_export import profile_compiled
+
+    small, big = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 64, 7, padding=3)
+    x = torch.randn(2, 3, 32, 32)
+
+    def run():
+        with torch.no_grad():
+            return big(small(x))
+
+    notes: list[str] = []
+    ops, rest = profile_compiled(run, 3, {"conv": ["small", "big"], "linear": []}, "FP32", notes)
+    assert notes == [] and set(ops) == {"small", "big"}
+    # in order, not swapped: 64 7x7 filters take ~1000x the arithmetic of 4 1x1 ones
+    assert ops["big"] > ops["small"] > 0 and rest >= 0
+    ops, _ = profile_compiled(run, 3, {"conv": ["only"], "linear": ["fc"]}, "INT8", notes)
+    assert ops == {}
+    assert notes == ["INT8: 2 conv kernel(s) per run for 1 conv call(s) in the graph: not attributed",
+                     "INT8: 0 linear kernel(s) per run for 1 linear call(s) in the graph: not attributed"]
