@@ -40,3 +40,14 @@ def load_bundle(name: str, framework: str | None = None) -> Any:
         sys.exit(2)
     spec = instantiate(OmegaConf.load(path))
     return spec.load() if framework is None else spec.load(framework=framework)
+
+
+def default_framework(name: str) -> str:
+    """The framework a built-in model runs on by default (the first its spec lists; PyTorch if none)."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    module, _, cls = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml").get("_target_", "").rpartition(".")
+    frameworks = getattr(getattr(importlib.import_module(module), cls), "frameworks", ("pytorch",))
+    return frameworks[0]

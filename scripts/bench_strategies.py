@@ -3,6 +3,7 @@
 
     python scripts/bench_strategies.py                       # the hard model, torch's MinMax calibration
     python scripts/bench_strategies.py --strategies basic,mse --max-trials 30 --timeout 0
+    python scripts/bench_strategies.py --model ppocr_rec --algorithm '' --strategies basic,tpe,bayesian
 
 The model and its data are built once; each strategy then tunes it from scratch in its own output dir
 (under --out) with the same criterion, budget and seed. With --timeout 0 (the default, the seed's
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import load_bundle
+from _common import default_framework, load_bundle
 
 import lpot_research  # noqa: E402
 from lpot_research.config import DEFAULT_SEED  # noqa: E402
@@ -37,6 +38,7 @@ def main() -> int:
     ap.add_argument("--algorithm", default="minmax",
                     help="activation calibration(s) allowed, comma-separated ('' = framework defaults)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ap.add_argument("--framework", default=None, help="default: the model's own (onnxrt for ppocr_rec)")
     ap.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary dir)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -45,7 +47,8 @@ def main() -> int:
     if bad:
         print(f"error: unknown strategy {bad[0]!r}; valid strategies: {', '.join(BUILTIN)}", file=sys.stderr)
         return 2
-    bundle = load_bundle(args.model)
+    framework = args.framework or default_framework(args.model)
+    bundle = load_bundle(args.model, framework)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_strategies_"))
     quant = {}
     if args.algorithm:
@@ -56,7 +59,7 @@ def main() -> int:
     for name in names:
         t0 = time.perf_counter()
         res = lpot_research.tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, bundle.metric,
-                                 config=config, strategy=name, output_dir=out / name,
+                                 config=config, strategy=name, framework=framework, output_dir=out / name,
                                  example_inputs=bundle.example_inputs, model_name=bundle.name,
                                  bench_batch_size=bundle.bench_batch_size)
         wall = time.perf_counter() - t0
@@ -76,7 +79,10 @@ def main() -> int:
             "threshold": res.summary.criterion.threshold,
         })
 
-    print(f"\nmodel {bundle.name}: FP32 accuracy {rows[0]['fp32']:.4f}, criterion >= {rows[0]['threshold']:.4f}; "
+    from lpot_research.core.cpu import cpu_info
+
+    print(f"\nCPU: {cpu_info().describe()}; framework {framework}")
+    print(f"model {bundle.name}: FP32 accuracy {rows[0]['fp32']:.4f}, criterion >= {rows[0]['threshold']:.4f}; "
           f"activation calibration {args.algorithm or 'default'}; max_trials {args.max_trials}, "
           f"timeout {args.timeout:g}; runs in {out}")
     head = f"{'strategy':<11} {'trials to goal':>14} {'s to goal':>9} {'best acc':>9} {'lat vs fp32':>11} " \
