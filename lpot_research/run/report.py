@@ -12,6 +12,7 @@ from typing import Any
 
 from lpot_research.core.cpu import cpu_summary
 from lpot_research.measure.benchmark import plus_minus, ratio_text
+from lpot_research.measure.op_costs import OpCosts
 from lpot_research.quant.ranking import pareto_front, within_noise
 from lpot_research.quant.space import TuneConfig, TuningSpace
 from lpot_research.run.callbacks import RunView
@@ -100,11 +101,8 @@ def fallback_costs(s: Summary) -> list[tuple[str, float | None, float | None, fl
     first (ops the profiler saw no kernel of last)."""
     if not s.op_costs or s.best is None:
         return []
-    ops = s.op_costs["ops"]
-    rows = []
-    for op in s.best.fallback_ops:
-        f, i = ops.get(op, {}).get("fp32_ms"), ops.get(op, {}).get("int8_ms")
-        rows.append((op, f, i, None if f is None or i is None else f - i))
+    costs = OpCosts.from_dict(s.op_costs)
+    rows = [(op, costs.fp32_ms.get(op), costs.int8_ms.get(op), costs.saving(op)) for op in s.best.fallback_ops]
     return sorted(rows, key=lambda r: -r[3] if r[3] is not None else float("inf"))
 
 

@@ -33,6 +33,7 @@ model-wise configuration already passes, fallback cannot improve accuracy: only 
 from __future__ import annotations
 
 from lpot_research.core.errors import ConfigError
+from lpot_research.measure.op_costs import OpCosts
 from lpot_research.quant.space import FALLBACK_DTYPES, OpChoice, TuneConfig
 from lpot_research.strategies.base import (
     DEFAULT_SEED,
@@ -47,12 +48,16 @@ from lpot_research.strategies.base import (
 STAGE2 = ("sensitivity", "trials")
 
 
-def op_savings(ctx: StrategyContext) -> dict[str, float]:
+def op_savings(costs: OpCosts | None) -> dict[str, float]:
     """What keeping each op INT8 saves over FP32 (ms; negative: slower in INT8), where profiled."""
-    costs = ctx.op_costs() if ctx.op_costs is not None else None
     if costs is None:
         return {}
     return {n: v for n in costs.int8_ms if (v := costs.saving(n)) is not None}
+
+
+def profiled(ctx: StrategyContext) -> OpCosts | None:
+    """The run's per-op costs (profiled on the first call), or None where there are none."""
+    return ctx.op_costs() if ctx.op_costs is not None else None
 
 
 class BasicStrategy(Strategy):
@@ -108,7 +113,7 @@ class BasicStrategy(Strategy):
         first pass ends the run, at most `refine` of them cost a trial (a config evaluated before, e.g.
         the stage-3 one before the pass, is answered from the history). Returns the stop reason."""
         rank = {n: i for i, n in enumerate(order)}
-        savings = op_savings(ctx)
+        savings = op_savings(profiled(ctx))
         cfg, last = passing.config, passing.trial
         fallbacks = sorted((n for n, c in cfg.ops if not c.quantized and base.op(n).quantized),
                            key=lambda n: (-savings.get(n, 0.0), -rank.get(n, len(order))))
@@ -144,13 +149,13 @@ class BasicStrategy(Strategy):
         slowdown. Not when the profile says the gain is under `min_gain` of the all-INT8 model's time (under
         the +-5% a latency ratio is measured to here, a trial could not show it). The tuner keeps
         whichever passing model measures faster. Returns what it did."""
-        savings = op_savings(ctx)
+        costs = profiled(ctx)
+        savings = op_savings(costs)
         fp32 = OpChoice("fp32")
         slower = sorted((n for n, c in passing.config.ops
                          if c.quantized and savings.get(n, 0.0) < 0.0 and fp32 in ctx.space.op_options(n)),
                         key=lambda n: savings[n])
         total = -sum(savings[n] for n in slower)
-        costs = ctx.op_costs() if ctx.op_costs is not None else None
         if not slower or costs is None or total < min_gain * costs.int8_total:
             return (f"; no speed step: the {len(slower)} op(s) slower in INT8 cost {total:.3f} ms, under "
                     f"{min_gain:.0%} of the all-INT8 model's {costs.int8_total:.3f} ms" if slower and costs else "")
