@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +58,12 @@ def env_without_isa_cap() -> dict[str, str]:
     drop = {ISA_ENV, "DNNL_MAX_CPU_ISA", *(k for _, switches in ISA_CAPS.values() for k in switches)}
     return {k: v for k, v in os.environ.items() if k not in drop}
 
+
+
+def run_together(commands: dict[str, dict[str, Any]], **common: Any) -> dict[str, subprocess.CompletedProcess]:
+    """subprocess.run of each named command ({name: run's keyword arguments, args included}) at the same time,
+    each with `common` keywords too (capture_output, text, timeout, ...). Two single-threaded tuning runs share
+    the machine's two cores, so a test that checks one job on both CPU classes waits once, not twice."""
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        futures = {name: pool.submit(subprocess.run, **{**common, **kw}) for name, kw in commands.items()}
+        return {name: f.result() for name, f in futures.items()}
