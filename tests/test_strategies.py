@@ -125,6 +125,47 @@ def test_model_based_strategies_start_from_what_the_run_knows(tmp_path, strategy
     assert {"op7", "op23", "op41"} <= set(s.best.fallback_ops)
 
 
+# 10 ops, 7 of which must fall back: the ladder's rungs (1, 2, 4: up to half the ops) all miss the goal
+BEYOND_THE_RUNGS = {"ops": 10, "penalties": [0.0001 if i in (0, 4, 7) else 0.01 for i in range(10)]}
+FP32_FALLBACK = {"quantization": {"model_wise": {"activation": {"algorithm": "minmax", "dtype": ["uint8", "fp32"]}}}}
+
+
+@pytest.mark.parametrize("strategy", [TPEStrategy(), BayesianStrategy(pool=256)], ids=["tpe", "bayesian"])
+def test_model_based_strategies_fill_the_ladder_around_its_closest_rung(tmp_path, strategy):
+    """No rung of the ladder passes: the configs between the rungs around the closest one (4, the last) are
+    tried next, nearest first and fewer first at equal distance, up to twice its fallbacks, and the 7
+    ops that carry the error pass, in as few trials as basic's cumulative fallback."""
+    basic = run_fake(tmp_path / "basic", FakeAdaptor(**BEYOND_THE_RUNGS), BasicStrategy(refine=0), FP32_FALLBACK)
+    res = run_fake(tmp_path / "model", FakeAdaptor(**BEYOND_THE_RUNGS), strategy, FP32_FALLBACK)
+    notes = history_notes(res)
+    fill = " (around the closest rung, 4, between 2 and 8))"
+    assert notes[2:] == [f"{strategy.name} {2 + i} (prior: the {k} most sensitive op(s) fall back{how}"
+                         for i, (k, how) in enumerate([(1, ")"), (2, ")"), (4, ")"), (3, fill), (5, fill),
+                                                       (6, fill), (7, fill)], 1)]
+    s = res.summary
+    assert s.met_criterion and s.trials <= basic.summary.trials, (s.trials, basic.summary.trials)
+    assert set(s.best.fallback_ops) == {f"op{i}" for i in (1, 2, 3, 5, 6, 8, 9)}
+    if isinstance(strategy, TPEStrategy):  # with a budget, the sampler is told each prior config's score
+        run_fake(tmp_path / "budget", FakeAdaptor(**BEYOND_THE_RUNGS), strategy,
+                 merge(FP32_FALLBACK, {"exit_policy": {"timeout": 3600, "max_trials": len(notes) + 2}}))
+        told = [t.value for t in strategy.study.trials if t.value is not None]
+        assert len(told) >= len(notes) and told[2] < told[3] < told[4] < told[len(notes) - 1], told
+
+
+@pytest.mark.parametrize("strategy", [TPEStrategy(), BayesianStrategy(pool=256)], ids=["tpe", "bayesian"])
+def test_model_based_strategies_look_for_fewer_fallbacks_below_a_passing_rung(tmp_path, strategy):
+    """With a budget, the rungs go on after the first pass (4 ops), and the ks between the largest failing
+    rung (2) and it are tried next, fewest first: the 3 ops that carry the error pass, faster."""
+    res = run_fake(tmp_path, FakeAdaptor(**SPARSE), strategy, {"exit_policy": {"timeout": 3600, "max_trials": 10}})
+    notes = history_notes(res)
+    assert notes[4:10] == [f"{strategy.name} {4 + i} (prior: the {k} most sensitive op(s) fall back{how}"
+                           for i, (k, how) in enumerate([(1, ")"), (2, ")"), (4, ")"), (8, ")"), (16, ")"),
+                                                         (3, " (fewest fallbacks between rungs 2 (fails) and "
+                                                             "4 (passes)))")], 1)]
+    best = res.summary.best
+    assert best.trial == 10 and set(best.fallback_ops) == {"op7", "op23", "op41"}
+
+
 def test_random_and_exhaustive_say_how_much_of_the_space_they_cover(tmp_path, caplog):
     caplog.set_level("INFO", logger="lpot_research")
     run_fake(tmp_path / "r", FakeAdaptor(**SPARSE), RandomStrategy(), {"exit_policy": {"max_trials": 20}})

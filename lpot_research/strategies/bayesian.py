@@ -2,10 +2,10 @@
 candidates with the highest expected improvement, `batch` at a time by the kriging believer rule: after
 each pick the GP is refit as if the pick had scored its predicted mean, so the next pick goes where
 that leaves most to gain (parallel workers evaluate the batch together). The initial design is what
-the run knows (`prior`, the default): every model-wise configuration (one batch), then, from the best of
-them, the run's per-op sensitivity ladder (its 1, 2, 4, ... most sensitive ops falling back:
-`sensitivity_ladder`); without it (or without sensitivity), the recommended model-wise config and
-random ones up to `n_init`.
+the run knows (`prior`, the default; `start_from_what_the_run_knows`, shared with tpe): every model-wise
+configuration (one batch), then, from the best of them, the run's per-op sensitivity ladder (its 1, 2, 4,
+... most sensitive ops falling back) and the configs that fill it between its rungs; without it (or
+without sensitivity), the recommended model-wise config and random ones up to `n_init`.
 
 The target is `StrategyContext.score` (passing configs by objective, failing ones by how far they miss).
 Candidates are every unevaluated configuration when the space is small, else a seeded pool of random
@@ -27,8 +27,7 @@ from lpot_research.strategies.base import (
     Proposals,
     Strategy,
     StrategyContext,
-    select_best,
-    sensitivity_ladder,
+    start_from_what_the_run_knows,
 )
 
 Index = tuple[int, ...]  # a point of the space: one index per dimension (sampling size, then each op)
@@ -80,12 +79,12 @@ class BayesianStrategy(Strategy):
         first = tuple(space.index_of(space.model_wise_configs()[0]))  # an informed first point
         k = 0
         if self.prior:  # the initial design: what the run knows
-            k, results = yield from self.observe(ctx, [(c, f"prior: {c.note}") for c in space.model_wise_configs()],
-                                                 seen, points, ys, k)
-            best = select_best(results, ctx.criterion.hib)
-            if best is not None and not best.passed:
-                ladder = [(c, c.note) for c in sensitivity_ladder(ctx, best.config)]
-                k, _ = yield from self.observe(ctx, ladder, seen, points, ys, k)
+            for result in (yield from start_from_what_the_run_knows(ctx, self.name)):
+                pick = tuple(space.index_of(result.config))
+                seen.add(pick)
+                points.append(pick)
+                ys.append(ctx.score(result))
+            k = len(points)
         while True:
             order = sorted(range(len(ys)), key=lambda i: -(ys[i] if ys[i] is not None else -np.inf))
             cands = self.candidates(ctx, rng, seen, [points[i] for i in order])
@@ -100,22 +99,6 @@ class BayesianStrategy(Strategy):
                 seen.add(pick)
                 points.append(pick)
                 ys.append(ctx.score(result))
-
-    def observe(self, ctx: StrategyContext, picks: list, seen: set[Index], points: list[Index],
-                ys: list[float | None], k: int) -> Proposals:
-        """Evaluate the configs `picks` ((config, how)) not seen yet as one batch and record them; the new
-        count and their results."""
-        space = ctx.space
-        fresh = [(c, how) for c, how in picks if tuple(space.index_of(c)) not in seen]
-        if not fresh:
-            return k, []
-        results = yield [c.with_note(f"bayesian {k + i} ({how})") for i, (c, how) in enumerate(fresh, 1)]
-        for (c, _), result in zip(fresh, results, strict=True):
-            pick = tuple(space.index_of(c))
-            seen.add(pick)
-            points.append(pick)
-            ys.append(ctx.score(result))
-        return k + len(fresh), list(results)
 
     def initial(self, rng: np.random.Generator, cands: list[Index], first: Index, seen: set[Index],
                 k: int) -> list[tuple[Index, str]]:

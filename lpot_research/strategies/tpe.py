@@ -10,12 +10,12 @@ the sampler ignores, so repeats never weigh more in its densities. A TPE sampler
 configurations it has seen; after several repeats in a row an unseen configuration is enqueued so the
 search keeps moving, and the strategy ends once every configuration of the space has been seen.
 
-With `prior` (the default) the sampler starts from what the run knows instead of random points: the
-model-wise configurations are enqueued first (Optuna's `enqueue_trial`), then, from the best of them,
-the run's per-op sensitivity ladder (its 1, 2, 4, ... most sensitive ops falling back:
-`sensitivity_ladder`). They are ordinary observations to TPE, which goes on from there: on a space of
-10^60 configurations a sampler that starts from random points does not find the few ops that carry
-the error.
+With `prior` (the default) the sampler starts from what the run knows instead of random points
+(`start_from_what_the_run_knows`, shared with bayesian): the model-wise configurations, then, from the
+best of them, the run's per-op sensitivity ladder (its 1, 2, 4, ... most sensitive ops falling back) and
+the configs that fill it between its rungs. They are evaluated first and told to the study as ordinary
+observations (Optuna's `add_trial`), and TPE goes on from there: on a space of 10^60 configurations a
+sampler that starts from random points does not find the few ops that carry the error.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from lpot_research.strategies.base import (
     Proposals,
     Strategy,
     StrategyContext,
-    select_best,
-    sensitivity_ladder,
+    start_from_what_the_run_knows,
 )
 
 SAMPLING = "__sampling_size__"
@@ -61,17 +60,20 @@ class TPEStrategy(Strategy):
                                                  multivariate=self.multivariate, constant_liar=True)
         study = self._study = optuna.create_study(direction="maximize", sampler=sampler)
         names = [SAMPLING, *space.op_names]
-
-        def enqueue(cfgs: list) -> None:
-            for c in cfgs:
-                study.enqueue_trial(dict(zip(names, space.index_of(c), strict=True)))
-                notes.setdefault(c.id, c.note if c.note.startswith("prior: ") else f"prior: {c.note}")
-
-        notes: dict[str, str] = {}  # the prior's configs: what they are
-        model_wise = {c.id: None for c in space.model_wise_configs()} if self.prior else {}
-        enqueue(space.model_wise_configs() if self.prior else [])
+        dists = {n: optuna.distributions.CategoricalDistribution(list(range(r)))
+                 for n, r in zip(names, space.radices, strict=True)}
         seen: set[str] = set()
-        repeats, k = 0, 0
+        k = 0
+        if self.prior:  # what the run knows, told to the sampler as ordinary observations
+            known = yield from start_from_what_the_run_knows(ctx, self.name)
+            for result in known:
+                score = ctx.score(result)
+                study.add_trial(optuna.trial.create_trial(
+                    params=dict(zip(names, space.index_of(result.config), strict=True)), distributions=dists,
+                    value=score if score is not None else FAILED))
+                seen.add(result.config.id)
+            k = len(known)
+        repeats = 0
         while len(seen) < space.size:
             batch: dict[str, tuple] = {}  # config id -> (optuna trial, config)
             while len(batch) < min(self.batch, space.size - len(seen)):
@@ -92,19 +94,12 @@ class TPEStrategy(Strategy):
                     continue
                 repeats = 0
                 k += 1
-                batch[cfg.id] = (trial, cfg.with_note(f"tpe {k}" + (f" ({notes[cfg.id]})" if cfg.id in notes else "")))
+                batch[cfg.id] = (trial, cfg.with_note(f"tpe {k}"))
             results = yield [c for _, c in batch.values()]
             for (trial, cfg), result in zip(batch.values(), results, strict=True):
                 score = ctx.score(result)
                 study.tell(trial, score if score is not None else FAILED)
                 seen.add(cfg.id)
-                if cfg.id in model_wise:
-                    model_wise[cfg.id] = result
-            if model_wise and all(r is not None for r in model_wise.values()):  # the model-wise stage is done
-                best = select_best(model_wise.values(), ctx.criterion.hib)
-                model_wise = {}
-                if best is not None and not best.passed:
-                    enqueue([c for c in sensitivity_ladder(ctx, best.config) if c.id not in seen])
         return f"its space is exhausted: all {space.size} configuration(s) were seen"
 
     @staticmethod
