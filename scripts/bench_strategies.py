@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Trials-to-goal and wall time per strategy, side by side in one run, on one model.
 
-    python scripts/bench_strategies.py                       # the hard model, torch's MinMax calibration
+    python scripts/bench_strategies.py --backend fx          # the hard model, torch's MinMax calibration
     python scripts/bench_strategies.py --strategies basic,mse --max-trials 30 --timeout 0
     python scripts/bench_strategies.py --model ppocr_rec --algorithm '' --strategies basic,tpe,bayesian
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from _common import default_framework, load_bundle
 
 import lpot_research  # noqa: E402
+from lpot_research.adaptors import make_adaptor  # noqa: E402
 from lpot_research.config import DEFAULT_SEED  # noqa: E402
 from lpot_research.run.history import History  # noqa: E402
 from lpot_research.strategies import BUILTIN  # noqa: E402
@@ -39,6 +40,7 @@ def main() -> int:
                     help="activation calibration(s) allowed, comma-separated ('' = framework defaults)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--framework", default=None, help="default: the model's own (onnxrt for ppocr_rec)")
+    ap.add_argument("--backend", default=None, help="framework.backend (pytorch: export or fx; default: export)")
     ap.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary dir)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -58,8 +60,9 @@ def main() -> int:
     rows = []
     for name in names:
         t0 = time.perf_counter()
+        adaptor = make_adaptor(framework, threads=1, **({"backend": args.backend} if args.backend else {}))
         res = lpot_research.tune(bundle.model, bundle.calib_dataloader, bundle.eval_dataloader, bundle.metric,
-                                 config=config, strategy=name, framework=framework, output_dir=out / name,
+                                 config=config, strategy=name, framework=adaptor, output_dir=out / name,
                                  example_inputs=bundle.example_inputs, model_name=bundle.name,
                                  bench_batch_size=bundle.bench_batch_size)
         wall = time.perf_counter() - t0
@@ -81,7 +84,7 @@ def main() -> int:
 
     from lpot_research.core.cpu import cpu_info
 
-    print(f"\nCPU: {cpu_info().describe()}; framework {framework}")
+    print(f"\nCPU: {cpu_info().describe()}; framework {framework}{f' ({args.backend})' if args.backend else ''}")
     print(f"model {bundle.name}: FP32 accuracy {rows[0]['fp32']:.4f}, criterion >= {rows[0]['threshold']:.4f}; "
           f"activation calibration {args.algorithm or 'default'}; max_trials {args.max_trials}, "
           f"timeout {args.timeout:g}; runs in {out}")

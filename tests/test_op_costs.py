@@ -171,3 +171,31 @@ def test_kernels_are_matched_per_run_by_kind_and_order_and_a_count_that_differs_
     assert ops == {}
     assert notes == ["INT8: 2 conv kernel(s) per run for 1 conv call(s) in the graph: not attributed",
                      "INT8: 0 linear kernel(s) per run for 1 linear call(s) in the graph: not attributed"]
+
+
+def test_the_fx_back_end_times_each_conv_and_linear_module_in_both_models(digits):
+    """torch.profiler ranges around each quantizable module (hooks): every op found in the FP32 model and
+    in the converted one (fused conv+relu modules keep the conv's name), each module's range once per run."""
+    import torch
+
+    from lpot_research.adaptors.pytorch import PyTorchAdaptor
+    from lpot_research.quant.space import build_space
+
+    bundle = digits
+    adaptor = PyTorchAdaptor(threads=1)
+    model = adaptor.prepare(bundle.model, bundle.example_inputs)
+    approach = "post_training_static_quant"
+    space = build_space(adaptor.capabilities(model, approach, None), approach, 64)
+    q = adaptor.quantize(model, space.model_wise_configs()[0], bundle.calib_dataloader, bundle.example_inputs)
+    inputs = adaptor.take_inputs(bundle.eval_dataloader, 8)
+    costs = adaptor.op_costs(model, q, inputs, sorted(space.quantizable), 3)
+    assert costs.profiler == adaptor.profiler and costs.notes == []
+    assert set(costs.fp32_ms) == set(costs.int8_ms) == set(space.quantizable) and len(costs.int8_ms) == 6
+    assert all(v > 0 for v in [*costs.fp32_ms.values(), *costs.int8_ms.values()])
+    assert costs.rest_ms[0] >= 0 and costs.rest_ms[1] >= 0
+    # the hooks are gone afterwards: the models run as before, without ranges
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in (*model.modules(), *q.modules()))
+    scripted = torch.jit.trace(model, bundle.example_inputs if isinstance(bundle.example_inputs, torch.Tensor)
+                               else tuple(bundle.example_inputs))
+    with pytest.raises(NotImplementedError, match="TorchScript model takes no forward hooks"):
+        adaptor.op_costs(scripted, q, inputs, sorted(space.quantizable), 3)

@@ -34,10 +34,19 @@ from torch.ao.quantization.observer import (
 from torch.ao.quantization.quantize_fx import prepare_fx
 
 from lpot_research.adaptors.base import RangeRule, limited_batches
-from lpot_research.adaptors.torch_common import BF16_MISSING, TorchAdaptor, bf16_supported, torch_args
+from lpot_research.adaptors.torch_common import (
+    BF16_MISSING,
+    TorchAdaptor,
+    bf16_supported,
+    labelled_modules,
+    labelled_ms,
+    profile_runs,
+    torch_args,
+)
 from lpot_research.adaptors.torch_observers import KLHistogramObserver
 from lpot_research.core.cpu import cpu_info
 from lpot_research.core.errors import ConfigError
+from lpot_research.measure.op_costs import OpCosts
 from lpot_research.quant.space import APPROACHES, OpCapability, OpChoice, TuneConfig
 
 log = logging.getLogger(__name__)
@@ -101,6 +110,7 @@ def _qconfig(choice: OpChoice, reduce_range: bool) -> QConfig:
 
 
 class PyTorchAdaptor(TorchAdaptor):
+    profiler = "torch.profiler, a range around each Conv/Linear module"
     approaches = APPROACHES  # QAT too
 
     def __init__(self, engine: str = "x86", threads: int | None = None, reduce_range: bool | None = None) -> None:
@@ -310,6 +320,24 @@ class PyTorchAdaptor(TorchAdaptor):
             return model(*args)
 
         return once
+
+    def op_costs(self, fp32_model: nn.Module, int8_model: nn.Module, inputs: Any, op_names: list[str],
+                 runs: int) -> OpCosts:
+        """Each op's module in torch.profiler's record: a labelled range around each call of each Conv/Linear
+        module (forward hooks), in the FP32 model and in the converted one, where the quantized module keeps
+        the op's name (a fused conv+relu too). Quantize/dequantize steps between ops are call_function
+        nodes of the converted graph, so they count in the rest."""
+        if is_script(fp32_model) or is_script(int8_model):
+            raise NotImplementedError("a TorchScript model takes no forward hooks, so its ops cannot be timed one "
+                                      "by one (give an nn.Module)")
+        timed = []
+        for model in (fp32_model, int8_model):
+            with labelled_modules(model, op_names):
+                timed.append(profile_runs(self.runner(model, inputs), runs, labelled_ms))
+        (fp32, rest32), (int8, rest8) = timed
+        notes = [f"{what}: no call recorded of {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+                 for what, ms in (("FP32", fp32), ("INT8", int8)) if (missing := [o for o in op_names if o not in ms])]
+        return OpCosts(self.profiler, runs, fp32, int8, (rest32, rest8), notes=notes)
 
     def size_bytes(self, model: nn.Module) -> int:
         if not is_script(model):

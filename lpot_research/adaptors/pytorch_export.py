@@ -35,7 +35,14 @@ from torch import fx, nn
 
 from lpot_research.adaptors.base import RangeRule, quiet
 from lpot_research.adaptors.export_graph import OPS, export_batched, is_dequantize, op_name, op_nodes, run_in_bf16
-from lpot_research.adaptors.torch_common import BF16_MISSING, TorchAdaptor, bf16_supported, torch_args
+from lpot_research.adaptors.torch_common import (
+    BF16_MISSING,
+    PROFILED_RUN,
+    TorchAdaptor,
+    bf16_supported,
+    profile_runs,
+    torch_args,
+)
 from lpot_research.core.cpu import cpu_info
 from lpot_research.core.errors import ConfigError
 from lpot_research.measure.op_costs import OpCosts
@@ -94,26 +101,13 @@ def profile_compiled(run: Callable[[], Any], runs: int, order: dict[str, list[st
                      notes: list[str], warmup: int = 2) -> tuple[dict[str, float], float]:
     """Per op (median over `runs` profiled calls of `run`) the milliseconds of its extern kernel, matched
     by kind and position to `order` (op names per kind in graph order), and the median rest."""
-    import statistics
 
-    for _ in range(warmup):
-        run()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(runs):
-            with torch.profiler.record_function("lpot_profiled_run"):
-                run()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    marks = [e for e in events if e.name == "lpot_profiled_run"]
-    per_op: dict[str, list[float]] = {}
-    rest: list[float] = []
-    for m in marks:
-        lo, hi = m.time_range.start, m.time_range.end
-        inside = [e for e in events if lo <= e.time_range.start and e.time_range.end <= hi]
+    def attribute(inside: list[Any]) -> dict[str, float]:
         kernels: dict[str, list[Any]] = {"conv": [], "linear": []}
         for e in inside:
             kind = kernel_kind(e.name)
             parent = e.cpu_parent
-            while kind and parent is not None and parent is not m:  # a kernel's own sub-calls are its time
+            while kind and parent is not None and parent.name != PROFILED_RUN:  # a kernel's sub-calls are its time
                 if kernel_kind(parent.name):
                     kind = None
                 parent = parent.cpu_parent
@@ -129,10 +123,9 @@ def profile_compiled(run: Callable[[], Any], runs: int, order: dict[str, list[st
                 continue
             for name, e in zip(names, kernels[kind], strict=True):  # an op called twice: its calls add up
                 this[name] = this.get(name, 0.0) + e.cpu_time_total / 1e3
-        for name, ms in this.items():
-            per_op.setdefault(name, []).append(ms)
-        rest.append(m.cpu_time_total / 1e3 - sum(this.values()))
-    return {o: statistics.median(v) for o, v in per_op.items()}, statistics.median(rest) if rest else 0.0
+        return this
+
+    return profile_runs(run, runs, attribute, warmup)
 
 
 class PyTorchExportAdaptor(TorchAdaptor):

@@ -35,6 +35,70 @@ def torch_args(inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in as_tuple(inputs))
 
 
+PROFILED_RUN = "lpot_profiled_run"  # torch.profiler range around each profiled call
+OP_RANGE = "lpot_op:"  # torch.profiler range around each call of a labelled module (+ its name)
+
+
+def profile_runs(run: Callable[[], Any], runs: int, attribute: Callable[[list[Any]], dict[str, float]],
+                 warmup: int = 2) -> tuple[dict[str, float], float]:
+    """Per op, the median over `runs` calls of `run` recorded by torch.profiler of the milliseconds
+    `attribute` gives it from the events of one call (in start order), and the median of the rest (the
+    call's time less its ops')."""
+    import statistics
+
+    for _ in range(warmup):
+        run()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            with torch.profiler.record_function(PROFILED_RUN):
+                run()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    per_op: dict[str, list[float]] = {}
+    rest: list[float] = []
+    for m in (e for e in events if e.name == PROFILED_RUN):
+        lo, hi = m.time_range.start, m.time_range.end
+        this = attribute([e for e in events if e is not m and lo <= e.time_range.start and e.time_range.end <= hi])
+        for name, ms in this.items():
+            per_op.setdefault(name, []).append(ms)
+        rest.append(m.cpu_time_total / 1e3 - sum(this.values()))
+    return {o: statistics.median(v) for o, v in per_op.items()}, statistics.median(rest) if rest else 0.0
+
+
+@contextlib.contextmanager
+def labelled_modules(model: nn.Module, names: Iterable[str]) -> Iterator[list[str]]:
+    """Each call of the modules of `model` named in `names` inside a torch.profiler range OP_RANGE + its
+    name (forward pre- and post-hooks), for `profile_runs`; yields the names found."""
+    modules = dict(model.named_modules())
+    found = [n for n in names if n in modules]
+    handles, open_ranges = [], []
+
+    for name in found:
+        def enter(_m: nn.Module, _args: Any, name: str = name) -> None:
+            r = torch.profiler.record_function(OP_RANGE + name)
+            r.__enter__()
+            open_ranges.append(r)
+
+        def leave(_m: nn.Module, _args: Any, _out: Any) -> None:
+            open_ranges.pop().__exit__(None, None, None)
+
+        handles += [modules[name].register_forward_pre_hook(enter), modules[name].register_forward_hook(leave)]
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def labelled_ms(events: list[Any]) -> dict[str, float]:
+    """`profile_runs`' attribution for `labelled_modules`: each module's ranges (its calls add up)."""
+    out: dict[str, float] = {}
+    for e in events:
+        if e.name.startswith(OP_RANGE):
+            name = e.name[len(OP_RANGE):]
+            out[name] = out.get(name, 0.0) + e.cpu_time_total / 1e3
+    return out
+
+
 class TorchAdaptor(Adaptor):
     """The parts of a PyTorch back end that do not depend on how it quantizes."""
 
