@@ -132,17 +132,23 @@ def test_the_extern_conv_and_linear_kernels_are_told_from_the_rest(name, kind):
     assert kernel_kind(name) == kind
 
 
-def test_torch_profiler_finds_every_conv_and_linear_of_the_compiled_models(digits):
-    from lpot_research.adaptors.pytorch_export import PyTorchExportAdaptor
+def fp32_and_all_int8(adaptor, bundle):
+    """The prepared FP32 model, the first model-wise (all-INT8) config's model, 8 inputs, the space."""
     from lpot_research.quant.space import build_space
 
-    bundle = digits
-    adaptor = PyTorchExportAdaptor(threads=1)
     model = adaptor.prepare(bundle.model, bundle.example_inputs)
     approach = "post_training_static_quant"
     space = build_space(adaptor.capabilities(model, approach, None), approach, 64)
     q = adaptor.quantize(model, space.model_wise_configs()[0], bundle.calib_dataloader, bundle.example_inputs)
-    costs = adaptor.op_costs(model, q, adaptor.take_inputs(bundle.eval_dataloader, 8), sorted(space.quantizable), 3)
+    return model, q, adaptor.take_inputs(bundle.eval_dataloader, 8), space
+
+
+def test_torch_profiler_finds_every_conv_and_linear_of_the_compiled_models(digits):
+    from lpot_research.adaptors.pytorch_export import PyTorchExportAdaptor
+
+    adaptor = PyTorchExportAdaptor(threads=1)
+    model, q, inputs, space = fp32_and_all_int8(adaptor, digits)
+    costs = adaptor.op_costs(model, q, inputs, sorted(space.quantizable), 3)
     # five convs and the fc, each one extern kernel per run in graph order: all matched, none left over
     assert costs.notes == []
     assert set(costs.fp32_ms) == set(costs.int8_ms) == set(space.quantizable) and len(costs.int8_ms) == 6
@@ -179,15 +185,10 @@ def test_the_fx_back_end_times_each_conv_and_linear_module_in_both_models(digits
     import torch
 
     from lpot_research.adaptors.pytorch import PyTorchAdaptor
-    from lpot_research.quant.space import build_space
 
     bundle = digits
     adaptor = PyTorchAdaptor(threads=1)
-    model = adaptor.prepare(bundle.model, bundle.example_inputs)
-    approach = "post_training_static_quant"
-    space = build_space(adaptor.capabilities(model, approach, None), approach, 64)
-    q = adaptor.quantize(model, space.model_wise_configs()[0], bundle.calib_dataloader, bundle.example_inputs)
-    inputs = adaptor.take_inputs(bundle.eval_dataloader, 8)
+    model, q, inputs, space = fp32_and_all_int8(adaptor, bundle)
     costs = adaptor.op_costs(model, q, inputs, sorted(space.quantizable), 3)
     assert costs.profiler == adaptor.profiler and costs.notes == []
     assert set(costs.fp32_ms) == set(costs.int8_ms) == set(space.quantizable) and len(costs.int8_ms) == 6
