@@ -12,7 +12,7 @@ from lpot_research.strategies.random import RandomStrategy
 from lpot_research.strategies.tpe import TPEStrategy
 from tests.fakes import FakeAdaptor
 from tests.helpers import history_notes, run_fake
-from tests.strategy_contract import LONG, NO_PASS, StrategyContract, merge, trials
+from tests.strategy_contract import LONG, NO_PASS, TWO_WORKERS, StrategyContract, merge, trials
 
 
 class TestBasic(StrategyContract):
@@ -150,6 +150,26 @@ def test_model_based_strategies_fill_the_ladder_around_its_closest_rung(tmp_path
                  merge(FP32_FALLBACK, {"exit_policy": {"timeout": 3600, "max_trials": len(notes) + 2}}))
         told = [t.value for t in strategy.study.trials if t.value is not None]
         assert len(told) >= len(notes) and told[2] < told[3] < told[4] < told[len(notes) - 1], told
+
+
+@pytest.mark.parametrize("strategy", [TPEStrategy, BayesianStrategy], ids=["tpe", "bayesian"])
+def test_the_ladder_fill_is_the_same_on_two_workers_and_after_a_resume(tmp_path, strategy):
+    """The strategy contract through the fill (its own landscape has no config between passing rungs):
+    the same configs in the same order and the same best serially, on two workers, and resumed from a
+    run stopped inside the fill."""
+    cfg = merge(FP32_FALLBACK, {"exit_policy": {"timeout": 3600, "max_trials": 13}})
+    make = lambda: strategy(seed=5, **({"pool": 256} if strategy is BayesianStrategy else {}))  # noqa: E731
+    serial = run_fake(tmp_path / "serial", FakeAdaptor(**BEYOND_THE_RUNGS), make(), cfg)
+    notes = history_notes(serial)
+    assert sum("around the closest rung" in n for n in notes) == 4 and len(notes) == 13
+    par = run_fake(tmp_path / "two", FakeAdaptor(**BEYOND_THE_RUNGS), make(), merge(cfg, TWO_WORKERS))
+    run_fake(tmp_path / "resumed", FakeAdaptor(**BEYOND_THE_RUNGS), make(),
+             merge(cfg, {"exit_policy": {"max_trials": 7}}))  # stops after the fill's first two configs
+    resumed = run_fake(tmp_path / "resumed", FakeAdaptor(**BEYOND_THE_RUNGS), make(), cfg)
+    ids = [t.config_id for t in trials(serial)]
+    for run in (par, resumed):
+        assert [t.config_id for t in trials(run)] == ids
+        assert run.summary.best.config_id == serial.summary.best.config_id
 
 
 @pytest.mark.parametrize("strategy", [TPEStrategy(), BayesianStrategy(pool=256)], ids=["tpe", "bayesian"])
