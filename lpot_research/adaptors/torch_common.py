@@ -65,14 +65,13 @@ def profile_runs(run: Callable[[], Any], runs: int, attribute: Callable[[list[An
 
 
 @contextlib.contextmanager
-def labelled_modules(model: nn.Module, names: Iterable[str]) -> Iterator[list[str]]:
+def labelled_modules(model: nn.Module, names: Iterable[str]) -> Iterator[None]:
     """Each call of the modules of `model` named in `names` inside a torch.profiler range OP_RANGE + its
-    name (forward pre- and post-hooks), for `profile_runs`; yields the names found."""
+    name (forward pre- and post-hooks), for `profile_runs` (a name with no module gets no range)."""
     modules = dict(model.named_modules())
-    found = [n for n in names if n in modules]
     handles, open_ranges = [], []
 
-    for name in found:
+    for name in (n for n in names if n in modules):
         def enter(_m: nn.Module, _args: Any, name: str = name) -> None:
             r = torch.profiler.record_function(OP_RANGE + name)
             r.__enter__()
@@ -83,7 +82,7 @@ def labelled_modules(model: nn.Module, names: Iterable[str]) -> Iterator[list[st
 
         handles += [modules[name].register_forward_pre_hook(enter), modules[name].register_forward_hook(leave)]
     try:
-        yield found
+        yield
     finally:
         for h in handles:
             h.remove()

@@ -154,20 +154,30 @@ def start_from_what_the_run_knows(ctx: StrategyContext, name: str) -> Generator[
                 for i, c in enumerate(cfgs, 1)]
 
     seen: set[str] = set()
-    model_wise = [c for c in ctx.space.model_wise_configs() if not (c.id in seen or seen.add(c.id))]
-    results = yield note(model_wise)
+
+    def fresh(cfgs: Iterable[TuneConfig]) -> list[TuneConfig]:
+        """The configs not proposed before (nor earlier in `cfgs`), in order."""
+        kept = []
+        for c in cfgs:
+            if c.id not in seen:
+                seen.add(c.id)
+                kept.append(c)
+        return kept
+
+    results = yield note(fresh(ctx.space.model_wise_configs()))
     out += results
     best = select_best(results, ctx.criterion.hib)
     ladder = FallbackLadder.of(ctx, best.config) if best is not None and not best.passed else None
     if ladder is None:
         return out
     rungs = {k: ladder.rung(k) for k in ladder.rungs()}
-    rungs = {k: c for k, c in rungs.items() if not (c.id in seen or seen.add(c.id))}
+    kept = {c.id for c in fresh(rungs.values())}
+    rungs = {k: c for k, c in rungs.items() if c.id in kept}
     results = yield note(list(rungs.values()))
     out += results
     ks, how = ladder.fill({k: ctx.score(r) for k, r in zip(rungs, results, strict=True)},
                           {k: r.passed for k, r in zip(rungs, results, strict=True)})
-    fill = [c for c in (ladder.rung(k, f" ({how})") for k in ks) if not (c.id in seen or seen.add(c.id))]
+    fill = fresh(ladder.rung(k, f" ({how})") for k in ks)
     if fill:
         out += (yield UntilPass(note(fill)))
     return out
