@@ -26,6 +26,7 @@ from _common import default_framework, load_bundle
 import lpot_research  # noqa: E402
 from lpot_research.adaptors import make_adaptor  # noqa: E402
 from lpot_research.config import DEFAULT_SEED  # noqa: E402
+from lpot_research.core.errors import ConfigError  # noqa: E402
 from lpot_research.run.history import History  # noqa: E402
 from lpot_research.strategies import BUILTIN  # noqa: E402
 
@@ -50,6 +51,15 @@ def main() -> int:
         print(f"error: unknown strategy {bad[0]!r}; valid strategies: {', '.join(BUILTIN)}", file=sys.stderr)
         return 2
     framework = args.framework or default_framework(args.model)
+    if args.backend and framework != "pytorch":
+        print(f"error: --backend {args.backend} applies to framework pytorch only (this run's: {framework})",
+              file=sys.stderr)
+        return 2
+    try:
+        make_adaptor(framework, **({"backend": args.backend} if args.backend else {}))  # bad names fail here
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     bundle = load_bundle(args.model, framework)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_strategies_"))
     quant = {}
