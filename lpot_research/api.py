@@ -344,7 +344,8 @@ def _tuner(runner: TrialRunner, strat: Strategy, history: History, settings: Set
                  inspector=Inspector(adaptor, runner.model, runner.calib, runner.example_inputs, history),
                  history=history,
                  space_settings={"approach": q.approach, "sampling_sizes": _sampling_sizes(adaptor, q, runner.calib),
-                                 "model_wise": _asdict(q.model_wise), "op_wise": q.op_wise},
+                                 "model_wise": _asdict(q.model_wise), "op_wise": q.op_wise,
+                                 "recipes": _asdict(q.recipes)},
                  criterion=runner.criterion, objective=runner.objective, exit=ex, example_inputs=runner.example_inputs,
                  out=out, names=names, callbacks=watchers, resume_hint=resume_hint, parallel=settings.parallel,
                  threads=settings.threads)

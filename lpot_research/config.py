@@ -16,7 +16,7 @@ from lpot_research.core.errors import ConfigError
 from lpot_research.measure.benchmark import Benchmark
 from lpot_research.quant.criterion import AccuracyCriterion
 from lpot_research.quant.qat import LOSSES, QAT
-from lpot_research.quant.space import check_approach
+from lpot_research.quant.space import RECIPES, check_approach, recipe_dimensions
 from lpot_research.run.policy import BACKENDS, ExitPolicy, Parallel
 from lpot_research.strategies.base import DEFAULT_SEED
 
@@ -48,12 +48,26 @@ class Calibration:
 
 
 @dataclass
+class Recipes:
+    """Recipes that keep ops INT8 with less error, each one more tuning dimension (off is always a
+    choice): lpot_research.quant.recipes."""
+
+    cle: bool = False  # cross-layer equalization of conv -> [ReLU] -> conv pairs (Nagel et al., 2019)
+    smooth_quant: Any = None  # SmoothQuant alphas to try on Linear/MatMul inputs (Xiao et al., 2023), e.g. [0.5]
+    bias_correction: bool = False  # bias correction of weight rounding (Nagel et al., 2019)
+
+    def __post_init__(self) -> None:
+        recipe_dimensions(dataclasses.asdict(self), RECIPES, "any", "post_training_static_quant")  # the values
+
+
+@dataclass
 class Quantization:
     approach: str = "post_training_static_quant"
     calibration: Calibration = field(default_factory=Calibration)
     model_wise: ModelWise = field(default_factory=ModelWise)
     op_wise: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006  # op name or regex (full match) -> {weight, activation}
     qat: QAT = field(default_factory=QAT)
+    recipes: Recipes = field(default_factory=Recipes)
 
     def __post_init__(self) -> None:
         check_approach(self.approach)

@@ -68,7 +68,8 @@ class FakeAdaptor(Adaptor):
                  save_sleep: float = 0.0, sleep_spread: int = 1, per_sample: int = 0, crash_ops: Iterable[str] = (),
                  crash_in: str = "quantize", crash_dtype: str = "int8", crash_signal: int = 11,
                  probe_penalties: list[float] | None = None, pair_penalties: Iterable[Any] = (),
-                 int8_ms: dict[str, float] | None = None, fp32_penalties: dict[str, float] | None = None) -> None:
+                 int8_ms: dict[str, float] | None = None, fp32_penalties: dict[str, float] | None = None,
+                 recipe_gains: dict[str, float] | None = None) -> None:
         # `names`: op names in model order (e.g. ones that do not sort in model order)
         self.ops = list(names) if names is not None else [f"op{i}" for i in range(ops)]
         ops = len(self.ops)
@@ -102,6 +103,10 @@ class FakeAdaptor(Adaptor):
         # {op: p}: accuracy lost when the op is FP32 in a quantized model (fallback does not always help:
         # on PP-OCRv4 more FP32 convs sometimes lose a sample or two)
         self.fp32_penalties = {str(k): float(v) for k, v in (fp32_penalties or {}).items()}
+        # {"smooth_quant=0.5": g, "bias_correction": g, ...}: the share of each INT8 op's accuracy loss a recipe
+        # removes when on (recipes add up; the fake supports the recipes named here)
+        self.recipe_gains = {str(k): float(v) for k, v in (recipe_gains or {}).items()}
+        self.recipes = tuple(dict.fromkeys(k.split("=")[0] for k in self.recipe_gains))
 
     def capabilities(self, model: Any, approach: str, example_inputs: Any) -> list[OpCapability]:
         w = {"dtype": ("int8",), "scheme": ("sym", "asym"), "granularity": ("per_channel", "per_tensor"),
@@ -115,10 +120,11 @@ class FakeAdaptor(Adaptor):
         if cfg is None:
             return 1.0
         acc = 1.0
+        kept = max(0.0, 1.0 - sum(self.recipe_gains.get(n if v is True else f"{n}={v}", 0.0) for n, v in cfg.recipes))
         for (_, c), p in zip(cfg.ops, self.penalties, strict=True):
             if c.quantized:
                 f = self.kl_factor if c.activation and c.activation.algorithm == "kl" else 1.0
-                acc -= p * f + (self.sym_penalty if c.activation and c.activation.scheme == "sym" else 0.0)
+                acc -= kept * (p * f + (self.sym_penalty if c.activation and c.activation.scheme == "sym" else 0.0))
             elif c.dtype == "bf16":
                 acc -= self.bf16_penalty
         if any(c.quantized for _, c in cfg.ops):

@@ -38,9 +38,15 @@ def merge(*cfgs: dict) -> dict:
     return out
 
 
+# two recipes tuned: SmoothQuant at two alphas and bias correction (each removes a share of the INT8 error)
+RECIPES = {"quantization": {"recipes": {"smooth_quant": [0.5, 0.8], "bias_correction": True}}}
+RECIPE_GAINS = {"smooth_quant=0.5": 0.2, "smooth_quant=0.8": 0.1, "bias_correction": 0.15}
+
+
 class StrategyContract:
     strategy: Any = None  # the Strategy subclass under test
     options: dict = {}
+    proposes_recipes = True  # whether its first 12 trials on NO_PASS try a recipe (exhaustive's walk does not)
 
     def make(self, seed: int = 9527):
         return self.strategy(seed=seed, **self.options)
@@ -132,6 +138,27 @@ class StrategyContract:
             if name == "passing":  # configs that pass with their hardest samples wrong (a running mean would stop)
                 assert any(t.passed for t in fast), name
         assert rejected and saved > 0  # evaluations did stop early
+
+    def test_recipes_are_dimensions_kept_by_workers_and_resume(self, tmp_path):
+        """Recipes (quantization.recipes) are tuning dimensions: the configs are points of the space, the
+        same for a seed on 2 workers and after a resume, and the recipes a trial applied are in its record."""
+        cfg = merge(NO_PASS, LONG, RECIPES)
+        full = run_fake(tmp_path / "full", self.landscape(recipe_gains=RECIPE_GAINS), self.make(3), cfg)
+        assert dict(full.space.recipes) == {"smooth_quant": (None, 0.5, 0.8), "bias_correction": (False, True)}
+        records = trials(full)
+        from lpot_research.quant.space import TuneConfig
+
+        configs = [TuneConfig.from_dict(t.config) for t in records]
+        assert all(full.space.contains(c) for c in configs)
+        if self.proposes_recipes:
+            assert any(c.recipes for c in configs)
+        par = run_fake(tmp_path / "par", self.landscape(recipe_gains=RECIPE_GAINS), self.make(3), merge(cfg, TWO_WORKERS))
+        assert [t.config_id for t in trials(par)] == [t.config_id for t in records]
+        run_fake(tmp_path / "run", self.landscape(recipe_gains=RECIPE_GAINS), self.make(3),
+                 merge(cfg, {"exit_policy": {"max_trials": 5}}))
+        resumed = run_fake(tmp_path / "run", self.landscape(recipe_gains=RECIPE_GAINS), self.make(3), cfg)
+        assert [t.config_id for t in trials(resumed)] == [t.config_id for t in records]
+        assert resumed.summary.best.config_id == full.summary.best.config_id
 
     def test_resume_gives_the_uninterrupted_result(self, tmp_path):
         cfg = merge(NO_PASS, LONG)

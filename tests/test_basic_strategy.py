@@ -264,3 +264,42 @@ def test_the_speed_step_proposes_the_same_on_two_workers_and_after_a_resume(tmp_
     resumed = run_fake(tmp_path / "run", again, BasicStrategy())
     assert [t.config_id for t in trials(resumed)] == [t.config_id for t in trials(serial)]
     assert History.read(tmp_path / "run").analysis_records[OP_COSTS] == 1
+
+
+RECIPES = {"quantization": {"recipes": {"smooth_quant": [0.5], "bias_correction": True}}}
+
+
+def test_a_recipe_that_meets_the_criterion_keeps_every_op_int8(tmp_path):
+    # all-INT8 with kl scores 0.95; SmoothQuant at 0.5 removes 90% of that loss: 0.995 passes
+    adaptor = FakeAdaptor(ops=4, recipe_gains={"smooth_quant=0.5": 0.9, "bias_correction": 0.2})
+    res = run_fake(tmp_path, adaptor, BasicStrategy(seed=1), RECIPES)
+    notes = history_notes(res)
+    assert all(n.startswith("model-wise") for n in notes[:4])
+    assert notes[4:] == ["stage 1b: smooth_quant 0.5"]  # the batch ends at its first pass
+    s = res.summary
+    assert s.met_criterion and s.best.fallback_ops == [] and s.best.recipes == {"smooth_quant": 0.5}
+    assert s.best.accuracy == 0.995
+    assert "with smooth_quant 0.5 meets the criterion" in s.stop_reason
+
+
+def test_the_best_recipe_becomes_the_base_of_the_fallback_stages(tmp_path):
+    # neither recipe passes (0.97, 0.96), both together remove 60% of the loss (0.98): the fallback stages
+    # start from that config, and two fallbacks (op3, op2: 0.987, 0.992) pass where the plain model-wise
+    # config needs three
+    gains = {"smooth_quant=0.5": 0.4, "bias_correction": 0.2}
+    with_recipes = run_fake(tmp_path / "r", FakeAdaptor(ops=4, recipe_gains=gains), BasicStrategy(seed=1), RECIPES)
+    notes = history_notes(with_recipes)
+    assert notes[4:7] == ["stage 1b: smooth_quant 0.5", "stage 1b: bias_correction", "stage 1b: every recipe"]
+    assert notes[7:9] == ["stage 3: +op3 -> bf16 (1/4 ops)", "stage 3: +op2 -> bf16 (2/4 ops)"]
+    best = with_recipes.summary.best
+    assert best.recipes == {"smooth_quant": 0.5, "bias_correction": True}
+    assert sorted(best.fallback_ops) == ["op2", "op3"] and best.accuracy == 0.992
+    plain = run_fake(tmp_path / "p", FakeAdaptor(ops=4, recipe_gains=gains), BasicStrategy(seed=1))
+    assert plain.summary.best.recipes == {} and len(plain.summary.best.fallback_ops) == 3
+
+
+def test_a_recipe_the_framework_lacks_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"recipes.cle is not available with framework=fake; valid choices "
+                                          r"there: \['smooth_quant'\]"):
+        run_fake(tmp_path, FakeAdaptor(ops=4, recipe_gains={"smooth_quant=0.5": 0.01}), BasicStrategy(seed=1),
+                 {"quantization": {"recipes": {"cle": True}}})

@@ -25,6 +25,7 @@ class TestMSE(StrategyContract):
 
 class TestExhaustive(StrategyContract):
     strategy = ExhaustiveStrategy
+    proposes_recipes = False  # its walk changes the last op first: 12 trials never reach a recipe
 
 
 class TestRandom(StrategyContract):

@@ -6,6 +6,7 @@ arguments."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -113,6 +114,8 @@ class Adaptor(ABC):
     cache_calibration: bool = True
     float32_inputs: bool = False  # `take_inputs` casts floating inputs to float32 (the graph takes float32)
     verify_int8: bool = False  # `quantize` also fails when an op configured INT8 came out float
+    recipes: tuple[str, ...] = ()  # the recipes this back end applies (lpot_research.quant.space.RECIPES)
+    REWRITES = ("cle", "smooth_quant")  # recipes that rewrite the FP32 model (bias correction is per config)
 
     # ------------------------------------------------------------------ calibration
     @property
@@ -224,9 +227,60 @@ class Adaptor(ABC):
         quantized model that does not compute the configured ops as configured."""
         self.check_approach(config.approach)
         self._check_op_names(model, config)
-        quantized = self._quantize(model, config, calib_dataloader, example_inputs)
+        unknown = [n for n, _ in config.recipes if n not in self.recipes]
+        if unknown:
+            from lpot_research.core.errors import ConfigError
+
+            raise ConfigError(f"recipe {unknown[0]!r} is not available with framework={self.name}; valid choices: "
+                              f"{list(self.recipes)}")
+        source = self.recipe_model(model, config, calib_dataloader)
+        quantized = self._quantize(source, config, calib_dataloader, example_inputs)
         self._check_fallbacks(model, config, quantized)
         return quantized
+
+    # ------------------------------------------------------------------ recipes
+    def recipe_model(self, model: Any, config: TuneConfig, calib_dataloader: Iterable[Any]) -> Any:
+        """`model` rewritten in FP32 by the configuration's model-level recipes (cle, then smooth_quant),
+        `model` itself without them. The last two rewritten models are kept, so trials with the same
+        recipes share one rewrite and its calibration."""
+        rewrites = tuple((n, v) for n, v in config.recipes if n in self.REWRITES)
+        if not rewrites:
+            return model
+        kept = self.__dict__.setdefault("_recipe_models", collections.OrderedDict())
+        key = (id(model), rewrites, config.sampling_size)
+        hit = kept.get(key)
+        if hit is not None and hit[0] is model:
+            kept.move_to_end(key)
+            return hit[1]
+        out = model
+        for name, value in rewrites:
+            out = self._rewrite(out, name, value, calib_dataloader, config.sampling_size)
+        kept[key] = (model, out)
+        while len(kept) > 2:
+            kept.popitem(last=False)
+        return out
+
+    def _rewrite(self, model: Any, recipe: str, value: Any, calib_dataloader: Iterable[Any], sampling_size: int) -> Any:
+        """Hook: a new FP32 model, `model` with a model-level recipe applied (lpot_research.quant.recipes)."""
+        raise NotImplementedError(f"{type(self).__name__} has no recipe {recipe!r}")
+
+    def input_stats(self, model: Any, calib_dataloader: Iterable[Any], sampling_size: int) -> dict[str, Any]:
+        """Per op, lpot_research.quant.recipes.ChannelStats of its input activation in `model` over the first
+        `sampling_size` calibration samples: one pass, cached per model and sampling size."""
+        return self.calibration.get(("input_stats", self._model_key(model), sampling_size),
+                                    lambda: self._input_stats(model, calib_dataloader, sampling_size))
+
+    def _input_stats(self, model: Any, calib_dataloader: Iterable[Any], sampling_size: int) -> dict[str, Any]:
+        """Hook: the pass behind `input_stats`."""
+        raise NotImplementedError(f"{type(self).__name__} collects no input statistics")
+
+    def _model_key(self, model: Any) -> str:
+        """What names a model in the calibration cache. Default: its fingerprint."""
+        return self.fingerprint(model)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Rewritten models stay in their process (a worker rewrites its own)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_recipe_models"}
 
     def _quantize(self, model: Any, config: TuneConfig, calib_dataloader: Iterable[Any], example_inputs: Any) -> Any:
         """Hook: the framework's quantizer (calibrating through `self.calibration`)."""

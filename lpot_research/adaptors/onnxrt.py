@@ -30,12 +30,13 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from lpot_research.adaptors import onnx_recipes
 from lpot_research.adaptors.base import Adaptor, RangeRule, as_tuple, batch_len, limited_batches, numpy_inputs, quiet
 from lpot_research.core.cpu import cpu_info
 from lpot_research.core.errors import ConfigError
 from lpot_research.measure.op_costs import OpCosts, graph_of, per_op
 from lpot_research.quant.calibration import kl_range, mse_range
-from lpot_research.quant.space import OpCapability, OpChoice, TuneConfig
+from lpot_research.quant.space import OpCapability, OpChoice, QSpec, TuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ class _Reader:
 class OnnxRuntimeAdaptor(Adaptor):
     name = "onnxrt"
     profiler = "onnxruntime session profiling"
+    recipes = ("cle", "smooth_quant", "bias_correction")
 
     def __init__(self, quant_format: str = "QDQ", threads: int | None = None, cache_calibration: bool = True,
                  opset: int = 17, reduce_range: bool | None = None) -> None:
@@ -278,6 +280,42 @@ class OnnxRuntimeAdaptor(Adaptor):
 
         return self.calibration.get((model.key, sampling_size, method_name), compute)
 
+    # ------------------------------------------------------------------ recipes
+    def _model_key(self, model: OrtModel) -> str:
+        return model.key
+
+    def _input_stats(self, model: OrtModel, calib: Iterable[Any], sampling_size: int) -> dict[str, Any]:
+        return onnx_recipes.collect_stats(model.proto, _Reader._batches(model, calib, sampling_size),
+                                          lambda blob: make_session(blob, self.threads))
+
+    def _rewrite(self, model: OrtModel, recipe: str, value: Any, calib: Iterable[Any], sampling_size: int) -> OrtModel:
+        if recipe == "cle":
+            proto, pairs = onnx_recipes.equalize(model.proto)
+            log.info("cle: %d conv pair(s) equalized%s", len(pairs), "" if pairs else
+                     " (none is conv -> [Relu] -> conv with nothing else reading between)")
+        else:
+            proto, n = onnx_recipes.smooth(model.proto, self.input_stats(model, calib, sampling_size), float(value))
+            log.info("smooth_quant %s: %d MatMul/Gemm op(s) smoothed", value, n)
+        return OrtModel(proto, self.threads)
+
+    def _bias_corrected(self, model: OrtModel, config: TuneConfig, calib: Iterable[Any]) -> OrtModel:
+        """The model with the biases of the configuration's INT8 ops corrected (bias_correction), calibrated as
+        `model` (the same key: the shift moves an op's output by its weights' rounding error, far inside
+        the ranges)."""
+        if not config.recipe("bias_correction"):
+            return model
+        choices = {n: c for n, c in config.ops if c.quantized}
+        if config.approach == "post_training_dynamic_quant":  # what _dynamic asks ORT for: per-tensor symmetric
+            choices = {n: OpChoice(c.dtype, QSpec("int8", "sym", "per_tensor", "minmax"), None)
+                       for n, c in choices.items()}
+        proto, done = onnx_recipes.correct_biases(model.proto, choices,
+                                                  self.input_stats(model, calib, config.sampling_size),
+                                                  self._reduce_range())
+        log.debug("bias_correction: %d op(s) corrected", len(done))
+        corrected = OrtModel(proto, self.threads)
+        corrected.key = model.key
+        return corrected
+
     # ------------------------------------------------------------------ quantization
     def _op_names(self, model: OrtModel) -> list[str]:
         return [n.name for n in model.proto.graph.node if n.op_type in STATIC_TYPES]
@@ -288,6 +326,7 @@ class OnnxRuntimeAdaptor(Adaptor):
         excluded = [n for n, c in config.ops if not c.quantized]
         if not quantized:
             return OrtModel(copy.deepcopy(model.proto), self.threads)
+        model = self._bias_corrected(model, config, calib_dataloader)
         if config.approach == "post_training_dynamic_quant":
             proto = self._dynamic(model, quantized, excluded)
         else:

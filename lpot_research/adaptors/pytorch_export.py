@@ -373,7 +373,7 @@ class PyTorchExportAdaptor(TorchAdaptor):
 
     def __getstate__(self) -> dict[str, Any]:
         """Compiled models stay in their process (a worker compiles its own and counts its own seconds)."""
-        return {**{k: v for k, v in self.__dict__.items() if k != "_compiled"}, "_compile_seconds": 0.0}
+        return {**{k: v for k, v in super().__getstate__().items() if k != "_compiled"}, "_compile_seconds": 0.0}
 
     @torch.inference_mode()
     def inspect(self, model: fx.GraphModule, inputs: Any, op_names: list[str]) -> dict[str, Any]:

@@ -23,6 +23,10 @@ QUANT_DTYPES = ("int8", "uint8")
 FALLBACK_DTYPES = ("bf16", "fp32")  # order = fallback preference: bf16 keeps more speed than fp32
 TENSOR_KEYS = ("dtype", "scheme", "granularity", "algorithm")
 APPROACHES = ("post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training")
+# recipes that keep ops INT8 with less error, in the order a model gets them (lpot_research.quant.recipes):
+# cross-layer equalization and SmoothQuant rewrite the FP32 model before calibration, bias correction the
+# biases of the ops the configuration quantizes
+RECIPES = ("cle", "smooth_quant", "bias_correction")
 
 
 @dataclass(frozen=True)
@@ -82,13 +86,26 @@ class OpChoice:
 class TuneConfig:
     """One point of the tuning space: a choice per op plus the global dimensions.
 
-    `note` is a human description of how a strategy got here; it is not part of identity.
+    `note` is a human description of how a strategy got here; it is not part of identity. `recipes` holds
+    the recipes this configuration applies, (name, value) in `RECIPES` order (SmoothQuant's value is its
+    alpha, the others' True); a recipe left off is not listed, so a configuration without recipes has the
+    id it had before recipes existed.
     """
 
     approach: str
     sampling_size: int
     ops: tuple[tuple[str, OpChoice], ...]
     note: str = field(default="", compare=False, hash=False)
+    recipes: tuple[tuple[str, Any], ...] = ()
+
+    def recipe(self, name: str) -> Any:
+        """The value of a recipe this configuration applies, None when it is off."""
+        return dict(self.recipes).get(name)
+
+    def with_recipes(self, recipes: Mapping[str, Any], note: str = "") -> TuneConfig:
+        """This configuration with `recipes` (name -> value; None or False turns one off) changed."""
+        values = {**dict(self.recipes), **recipes}
+        return TuneConfig(self.approach, self.sampling_size, self.ops, note, recipes_of(values))
 
     def op(self, name: str) -> OpChoice:
         for n, c in self.ops:
@@ -98,26 +115,33 @@ class TuneConfig:
 
     def with_ops(self, changes: Mapping[str, OpChoice], note: str = "") -> TuneConfig:
         ops = tuple((n, changes.get(n, c)) for n, c in self.ops)
-        return TuneConfig(self.approach, self.sampling_size, ops, note)
+        return TuneConfig(self.approach, self.sampling_size, ops, note, self.recipes)
 
     def with_note(self, note: str) -> TuneConfig:
-        return TuneConfig(self.approach, self.sampling_size, self.ops, note)
+        return TuneConfig(self.approach, self.sampling_size, self.ops, note, self.recipes)
 
     @property
     def fallback_ops(self) -> dict[str, str]:
         return {n: c.dtype for n, c in self.ops if not c.quantized}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "approach": self.approach,
             "sampling_size": self.sampling_size,
             "ops": {n: c.to_dict() for n, c in self.ops},
         }
+        if self.recipes:
+            d["recipes"] = dict(self.recipes)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], note: str = "") -> TuneConfig:
         ops = tuple((n, OpChoice.from_dict(c)) for n, c in d["ops"].items())
-        return cls(d["approach"], int(d["sampling_size"]), ops, note)
+        return cls(d["approach"], int(d["sampling_size"]), ops, note, recipes_of(d.get("recipes") or {}))
+
+    def describe_recipes(self) -> str:
+        """The recipes applied, in a few words ("" for none): "cle, smooth_quant 0.5"."""
+        return describe_recipes(dict(self.recipes))
 
     @property
     def id(self) -> str:
@@ -128,12 +152,27 @@ class TuneConfig:
         parts = []
         if self.sampling_size != other.sampling_size:
             parts.append(f"sampling_size {other.sampling_size}->{self.sampling_size}")
+        if self.recipes != other.recipes:
+            parts.append(f"recipes {other.describe_recipes() or 'none'}->{self.describe_recipes() or 'none'}")
         changed = [(n, c) for (n, c), (_, o) in zip(self.ops, other.ops, strict=True) if c != o]
         for n, c in changed[:3]:
             parts.append(f"{n}->{c.short()}")
         if len(changed) > 3:
             parts.append(f"+{len(changed) - 3} ops")
         return ", ".join(parts) or "same"
+
+
+def recipes_of(values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """`TuneConfig.recipes` from name -> value: the ones on (not None/False), in `RECIPES` order."""
+    unknown = [n for n in values if n not in RECIPES]
+    if unknown:
+        raise ConfigError(f"recipe {unknown[0]!r} is unknown; valid choices: {list(RECIPES)}")
+    return tuple((n, values[n]) for n in RECIPES if values.get(n) not in (None, False))
+
+
+def describe_recipes(recipes: Mapping[str, Any]) -> str:
+    """Recipes (name -> value) in a few words: "cle, smooth_quant 0.5"."""
+    return ", ".join(n if v is True else f"{n} {v}" for n, v in recipes.items())
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -199,6 +238,8 @@ class TuningSpace:
     # ops the framework can quantize at all (an op kept FP32 by op_wise still is; a conv under dynamic
     # INT8 is not): only those are "fallback" ops when they end up in BF16/FP32
     quantizable: frozenset[str] = frozenset()
+    # the recipes to tune, each with its values, off first (None for SmoothQuant, else False)
+    recipes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     @property
     def op_names(self) -> list[str]:
@@ -212,33 +253,49 @@ class TuningSpace:
 
     @property
     def size(self) -> int:
-        n = len(self.sampling_sizes)
+        n = len(self.sampling_sizes) * self._recipe_combinations
         for _, opts in self.options:
             n *= len(opts)
         return n
 
     def quantized_size(self) -> int:
         """Size of the space restricted to quantized choices (what `exhaustive` walks)."""
-        n = len(self.sampling_sizes)
+        n = len(self.sampling_sizes) * self._recipe_combinations
         for _, opts in self.options:
             n *= max(1, sum(o.quantized for o in opts))
         return n
 
-    # -- index encoding: dimension 0 is the sampling size, then one dimension per op ---------------
+    @property
+    def _recipe_combinations(self) -> int:
+        n = 1
+        for _, values in self.recipes:
+            n *= len(values)
+        return n
+
+    # -- index encoding: dimension 0 is the sampling size, then one per recipe, then one per op -------
+    @property
+    def global_dimensions(self) -> list[str]:
+        """The names of the dimensions before the ops': the sampling size, then each recipe."""
+        return ["sampling_size", *(n for n, _ in self.recipes)]
+
     @property
     def radices(self) -> list[int]:
-        return [len(self.sampling_sizes)] + [len(opts) for _, opts in self.options]
+        return ([len(self.sampling_sizes)] + [len(v) for _, v in self.recipes]
+                + [len(opts) for _, opts in self.options])
 
     def config_at(self, index: Iterable[int], note: str = "") -> TuneConfig:
         """The configuration at a per-dimension index (see `radices`)."""
         idx = list(index)
-        ops = tuple((n, opts[i]) for (n, opts), i in zip(self.options, idx[1:], strict=True))
-        return TuneConfig(self.approach, self.sampling_sizes[idx[0]], ops, note)
+        g = 1 + len(self.recipes)
+        ops = tuple((n, opts[i]) for (n, opts), i in zip(self.options, idx[g:], strict=True))
+        recipes = recipes_of({n: values[i] for (n, values), i in zip(self.recipes, idx[1:g], strict=True)})
+        return TuneConfig(self.approach, self.sampling_sizes[idx[0]], ops, note, recipes)
 
     def index_of(self, cfg: TuneConfig) -> list[int]:
-        return [self.sampling_sizes.index(cfg.sampling_size)] + [
-            opts.index(c) for (_, c), (_, opts) in zip(cfg.ops, self.options, strict=True)
-        ]
+        return ([self.sampling_sizes.index(cfg.sampling_size)]
+                + [values.index(cfg.recipe(n) if cfg.recipe(n) is not None else values[0])
+                   for n, values in self.recipes]
+                + [opts.index(c) for (_, c), (_, opts) in zip(cfg.ops, self.options, strict=True)])
 
     def config_at_flat(self, flat: int, note: str = "") -> TuneConfig:
         """The configuration at a flat index in [0, size): mixed-radix digits, last op fastest."""
@@ -268,7 +325,11 @@ class TuningSpace:
             return None
         if not all(choices[n] in opts for n, opts in self.options):
             return None
-        return TuneConfig(self.approach, cfg.sampling_size, tuple((n, choices[n]) for n in self.op_names), cfg.note)
+        tuned = dict(self.recipes)
+        if any(n not in tuned or v not in tuned[n] for n, v in cfg.recipes):
+            return None
+        return TuneConfig(self.approach, cfg.sampling_size, tuple((n, choices[n]) for n in self.op_names), cfg.note,
+                          cfg.recipes)
 
     def contains(self, cfg: TuneConfig) -> bool:
         return self.canonical(cfg) is not None
@@ -426,14 +487,48 @@ def check_approach(approach: str) -> None:
         raise ConfigError(f"quantization.approach={approach!r} is unknown; valid choices: {list(APPROACHES)}")
 
 
+def recipe_dimensions(recipes: Mapping[str, Any] | None, supported: Sequence[str], framework: str,
+                      approach: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """The recipes to tune (`quantization.recipes`: smooth_quant = its alphas, cle and bias_correction =
+    true/false), each with its values, off first; a recipe set on that `framework` does not support, a
+    bad alpha or value raises a ConfigError naming it."""
+    dims = {}
+    for name, value in (recipes or {}).items():
+        if name not in RECIPES:
+            raise ConfigError(f"quantization.recipes.{name} is unknown; valid choices: {list(RECIPES)}")
+        if name == "smooth_quant":
+            alphas = _as_list(value) or []
+            if any(not isinstance(a, int | float) or isinstance(a, bool) or not 0 < a <= 1 for a in alphas):
+                raise ConfigError(f"quantization.recipes.smooth_quant={value!r}: each alpha (the migration "
+                                  "strength) must be a number in (0, 1]; null or [] = off")
+            on: tuple[Any, ...] = tuple(dict.fromkeys(float(a) for a in alphas))
+            off: Any = None
+        else:
+            if not isinstance(value, bool):
+                raise ConfigError(f"quantization.recipes.{name}={value!r} must be true (tune it) or false")
+            on, off = ((True,) if value else ()), False
+        if not on:
+            continue
+        if name not in supported:
+            raise ConfigError(f"quantization.recipes.{name} is not available with framework={framework}; valid "
+                              f"choices there: {list(supported) or 'none'}")
+        if approach == "quant_aware_training":
+            raise ConfigError(f"quantization.recipes.{name}: recipes apply to post-training quantization, not "
+                              "quant_aware_training (training adapts the weights itself)")
+        dims[name] = (off, *on)
+    return tuple((n, dims[n]) for n in RECIPES if n in dims)
+
+
 def build_space(
     capabilities: list[OpCapability],
     approach: str,
     sampling_size: int | list[int],
     model_wise: Mapping[str, Any] | None = None,
     op_wise: Mapping[str, Any] | None = None,
+    recipes: tuple[tuple[str, tuple[Any, ...]], ...] = (),
 ) -> TuningSpace:
-    """Capabilities ∩ model_wise ∩ op_wise. Every bad value raises a ConfigError naming it."""
+    """Capabilities ∩ model_wise ∩ op_wise, with `recipes` (see `recipe_dimensions`) as more dimensions.
+    Every bad value raises a ConfigError naming it."""
     check_approach(approach)
     sizes = _as_list(sampling_size) or []
     if not sizes or any(not isinstance(s, int) or isinstance(s, bool) or s <= 0 for s in sizes):
@@ -466,4 +561,5 @@ def build_space(
             )
         options.append((op.name, tuple(choices)))
     return TuningSpace(approach, tuple(dict.fromkeys(sizes)), tuple(options), {c.name: c.type for c in capabilities},
-                       frozenset(c.name for c in capabilities if c.quantizable and (c.weight or c.activation)))
+                       frozenset(c.name for c in capabilities if c.quantizable and (c.weight or c.activation)),
+                       tuple(recipes))

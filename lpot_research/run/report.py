@@ -14,7 +14,7 @@ from lpot_research.core.cpu import cpu_summary
 from lpot_research.measure.benchmark import plus_minus, ratio_text
 from lpot_research.measure.op_costs import OpCosts
 from lpot_research.quant.ranking import pareto_front, within_noise
-from lpot_research.quant.space import TuneConfig, TuningSpace
+from lpot_research.quant.space import TuneConfig, TuningSpace, describe_recipes
 from lpot_research.run.callbacks import RunView
 from lpot_research.run.history import TrialRecord, metric_ratio
 from lpot_research.run.summary import BestSummary, Costs, CriterionSummary, ParetoPoint, Summary
@@ -154,6 +154,7 @@ class Reporter:
                 passed=best.passed,
                 model_path=str(model_path) if model_path else None,
                 within_noise=[t.trial for t in latency_rivals(trials, best, b)],
+                recipes=dict(TuneConfig.from_dict(best.config).recipes),
             )
         ratio = best_s.latency_ratio if best_s else None
         if all_int8 is not None and best_s is not None:
@@ -287,6 +288,8 @@ class Reporter:
         if d.within_noise:
             log.info("within measurement noise of the best's latency (as fast, as far as can be measured): trial(s) %s",
                      ", ".join(f"#{t}" for t in d.within_noise))
+        if d.recipes:
+            log.info("recipes: %s", describe_recipes(d.recipes))
         if d.fallback_ops:
             log.info("fallback ops: %s", d.fallback_dtypes)
             costs = fallback_costs(s)
@@ -398,7 +401,8 @@ def write_report(out: Path, s: Summary, trials: list[TrialRecord]) -> None:
                          f"{'-' if lat is None else f'{lat:.3f}'} | {'-' if fp32 is None else f'{fp32:.3f}'} | "
                          f"{ratio_text(a.get('latency_ratio'))}{plus_minus(a.get('latency_spread'))} | - | - |")
         lines += ["", f"Quantized ops: {best.quantized_ops}; fallback ops: "
-                  + (", ".join(f"`{n}` ({d})" for n, d in best.fallback_dtypes.items()) or "none")]
+                  + (", ".join(f"`{n}` ({d})" for n, d in best.fallback_dtypes.items()) or "none")
+                  + (f"; recipes: {describe_recipes(best.recipes)}" if best.recipes else "")]
         lines += fallback_cost_table(s)
         if best.within_noise:
             lines += ["", "Within measurement noise of the best's latency: trial(s) "

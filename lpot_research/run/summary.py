@@ -73,6 +73,7 @@ class BestSummary(_Flat):
     passed: bool
     model_path: str | None
     within_noise: list[int]  # passing trials as fast as the best within the measurement spread
+    recipes: dict[str, Any] = field(default_factory=dict)  # the recipes the best applies (quantization.recipes)
 
 
 @dataclass

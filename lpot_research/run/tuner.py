@@ -24,7 +24,7 @@ from lpot_research.measure.objectives import Objective
 from lpot_research.measure.op_costs import OpCosts
 from lpot_research.quant.criterion import AccuracyCriterion
 from lpot_research.quant.ranking import better, rank_key
-from lpot_research.quant.space import TuneConfig, TuningSpace, build_space
+from lpot_research.quant.space import TuneConfig, TuningSpace, build_space, recipe_dimensions
 from lpot_research.run.callbacks import Callback, RunView
 from lpot_research.run.history import ALL_INT8, EVAL_ORDER, FP32_SCORES, OP_COSTS, History, TrialRecord
 from lpot_research.run.inspector import Inspector
@@ -61,7 +61,7 @@ class Tuner:
     runner: TrialRunner
     inspector: Inspector
     history: History
-    space_settings: dict[str, Any]  # approach, sampling_sizes, model_wise, op_wise
+    space_settings: dict[str, Any]  # approach, sampling_sizes, model_wise, op_wise, recipes
     criterion: AccuracyCriterion
     objective: Objective
     exit: ExitPolicy
@@ -109,12 +109,15 @@ class Tuner:
         s = self.space_settings
         self.history.start()  # an unwritable run dir fails here, before any work
         caps = self.adaptor.capabilities(self.runner.model, s["approach"], self.example_inputs)
-        self.space = build_space(caps, s["approach"], s["sampling_sizes"], s["model_wise"], s["op_wise"])
+        recipes = recipe_dimensions(s.get("recipes"), self.adaptor.recipes, self.adaptor.name, s["approach"])
+        self.space = build_space(caps, s["approach"], s["sampling_sizes"], s["model_wise"], s["op_wise"], recipes)
         log.info("CPU: %s | %s: %s", cpu_info().describe(), self.adaptor.name,
                  "; ".join(self.adaptor.cpu_notes()) or "nothing depends on the CPU class")
         log.info("run dir %s | space: %d op(s), %d configuration(s) (%s) | strategy %s, objective %s, criterion %s, "
                  "evaluation %s", self.out, len(self.space.op_names), self.space.size, s["approach"],
                  self.strategy.name, self.objective.name, self.criterion.describe(), self.evaluator.kind)
+        if self.space.recipes:
+            log.info("recipes tuned: %s", "; ".join(f"{n} {list(v[1:])}" for n, v in self.space.recipes))
         log.debug("ops and options: %s", {n: [o.short() for o in opts] for n, opts in self.space.options})
         self.view = self._view(None)
         self._emit("on_start")

@@ -1,6 +1,10 @@
 """The seed's basic strategy, in its three stages, plus a block stage that is ours.
 
 1. every model-wise configuration (proposed as one batch);
+1b. where the space tunes recipes (`quantization.recipes`) and no model-wise configuration passes: the best
+   one with each recipe value alone, then with every recipe on (one batch, ending at its first pass). The
+   best of them becomes the base of the fallback stages when it scores better: ops are kept INT8 with a
+   better recipe before any is given up;
 2. from the best of them, each op's impact on accuracy, to order the fallbacks. The seed spends one
    full trial per op on this (each op alone falling back: 37 trials on MiniLM, 51 on PP-OCRv4). Here it is
    measured without trials (`ctx.sensitivity`): each op quantized *alone* (every other op FP32) on one
@@ -89,6 +93,16 @@ class BasicStrategy(Strategy):
         # If every model-wise config failed to quantize, fallback may still route around the op that
         # breaks: start from the first (recommended) one.
         base = best.config if best is not None else model_wise[0]
+        if ctx.space.recipes:
+            with_recipe = yield from self.recipe_stage(ctx, base, best)
+            if with_recipe is not None and with_recipe.passed:
+                said = (f"the best model-wise configuration with {with_recipe.config.describe_recipes()} meets the "
+                        "criterion")
+                if (not self.refine and ctx.first_pass_ends) or ctx.op_costs is None:
+                    return said
+                return said + (yield from self.speed_step(ctx, with_recipe))
+            if with_recipe is not None:
+                base = with_recipe.config
         for dtype in FALLBACK_DTYPES:
             ops = self.candidates(ctx, base, dtype)
             if not ops:
@@ -103,6 +117,22 @@ class BasicStrategy(Strategy):
             if block is not None:
                 return (yield from self.refinement(ctx, base, block, order, "block"))
         return "every candidate op has fallen back without meeting the criterion"
+
+    @staticmethod
+    def recipe_stage(ctx: StrategyContext, base: TuneConfig, best: Result | None) -> Proposals:
+        """Stage 1b: `base` with each recipe value of the space alone, then with every recipe on (each
+        at its first value), as one batch ending at its first pass. Returns the passing result, else the
+        best-scoring one when it beats `best` (the base's own), else None."""
+        configs = [base.with_recipes({name: v}, f"stage 1b: {name} {v}" if v is not True else f"stage 1b: {name}")
+                   for name, values in ctx.space.recipes for v in values[1:]]
+        if len(ctx.space.recipes) > 1:
+            every = {name: values[1] for name, values in ctx.space.recipes}
+            configs.append(base.with_recipes(every, "stage 1b: every recipe"))
+        results = yield UntilPass(configs)
+        top = select_best(results, ctx.criterion.hib)
+        if top is None or top.passed or best is None:
+            return top
+        return top if select_best([best, top], ctx.criterion.hib) is top else None
 
     def refinement(self, ctx: StrategyContext, base: TuneConfig, passing: Result, order: list[str],
                    how: str) -> Proposals:

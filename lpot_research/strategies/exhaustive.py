@@ -32,7 +32,7 @@ class ExhaustiveStrategy(Strategy):
         if ctx.max_trials is not None and size > ctx.max_trials:
             log.warning("exhaustive: the space (%.3g configs) exceeds max_trials (%d); only the first %d will be tried "
                         "(%s of it)", size, ctx.max_trials, ctx.max_trials, coverage(ctx.max_trials, size))
-        walk = itertools.product(range(len(space.sampling_sizes)), *per_op)
+        walk = itertools.product(range(len(space.sampling_sizes)), *(range(len(v)) for _, v in space.recipes), *per_op)
         yield from batched((space.config_at(index, f"exhaustive {k}/{size}") for k, index in enumerate(walk, 1)),
                              self.batch)
         return f"all {size} quantized configuration(s) were tried"

@@ -59,7 +59,7 @@ class TPEStrategy(Strategy):
             sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials,
                                                  multivariate=self.multivariate, constant_liar=True)
         study = self._study = optuna.create_study(direction="maximize", sampler=sampler)
-        names = [SAMPLING, *space.op_names]
+        names = [SAMPLING, *(f"__recipe_{n}__" for n, _ in space.recipes), *space.op_names]
         dists = {n: optuna.distributions.CategoricalDistribution(list(range(r)))
                  for n, r in zip(names, space.radices, strict=True)}
         seen: set[str] = set()
