@@ -131,6 +131,7 @@ def profile_compiled(run: Callable[[], Any], runs: int, order: dict[str, list[st
 class PyTorchExportAdaptor(TorchAdaptor):
     profiler = "torch.profiler of the Inductor-compiled models"
     approaches = APPROACHES  # QAT too
+    recipes = ("smooth_quant", "bias_correction")
 
     def __init__(self, threads: int | None = None, reduce_range: bool | None = None, compile: bool = True) -> None:
         super().__init__(threads, reduce_range)
@@ -270,11 +271,30 @@ class PyTorchExportAdaptor(TorchAdaptor):
                     with torch.no_grad():
                         prepared(*torch_args(example_inputs))
                 converted = pt2e.convert_pt2e(prepared)
+        if config.recipe("bias_correction"):
+            from lpot_research.adaptors.torch_recipes import correct_biases
+
+            done = correct_biases(model, converted, list(choices),
+                                  self.input_stats(model, calib_dataloader, config.sampling_size))
+            log.debug("bias_correction: %d op(s) corrected", len(done))
         bf16 = [name for name, c in config.ops if c.dtype == "bf16"]
         if bf16:
             run_in_bf16(converted, {n: op_nodes(converted)[n] for n in bf16})
         converted.meta["lpot_exported"] = True
         return converted
+
+    def _input_stats(self, model: fx.GraphModule, calib: Iterable[Any], sampling_size: int) -> dict[str, Any]:
+        from lpot_research.adaptors.torch_recipes import collect_stats
+
+        return collect_stats(model, calib, sampling_size)
+
+    def _rewrite(self, model: fx.GraphModule, recipe: str, value: Any, calib: Iterable[Any],
+                 sampling_size: int) -> fx.GraphModule:
+        from lpot_research.adaptors.torch_recipes import smooth
+
+        gm, n = smooth(model, self.input_stats(model, calib, sampling_size), float(value))
+        log.info("smooth_quant %s: %d Linear call(s) smoothed", value, n)
+        return gm
 
     def _quantize_qat(self, model: fx.GraphModule, quantizer: Any, loader: Iterable[Any], pt2e: Any) -> fx.GraphModule:
         """Quantization-aware training on the exported graph: fake quantization inserted by
