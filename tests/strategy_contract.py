@@ -152,7 +152,8 @@ class StrategyContract:
         assert all(full.space.contains(c) for c in configs)
         if self.proposes_recipes:
             assert any(c.recipes for c in configs)
-        par = run_fake(tmp_path / "par", self.landscape(recipe_gains=RECIPE_GAINS), self.make(3), merge(cfg, TWO_WORKERS))
+        par = run_fake(tmp_path / "par", self.landscape(recipe_gains=RECIPE_GAINS), self.make(3),
+                       merge(cfg, TWO_WORKERS))
         assert [t.config_id for t in trials(par)] == [t.config_id for t in records]
         run_fake(tmp_path / "run", self.landscape(recipe_gains=RECIPE_GAINS), self.make(3),
                  merge(cfg, {"exit_policy": {"max_trials": 5}}))

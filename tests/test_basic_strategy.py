@@ -283,16 +283,18 @@ def test_a_recipe_that_meets_the_criterion_keeps_every_op_int8(tmp_path):
 
 
 def test_the_best_recipe_becomes_the_base_of_the_fallback_stages(tmp_path):
-    # neither recipe passes (0.97, 0.96), both together remove 60% of the loss (0.98): the fallback stages
-    # start from that config, and two fallbacks (op3, op2: 0.987, 0.992) pass where the plain model-wise
-    # config needs three
-    gains = {"smooth_quant=0.5": 0.4, "bias_correction": 0.2}
-    with_recipes = run_fake(tmp_path / "r", FakeAdaptor(ops=4, recipe_gains=gains), BasicStrategy(seed=1), RECIPES)
+    # no recipe passes alone (SmoothQuant 0.5: 0.96, 0.8: 0.97; bias correction 0.96); SmoothQuant at its best
+    # alpha, 0.8, with bias correction removes 60% of the loss (0.98): the fallback stages start from that
+    # config, and two fallbacks (op3, op2: 0.987, 0.992) pass where the plain model-wise config needs three
+    gains = {"smooth_quant=0.5": 0.2, "smooth_quant=0.8": 0.4, "bias_correction": 0.2}
+    two_alphas = {"quantization": {"recipes": {"smooth_quant": [0.5, 0.8], "bias_correction": True}}}
+    with_recipes = run_fake(tmp_path / "r", FakeAdaptor(ops=4, recipe_gains=gains), BasicStrategy(seed=1), two_alphas)
     notes = history_notes(with_recipes)
-    assert notes[4:7] == ["stage 1b: smooth_quant 0.5", "stage 1b: bias_correction", "stage 1b: every recipe"]
-    assert notes[7:9] == ["stage 3: +op3 -> bf16 (1/4 ops)", "stage 3: +op2 -> bf16 (2/4 ops)"]
+    assert notes[4:8] == ["stage 1b: smooth_quant 0.5", "stage 1b: smooth_quant 0.8", "stage 1b: bias_correction",
+                          "stage 1b: smooth_quant 0.8, bias_correction (each recipe's best)"]
+    assert notes[8:10] == ["stage 3: +op3 -> bf16 (1/4 ops)", "stage 3: +op2 -> bf16 (2/4 ops)"]
     best = with_recipes.summary.best
-    assert best.recipes == {"smooth_quant": 0.5, "bias_correction": True}
+    assert best.recipes == {"smooth_quant": 0.8, "bias_correction": True}
     assert sorted(best.fallback_ops) == ["op2", "op3"] and best.accuracy == 0.992
     plain = run_fake(tmp_path / "p", FakeAdaptor(ops=4, recipe_gains=gains), BasicStrategy(seed=1))
     assert plain.summary.best.recipes == {} and len(plain.summary.best.fallback_ops) == 3

@@ -117,7 +117,6 @@ def test_the_settings_check_recipe_values_before_any_model_loads():
 
 # ---------------------------------------------------------------- ONNX Runtime, for real
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (pip install 'lpot-research[onnxrt]')")
-import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from lpot_research.adaptors import onnx_recipes  # noqa: E402
@@ -207,7 +206,7 @@ def test_onnx_smooth_quant_cuts_the_int8_error_of_outlier_activations():
     assert errors[0.5] < 0.3 * errors[None], errors
 
 
-def _conv_pair(rng, second_groups, balanced_output=False):
+def _conv_pair(rng, second_groups, balanced_output=False, pool=False):
     spread = np.array([0.02, 0.1, 1.0, 5.0, 20.0, 0.5])
     w1 = rng.normal(size=(6, 4, 1, 1)) * spread.reshape(6, 1, 1, 1)  # ranges 1000x apart
     w2 = rng.normal(size=(6, 1, 3, 3)) if second_groups == 6 else rng.normal(size=(5, 6, 1, 1))
@@ -218,13 +217,17 @@ def _conv_pair(rng, second_groups, balanced_output=False):
              helper.make_node("Relu", ["c1"], ["r"], name="relu"),
              helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", group=second_groups,
                               pads=[1, 1, 1, 1] if second_groups == 6 else [0, 0, 0, 0])]
+    if pool:  # Relu -> MaxPool between the two
+        nodes.insert(2, helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
+        nodes[3].input[0] = "p"
     return _model(nodes, inits, [("x", ["n", 4, 8, 8])], ["y"])
 
 
-@pytest.mark.parametrize("groups", [6, 1], ids=["pointwise-depthwise", "pointwise-pointwise"])
-def test_onnx_cle_keeps_fp32_outputs_and_equalizes_each_channel_pair(groups):
+@pytest.mark.parametrize("groups, pool", [(6, False), (1, False), (1, True)],
+                         ids=["pointwise-depthwise", "pointwise-pointwise", "pointwise-maxpool-pointwise"])
+def test_onnx_cle_keeps_fp32_outputs_and_equalizes_each_channel_pair(groups, pool):
     rng = np.random.default_rng(2)
-    proto = _conv_pair(rng, groups)
+    proto = _conv_pair(rng, groups, pool=pool)
     out, pairs = onnx_recipes.equalize(proto)
     assert pairs == [("conv1", "conv2")]
     x = rng.normal(size=(2, 4, 8, 8))

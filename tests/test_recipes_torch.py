@@ -136,3 +136,50 @@ def test_bias_correction_removes_the_mean_output_shift_of_weight_rounding(adapto
              .mean(dim=axes).abs().mean().item() for bc in (False, True)}
     # measured: a mean shift of 0.77 (Linear) and 0.42 (Conv) without, 0.010 and 0.0005 with
     assert shift[True] < 0.2 * shift[False], shift
+
+
+class ConvPair(nn.Module):
+    """conv (channel ranges 1000x apart) -> ReLU [-> max pool] -> a depthwise or a plain conv."""
+
+    SPREAD = torch.tensor([0.02, 0.1, 1.0, 5.0, 20.0, 0.5])
+
+    def __init__(self, depthwise: bool, pool: bool = False, balanced_output: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 6, 1)
+        self.conv1.weight.data *= self.SPREAD.reshape(6, 1, 1, 1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False) if depthwise else nn.Conv2d(6, 5, 1)
+        if balanced_output:  # the depthwise conv undoes the spread (as a batch norm folded into it would)
+            self.conv2.weight.data /= self.SPREAD.reshape(6, 1, 1, 1)
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+
+    def forward(self, x):
+        return self.conv2(self.pool(torch.relu(self.conv1(x))))
+
+
+@pytest.mark.parametrize("depthwise, pool", [(True, False), (False, True)], ids=["depthwise", "relu-maxpool-plain"])
+@torch.no_grad()
+def test_cle_keeps_fp32_outputs_and_equalizes_each_channel_pair(adaptor, depthwise, pool):
+    torch.manual_seed(2)
+    x = torch.randn(2, 4, 8, 8)
+    gm = adaptor.prepare(ConvPair(depthwise, pool).eval(), (x,))
+    out, pairs = torch_recipes.equalize(gm)
+    assert pairs == [("conv1", "conv2")]
+    torch.testing.assert_close(out(x), gm(x), rtol=1e-4, atol=1e-5)
+    w1 = next(p for n, p in out.named_parameters() if n.endswith("conv1.weight"))
+    w2 = next(p for n, p in out.named_parameters() if n.endswith("conv2.weight"))
+    r2 = w2.abs().reshape(6, -1).amax(1) if depthwise else w2.abs().transpose(0, 1).reshape(6, -1).amax(1)
+    torch.testing.assert_close(w1.abs().reshape(6, -1).amax(1), r2, rtol=1e-5, atol=0)
+
+
+@torch.no_grad()
+def test_cle_cuts_the_int8_error_of_a_depthwise_pair(adaptor):
+    torch.manual_seed(4)
+    gm = adaptor.prepare(ConvPair(True, balanced_output=True).eval(), (torch.randn(2, 4, 8, 8),))
+    loader = loader_of([torch.randn(8, 4, 8, 8).numpy() for _ in range(2)])
+    x = torch.randn(8, 4, 8, 8)
+    fp32 = gm(x)
+    errors = {cle: (quantized(adaptor, gm, loader, {"cle": True} if cle else None)(x) - fp32).abs().mean().item()
+              for cle in (False, True)}
+    # per-channel weights (PT2E's) round each channel well, but the activation between is per tensor: its small
+    # channels round to 0 and the depthwise conv scales that up; measured: 0.24 mean error without, 0.014 with
+    assert errors[True] < 0.2 * errors[False], errors

@@ -18,7 +18,8 @@ from lpot_research.quant.space import OpChoice
 log = logging.getLogger(__name__)
 
 OP_TYPES = ("Conv", "MatMul", "Gemm")
-EQUALIZED_BETWEEN = ("Relu",)  # activations f with f(x / s) = f(x) / s for s > 0 (or none at all)
+# ops f between the pair with f(x / s) = f(x) / s for a per-channel s > 0 (none at all is fine too)
+EQUALIZED_BETWEEN = ("Relu", "MaxPool", "AveragePool")
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
@@ -144,8 +145,9 @@ def smooth(proto: onnx.ModelProto, stats: Mapping[str, ChannelStats], alpha: flo
 
 
 def equalize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, str]]]:
-    """Cross-layer equalization of each Conv -> [Relu] -> Conv pair whose tensors in between have no other
-    reader (the second a plain or a depthwise convolution). Returns the model and the pairs."""
+    """Cross-layer equalization of each Conv -> [Relu, MaxPool, AveragePool ...] -> Conv pair whose tensors in
+    between have no other reader (the second a plain or a depthwise convolution). Returns the model and the
+    pairs."""
     g = Graph(proto)
     pairs = []
     for first in list(g.proto.graph.node):
@@ -157,11 +159,11 @@ def equalize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, s
         if len(nxt) != 1 or not g.only_reader(t, nxt[0]):
             continue
         second = nxt[0]
-        if second.op_type in EQUALIZED_BETWEEN:
+        while second.op_type in EQUALIZED_BETWEEN and len(second.output) == 1:  # e.g. Relu -> MaxPool
             t = second.output[0]
             after = g.consumers.get(t, [])
             if len(after) != 1 or not g.only_reader(t, after[0]):
-                continue
+                break
             second = after[0]
         w2 = g.weight(second)
         if second.op_type != "Conv" or w2 is None or len(g.consumers[w2]) > 1 or second.input[0] != t:

@@ -131,7 +131,7 @@ def profile_compiled(run: Callable[[], Any], runs: int, order: dict[str, list[st
 class PyTorchExportAdaptor(TorchAdaptor):
     profiler = "torch.profiler of the Inductor-compiled models"
     approaches = APPROACHES  # QAT too
-    recipes = ("smooth_quant", "bias_correction")
+    recipes = ("cle", "smooth_quant", "bias_correction")
 
     def __init__(self, threads: int | None = None, reduce_range: bool | None = None, compile: bool = True) -> None:
         super().__init__(threads, reduce_range)
@@ -290,8 +290,13 @@ class PyTorchExportAdaptor(TorchAdaptor):
 
     def _rewrite(self, model: fx.GraphModule, recipe: str, value: Any, calib: Iterable[Any],
                  sampling_size: int) -> fx.GraphModule:
-        from lpot_research.adaptors.torch_recipes import smooth
+        from lpot_research.adaptors.torch_recipes import equalize, smooth
 
+        if recipe == "cle":
+            gm, pairs = equalize(model)
+            log.info("cle: %d conv pair(s) equalized%s", len(pairs), "" if pairs else
+                     " (none is conv -> [relu, pooling] -> conv with nothing else reading between)")
+            return gm
         gm, n = smooth(model, self.input_stats(model, calib, sampling_size), float(value))
         log.info("smooth_quant %s: %d Linear call(s) smoothed", value, n)
         return gm

@@ -18,12 +18,15 @@ from torch import fx
 from lpot_research.adaptors.base import limited_batches
 from lpot_research.adaptors.export_graph import OPS, op_name, op_nodes
 from lpot_research.adaptors.torch_common import torch_args
-from lpot_research.quant.recipes import ChannelStats, bias_shift, smoothing_scales
+from lpot_research.quant.recipes import ChannelStats, bias_shift, equalization_scales, smoothing_scales
 
 log = logging.getLogger(__name__)
 
 aten = torch.ops.aten
 LAYER_NORM = aten.layer_norm.default
+CONV2D = aten.conv2d.default
+# ops between an equalized pair: f(x / s) = f(x) / s for a per-channel s > 0
+EQUALIZED_BETWEEN = (aten.relu.default, aten.relu_.default, aten.max_pool2d.default, aten.avg_pool2d.default)
 
 
 def _axis(node: fx.Node) -> int:
@@ -155,6 +158,52 @@ def smooth(gm: fx.GraphModule, stats: Mapping[str, ChannelStats], alpha: float) 
     gm.graph.lint()
     gm.recompile()
     return gm, smoothed
+
+
+def equalize(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
+    """Cross-layer equalization on a copy of the graph: each conv2d -> [relu, max_pool2d, avg_pool2d ...] ->
+    conv2d pair whose tensors in between have no other reader (the second a plain or a depthwise conv).
+    Returns the graph and the pairs (op names)."""
+    gm = copy.deepcopy(gm)
+    readers = _readers(gm)
+    pairs = []
+    for first in list(gm.graph.nodes):
+        if first.op != "call_function" or first.target != CONV2D or len(first.users) != 1:
+            continue
+        w1 = _get(gm, first.args[1])
+        if w1 is None or readers.get(str(first.args[1].target)) != 1 or (len(first.args) > 6 and first.args[6] != 1
+                                                                          and first.args[6] != w1.shape[0]):
+            continue
+        second = next(iter(first.users))
+        last = first
+        while second.op == "call_function" and second.target in EQUALIZED_BETWEEN and len(second.users) == 1 \
+                and second.args[0] is last:
+            last, second = second, next(iter(second.users))
+        if second.op != "call_function" or second.target != CONV2D or second.args[0] is not last:
+            continue
+        w2 = _get(gm, second.args[1])
+        if w2 is None or readers.get(str(second.args[1].target)) != 1:
+            continue
+        channels = w1.shape[0]
+        groups = int(second.args[6]) if len(second.args) > 6 else 1
+        if groups not in (1, channels) or (groups == 1 and w2.shape[1] != channels):
+            continue
+        bias = first.args[2] if len(first.args) > 2 else None
+        b1 = _get(gm, bias)
+        if bias is not None and (b1 is None or readers.get(str(bias.target)) != 1):
+            continue
+        r1 = w1.detach().abs().reshape(channels, -1).amax(1).numpy()
+        r2 = (w2.detach().abs().reshape(channels, -1).amax(1) if groups == channels
+              else w2.detach().abs().transpose(0, 1).reshape(channels, -1).amax(1)).numpy()
+        s = torch.as_tensor(equalization_scales(r1, r2), dtype=torch.float32)
+        _set(gm, first.args[1], w1.detach() / s.reshape(-1, 1, 1, 1))
+        if b1 is not None:
+            _set(gm, bias, b1.detach() / s)
+        column = s.reshape(-1, 1, 1, 1) if groups == channels else s.reshape(1, -1, 1, 1)
+        _set(gm, second.args[1], w2.detach() * column)
+        pairs.append((op_name(first), op_name(second)))
+    gm.recompile()
+    return gm, pairs
 
 
 def correct_biases(source: fx.GraphModule, converted: fx.GraphModule, ops: Iterable[str],

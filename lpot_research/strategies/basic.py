@@ -2,9 +2,9 @@
 
 1. every model-wise configuration (proposed as one batch);
 1b. where the space tunes recipes (`quantization.recipes`) and no model-wise configuration passes: the best
-   one with each recipe value alone, then with every recipe on (one batch, ending at its first pass). The
-   best of them becomes the base of the fallback stages when it scores better: ops are kept INT8 with a
-   better recipe before any is given up;
+   one with each recipe value alone (one batch, ending at its first pass), then with each recipe at its
+   best value together. The best of them becomes the base of the fallback stages when it ranks above the
+   model-wise one: ops are kept INT8 with a better recipe before any is given up;
 2. from the best of them, each op's impact on accuracy, to order the fallbacks. The seed spends one
    full trial per op on this (each op alone falling back: 37 trials on MiniLM, 51 on PP-OCRv4). Here it is
    measured without trials (`ctx.sensitivity`): each op quantized *alone* (every other op FP32) on one
@@ -120,19 +120,27 @@ class BasicStrategy(Strategy):
 
     @staticmethod
     def recipe_stage(ctx: StrategyContext, base: TuneConfig, best: Result | None) -> Proposals:
-        """Stage 1b: `base` with each recipe value of the space alone, then with every recipe on (each
-        at its first value), as one batch ending at its first pass. Returns the passing result, else the
-        best-scoring one when it beats `best` (the base's own), else None."""
-        configs = [base.with_recipes({name: v}, f"stage 1b: {name} {v}" if v is not True else f"stage 1b: {name}")
+        """Stage 1b: `base` with each recipe value of the space alone (one batch ending at its first pass),
+        then, with more than one recipe, every recipe at its best value alone together. Returns the
+        passing result, else the best-ranked one when it ranks above `best` (the base's own), else None."""
+        hib = ctx.criterion.hib
+        singles = [base.with_recipes({name: v}, f"stage 1b: {name} {v}" if v is not True else f"stage 1b: {name}")
                    for name, values in ctx.space.recipes for v in values[1:]]
-        if len(ctx.space.recipes) > 1:
-            every = {name: values[1] for name, values in ctx.space.recipes}
-            configs.append(base.with_recipes(every, "stage 1b: every recipe"))
-        results = yield UntilPass(configs)
-        top = select_best(results, ctx.criterion.hib)
+        results = list((yield UntilPass(singles)))
+        if len(ctx.space.recipes) > 1 and not any(r.passed for r in results):
+            every = {}
+            for name, _ in ctx.space.recipes:
+                top = select_best([r for r in results if r.config.recipe(name) is not None], hib)
+                if top is not None:
+                    every[name] = top.config.recipe(name)
+            if len(every) > 1:
+                combined = base.with_recipes(every)
+                results.append((yield combined.with_note(f"stage 1b: {combined.describe_recipes()} (each recipe's "
+                                                         "best)")))
+        top = select_best(results, hib)
         if top is None or top.passed or best is None:
             return top
-        return top if select_best([best, top], ctx.criterion.hib) is top else None
+        return top if select_best([best, top], hib) is top else None
 
     def refinement(self, ctx: StrategyContext, base: TuneConfig, passing: Result, order: list[str],
                    how: str) -> Proposals:
