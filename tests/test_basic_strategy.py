@@ -305,3 +305,17 @@ def test_a_recipe_the_framework_lacks_is_one_clear_error(tmp_path):
                                           r"there: \['smooth_quant'\]"):
         run_fake(tmp_path, FakeAdaptor(ops=4, recipe_gains={"smooth_quant=0.5": 0.01}), BasicStrategy(seed=1),
                  {"quantization": {"recipes": {"cle": True}}})
+
+
+def test_order_impact_per_ms_falls_back_what_recovers_most_per_millisecond_first(tmp_path):
+    # impact follows the penalties (op3 first); op0 and op1 save only 0.1 ms in INT8 (3.9 against FP32's 4),
+    # op2 and op3 3 ms: per millisecond given back, op1 (0.02 / 0.1) and op0 lead, then op3 (0.04 / 3)
+    costs = {"op0": 3.9, "op1": 3.9}
+    notes = {order: [n for n in history_notes(run_fake(tmp_path / order, FakeAdaptor(ops=4, int8_ms=costs),
+                                                       BasicStrategy(seed=1, order=order)))
+                     if n.startswith("stage 3")] for order in ("impact", "impact_per_ms")}
+    assert [n.split()[2] for n in notes["impact"]][:2] == ["+op3", "+op2"]
+    assert [n.split()[2] for n in notes["impact_per_ms"]][:3] == ["+op1", "+op0", "+op3"]
+    with pytest.raises(ConfigError, match=r"strategy.order='fastest' is unknown; valid choices: \['impact', "
+                                          r"'impact_per_ms'\]"):
+        BasicStrategy(order="fastest")

@@ -5,7 +5,8 @@
    one with each recipe value alone (one batch, ending at its first pass), then with each recipe at its
    best value together. The best of them becomes the base of the fallback stages when it ranks above the
    model-wise one: ops are kept INT8 with a better recipe before any is given up;
-2. from the best of them, each op's impact on accuracy, to order the fallbacks. The seed spends one
+2. from the best of them, each op's impact on accuracy, to order the fallbacks (with `order=impact_per_ms`
+   and a profiler's per-op costs, the impact per millisecond the fallback gives back). The seed spends one
    full trial per op on this (each op alone falling back: 37 trials on MiniLM, 51 on PP-OCRv4). Here it is
    measured without trials (`ctx.sensitivity`): each op quantized *alone* (every other op FP32) on one
    probe batch, the impact being how far that moves the output from FP32's. Alone, because error spread
@@ -50,6 +51,7 @@ from lpot_research.strategies.base import (
 )
 
 STAGE2 = ("sensitivity", "trials")
+ORDERS = ("impact", "impact_per_ms")
 
 
 def op_savings(costs: OpCosts | None) -> dict[str, float]:
@@ -68,10 +70,13 @@ class BasicStrategy(Strategy):
     name = "basic"
 
     def __init__(self, seed: int = DEFAULT_SEED, stage2: str = "sensitivity", refine: int = 8,
-                 **options: object) -> None:
+                 order: str = "impact", **options: object) -> None:
         super().__init__(seed, **options)
         if stage2 not in STAGE2:
             raise ConfigError(f"strategy.stage2={stage2!r} is unknown; valid choices: {list(STAGE2)}")
+        if order not in ORDERS:
+            raise ConfigError(f"strategy.order={order!r} is unknown; valid choices: {list(ORDERS)}")
+        self.order = order
         if not isinstance(refine, int) or isinstance(refine, bool) or refine < 0:
             raise ConfigError(f"strategy.refine={refine!r} must be an int >= 0 (fallback ops tried again in INT8 "
                               "after the first pass when it ends the run; 0: none)")
@@ -226,6 +231,11 @@ class BasicStrategy(Strategy):
         should run (single-op trials ran and none passed)."""
         if ctx.sensitivity is not None and self.stage2 == "sensitivity":
             impact = ctx.sensitivity(base, ops)
+            savings = op_savings(profiled(ctx)) if self.order == "impact_per_ms" else {}
+            if savings:  # accuracy recovered per millisecond given back (an op no faster in INT8 costs ~nothing)
+                positive = [v for v in savings.values() if v > 0]
+                floor = 0.05 * (sum(positive) / len(positive)) if positive else 1.0
+                impact = {n: v / max(savings.get(n, floor), floor) for n, v in impact.items()}
             order = sorted(range(len(ops)), key=lambda i: (-impact[ops[i]], i))
             return [ops[i] for i in order], False
         hib = ctx.criterion.hib
