@@ -5,11 +5,11 @@ side by side in one run, on real models.
     python scripts/bench_refinement.py                                  # digits_cnn, minilm_wordnet, ppocr_rec
     python scripts/bench_refinement.py --models ppocr_rec --timeout 600
     python scripts/bench_refinement.py --before a9459cd~1                # the defaults, then and now
-    python scripts/bench_refinement.py --compare strategy.order=impact,impact_per_ms
+    python scripts/bench_refinement.py --variant impact: --variant per_ms:strategy.order=impact_per_ms
 
 With `--before REV`, each model runs with the default strategy settings twice instead: in a `git worktree`
-of REV (the code before a change) and in this checkout. With `--compare KEY=V1,V2,...`, once per value of
-that configuration key.
+of REV (the code before a change) and in this checkout. With `--variant LABEL:OVERRIDES` (repeated), once per
+variant, each with its tune.py overrides (space-separated key=value; none for the defaults).
 
 For each model, `tune.py strategy=basic` runs twice from scratch in its own run dir, with the same
 criterion, seed and budget: `strategy.refine=0` (stop at the first passing config: the strategy's
@@ -70,12 +70,13 @@ def main() -> int:
     ap.add_argument("--max-trials", type=int, default=60)
     ap.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary dir)")
     ap.add_argument("--before", default=None, help="compare the defaults at this commit (a git worktree) and now")
-    ap.add_argument("--compare", default=None, metavar="KEY=V1,V2",
-                    help="compare these values of one configuration key (tune.py's key=value) instead")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL:OVERRIDES",
+                    help="compare these variants instead (repeat it): a label, then tune.py's key=value overrides")
     ap.add_argument("--extra", default="", help="more tune.py overrides for every run, space-separated")
     args = ap.parse_args()
-    if args.compare and ("=" not in args.compare or args.before):
-        print(f"error: --compare {args.compare!r} must be KEY=V1,V2,... (and not with --before)", file=sys.stderr)
+    bad_variant = next((v for v in args.variant if ":" not in v), None)
+    if bad_variant is not None or (args.variant and args.before):
+        print(f"error: --variant {bad_variant!r} must be LABEL:OVERRIDES (and not with --before)", file=sys.stderr)
         return 2
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in names if m not in MODELS]
@@ -94,9 +95,8 @@ def main() -> int:
     if args.before:
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), args.before], cwd=ROOT, check=True)
         variants = [(f"@{args.before}", [], tree), ("now", [], ROOT)]
-    if args.compare:
-        key, values = args.compare.split("=", 1)
-        variants = [(f"{key.rsplit('.', 1)[-1]}={v}", [f"{key}={v}"], ROOT) for v in values.split(",")]
+    if args.variant:
+        variants = [(label, overrides.split(), ROOT) for label, overrides in (v.split(":", 1) for v in args.variant)]
     try:
         for name in names:
             common = [*MODELS[name], "strategy=basic", f"exit_policy.timeout={args.timeout:g}",
