@@ -39,6 +39,7 @@ MODELS = {
     "minilm_export": ["model=minilm_wordnet", "quantization.model_wise.activation.algorithm=minmax"],
     "minilm_wordnet": ["model=minilm_wordnet", "framework.backend=fx",
                        "quantization.model_wise.activation.algorithm=minmax"],
+    "minilm_onnx": ["model=minilm_wordnet", "framework=onnxrt", "quantization.model_wise.activation.algorithm=minmax"],
     "ppocr_rec": ["model=ppocr_rec", "framework=onnxrt"],
 }
 
