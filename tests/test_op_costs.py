@@ -200,3 +200,45 @@ def test_the_fx_back_end_times_each_conv_and_linear_module_in_both_models(digits
                                else tuple(bundle.example_inputs))
     with pytest.raises(NotImplementedError, match="TorchScript model takes no forward hooks"):
         adaptor.op_costs(scripted, q, inputs, sorted(space.quantizable), 3)
+
+
+def test_mxnet_events_line_up_with_the_graph_nodes_per_run():
+    from lpot_research.adaptors.mxnet_profile import node_runs
+
+    def ev(name, ph, ts):
+        return {"cat": "operator", "name": name, "ph": ph, "ts": ts, "tid": 1}
+
+    ops = ["_sg_mkldnn_conv", "Pooling", "_sg_mkldnn_fully_connected"]
+    events = [{"cat": "operator", "name": "WaitForVar", "ph": "B", "ts": 0}]  # not a node: ignored
+    t = 10.0
+    for run in range(2):
+        for name, us in zip(ops, (300.0 + run, 20.0, 50.0), strict=True):
+            events += [ev(name, "B", t), ev(name, "E", t + us)]
+            t += us + 5
+    assert node_runs(events, ops, 2) == [[0.3, 0.02, 0.05], [0.301, 0.02, 0.05]]
+    with pytest.raises(ValueError, match="5 operator events for 2 runs of 3 nodes"):
+        node_runs(events[:-2], ops, 2)
+    with pytest.raises(ValueError, match="run 0: event 0 is _sg_mkldnn_conv, the node there is Pooling"):
+        node_runs(events, ["Pooling", "_sg_mkldnn_conv", "_sg_mkldnn_fully_connected"], 2)
+
+
+def test_mxnet_profiler_times_each_op_of_both_models_in_a_process_of_its_own():
+    """MXNet's profiler with bulking off, in a subprocess: each conv and the fc is one event per run in both
+    models; the INT8 graph's quantize node is its first conv's, its quantized pooling is the rest."""
+    mxnet_adaptor = pytest.importorskip("lpot_research.adaptors.mxnet",
+                                        reason="MXNet is not installed (pip install 'lpot-research[mxnet]')")
+    MXNetAdaptor, _owners = mxnet_adaptor.MXNetAdaptor, mxnet_adaptor._owners  # noqa: N806
+    from lpot_research.models.digits import DigitsCNN
+
+    adaptor = MXNetAdaptor(threads=1)
+    model, q, inputs, space = fp32_and_all_int8(adaptor, DigitsCNN().load("mxnet"))
+    ops = sorted(space.quantizable)
+    owners = _owners(json.loads(q.symbol.tojson()), frozenset(ops))
+    kinds = [n["op"] for n in json.loads(q.symbol.tojson())["nodes"] if n["op"] != "null"]
+    assert owners[kinds.index("_contrib_quantize_v2")] == ("features0_conv_fwd",)
+    assert owners[kinds.index("_contrib_quantized_pooling")] == ()
+    costs = adaptor.op_costs(model, q, inputs, ops, 3)
+    assert costs.profiler == adaptor.profiler and costs.notes == []
+    assert set(costs.fp32_ms) == set(costs.int8_ms) == set(ops) and len(ops) == 6
+    assert all(v > 0 for v in [*costs.fp32_ms.values(), *costs.int8_ms.values()])
+    assert costs.rest_ms[1] > 0  # the quantized pooling

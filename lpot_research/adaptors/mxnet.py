@@ -72,6 +72,8 @@ import json
 import logging
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -89,6 +91,7 @@ import numpy as np
 from lpot_research.adaptors.base import Adaptor, FallbackError, batch_len, limited_batches, numpy_inputs
 from lpot_research.core.cpu import cpu_info
 from lpot_research.core.errors import ConfigError
+from lpot_research.measure.op_costs import OpCosts
 from lpot_research.quant.space import OpCapability, OpChoice, TuneConfig
 
 if importlib.util.find_spec("mxnet") is None:  # checked without importing it (see import_mxnet)
@@ -603,6 +606,51 @@ class MXNetAdaptor(Adaptor):
         outs = model.forward(model.nd_inputs(inputs), model.new_block(mx.sym.Group(probes)))
         return {n: o.asnumpy().astype(np.float32) for n, o in zip(op_names, outs, strict=True)}
 
+    profiler = "MXNet's profiler (bulking off, in a process of its own)"
+
+    def op_costs(self, fp32_model: MXModel, int8_model: MXModel, inputs: Any, op_names: list[str],
+                 runs: int) -> OpCosts:
+        """Each op's operator event in MXNet's profile of each model, run by the symbolic executor in a
+        process of its own (lpot_research.adaptors.mxnet_profile: bulking off, so one event per node, in
+        graph order). A fused node is its op; a quantize node belongs to the INT8 ops it feeds (shared),
+        a dequantize node to the op it reads; every other node is the rest."""
+        tunable = frozenset(op_names)
+        (fp32, rest32), (int8, rest8) = (self._profile(m, inputs, runs, tunable) for m in (fp32_model, int8_model))
+        return OpCosts(self.profiler, runs, fp32, int8, (rest32, rest8))
+
+    def _profile(self, model: MXModel, inputs: Any, runs: int, tunable: frozenset[str],
+                 warmup: int = 2) -> tuple[dict[str, float], float]:
+        from lpot_research.adaptors.mxnet_profile import ENV
+
+        self._mx()
+        with tempfile.TemporaryDirectory(prefix="lpot_mx_profile_") as tmp:
+            model.write(Path(tmp) / "model")
+            arrays = numpy_inputs(inputs, float32=True)
+            np.savez(Path(tmp) / "inputs.npz", **dict(zip(model.data_names, arrays, strict=True)))
+            env = {**os.environ, **ENV, "MXNET_OMP_MAX_THREADS": str(mxnet_threads() or _threads_from_env())}
+            command = [sys.executable, "-m", "lpot_research.adaptors.mxnet_profile", str(Path(tmp) / "model"),
+                       str(Path(tmp) / "inputs.npz"), str(runs), str(warmup)]
+            done = subprocess.run(command,
+                                  capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"MXNet's profiler failed: {last}")
+        node_ms = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
+        owners = _owners(json.loads(model.symbol.tojson()), tunable)
+        per_run: list[dict[str, float]] = []
+        rest: list[float] = []
+        for run in node_ms:
+            this = dict.fromkeys(tunable, 0.0)
+            other = 0.0
+            for ops, ms in zip(owners, run, strict=True):
+                other += 0.0 if ops else ms
+                for op in ops:
+                    this[op] += ms / len(ops)
+            per_run.append(this)
+            rest.append(other)
+        seen = {op for ops in owners for op in ops}
+        return ({op: statistics.median(r[op] for r in per_run) for op in seen}, statistics.median(rest))
+
     def _save(self, model: MXModel, path: Path, example_inputs: Any) -> Path:
         """MXNet's checkpoint format: <path>-symbol.json (returned) and <path>-0000.params; load with
         `mx.gluon.SymbolBlock.imports(sym_file, input_names, param_file)` (input names: data, or
@@ -610,3 +658,32 @@ class MXNetAdaptor(Adaptor):
         self._mx()
         return model.write(Path(path))[0]
 
+
+
+def _owners(symbol_json: dict[str, Any], tunable: frozenset[str]) -> list[tuple[str, ...]]:
+    """Per executed node (mxnet_profile.graph_nodes order) the tunable ops its time belongs to: a Conv/FC
+    node (plain, fused or quantized) its op; a quantize node the ops among its readers; a dequantize node
+    the op it reads; anything else none."""
+    nodes = symbol_json["nodes"]
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for j, *_ in node["inputs"]:
+            readers.setdefault(j, []).append(i)
+
+    def op(i: int) -> str | None:
+        found = _op_of(nodes[i])
+        return found[0] if found is not None and found[0] in tunable else None
+
+    out = []
+    for i, node in enumerate(nodes):
+        if node["op"] == "null":
+            continue
+        if op(i) is not None:
+            out.append((op(i),))
+        elif node["op"] in ("_contrib_quantize", "_contrib_quantize_v2"):
+            out.append(tuple(dict.fromkeys(o for r in readers.get(i, []) if (o := op(r)) is not None)))
+        elif node["op"] == "_contrib_dequantize":
+            out.append(tuple(o for j, *_ in node["inputs"][:1] if (o := op(j)) is not None))
+        else:
+            out.append(())
+    return out
