@@ -15,7 +15,8 @@ For each model, `tune.py strategy=basic` runs twice from scratch in its own run 
 criterion, seed and budget: `strategy.refine=0` (stop at the first passing config: the strategy's
 behaviour before stage 4 existed, trial for trial) and `strategy.refine=8` (the default). It prints what
 each run reports: the all-INT8 latency (the speed limit), the latency at goal and its ratio to the limit,
-the fallback count, the accuracy, the trials and the wall time. Latency ratios are each run's own
+the fallback count, the accuracy, the trials, the wall time and the seconds to the first passing trial
+(after the FP32 baseline, from the run's history). Latency ratios are each run's own
 interleaved measurement against FP32; the CPU is printed first (say it with every number).
 """
 
@@ -52,7 +53,16 @@ def run(args: list[str], out: Path, root: Path = ROOT) -> dict:
     if r.returncode != 0:
         raise SystemExit(f"tune.py {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
     s = json.loads((out / "summary.json").read_text())
-    return {"summary": s, "wall": wall}
+    return {"summary": s, "wall": wall, "to_goal": seconds_to_goal(out)}
+
+
+def seconds_to_goal(run_dir: Path) -> float | None:
+    """Seconds from the end of the FP32 baseline to the end of the first passing trial, from the run's history."""
+    from lpot_research.run.history import History
+
+    history = History.read(run_dir)
+    first = next((t for t in history.trials if t.passed), None)
+    return None if first is None else first.elapsed_s - history.baseline["duration_s"]
 
 
 def row(label: str, res: dict) -> str:
@@ -61,7 +71,12 @@ def row(label: str, res: dict) -> str:
     vs = f"{at_goal / lim:.2f}x" if at_goal and lim else "-"
     return (f"{label:<26} {lim or float('nan'):>8.2f}x {at_goal or float('nan'):>8.2f}x {vs:>9} "
             f"{len(best.get('fallback_ops', [])):>9} {best.get('accuracy') or float('nan'):>8.4f} "
-            f"{s['trials']:>6} {res['wall']:>7.1f}  {'met' if s['met_criterion'] else 'NOT met'}")
+            f"{s['trials']:>6} {res['wall']:>7.1f} {nan_if_none(res['to_goal']):>7.1f}"
+            f"  {'met' if s['met_criterion'] else 'NOT met'}")
+
+
+def nan_if_none(v: float | None) -> float:
+    return float("nan") if v is None else v
 
 
 def main() -> int:
@@ -90,7 +105,7 @@ def main() -> int:
     print(f"CPU: {cpu_info().describe()} | LPOT_CPU_ISA={os.environ.get('LPOT_CPU_ISA', '(none)')} | "
           f"timeout {args.timeout:g}, max_trials {args.max_trials}, one thread")
     print(f"{'model / strategy':<26} {'all-INT8':>9} {'at goal':>9} {'vs limit':>9} {'fallbacks':>9} "
-          f"{'accuracy':>8} {'trials':>6} {'wall s':>7}")
+          f"{'accuracy':>8} {'trials':>6} {'wall s':>7} {'goal s':>7}")
     variants: list[tuple[str, list[str], Path]] = [(f"refine={k}", [f"strategy.refine={k}"], ROOT) for k in (0, 8)]
     tree = out / "before"
     if args.before:
