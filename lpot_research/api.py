@@ -300,7 +300,7 @@ def _describe_run(names: dict[str, str], runner: TrialRunner, strat: Strategy, s
         "data": {"benchmark_inputs": fingerprint_inputs(runner.bench_inputs), "evaluation": runner.evaluator.kind},
         "adaptor": _describe(runner.adaptor),
         "strategy": _describe(strat),
-        "quantization": dataclasses.asdict(settings.quantization),
+        "quantization": _quantization(settings),
         "criterion": dataclasses.asdict(runner.criterion),
         "benchmark": dataclasses.asdict(runner.bench),
         "ranking_samples": settings.evaluation.ranking_samples,
@@ -311,6 +311,15 @@ def _describe_run(names: dict[str, str], runner: TrialRunner, strat: Strategy, s
         "cpu": cpu_info().isa_class,
         "q_func": getattr(q_func, "__qualname__", repr(q_func)) if q_func is not None else None,
     }
+
+
+def _quantization(settings: Settings) -> dict[str, Any]:
+    """The quantization settings of a run's description; recipes only when one is tuned (a run without them
+    keeps the key it had before recipes existed)."""
+    q = dataclasses.asdict(settings.quantization)
+    if not any(q["recipes"].values()):
+        del q["recipes"]
+    return q
 
 
 def _watchers(tracker: Tracker | None, callbacks: list[Callback] | None, tracked: dict[str, Any], tensorboard: bool,

@@ -319,3 +319,13 @@ def test_order_impact_per_ms_falls_back_what_recovers_most_per_millisecond_first
     with pytest.raises(ConfigError, match=r"strategy.order='fastest' is unknown; valid choices: \['impact', "
                                           r"'impact_per_ms'\]"):
         BasicStrategy(order="fastest")
+
+
+def test_a_run_is_resumed_only_with_the_recipes_it_was_tuned_with(tmp_path):
+    gains = {"smooth_quant=0.5": 0.4, "bias_correction": 0.2}
+    short = {**RECIPES, "exit_policy": {"timeout": 0, "max_trials": 5}}
+    run_fake(tmp_path, FakeAdaptor(ops=4, recipe_gains=gains), BasicStrategy(seed=1), short)
+    with pytest.raises(ConfigError, match="holds a different run"):
+        run_fake(tmp_path, FakeAdaptor(ops=4, recipe_gains=gains), BasicStrategy(seed=1), resume=True)
+    resumed = run_fake(tmp_path, FakeAdaptor(ops=4, recipe_gains=gains), BasicStrategy(seed=1), RECIPES, resume=True)
+    assert resumed.summary.met_criterion and resumed.summary.best.recipes
