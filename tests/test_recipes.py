@@ -287,3 +287,29 @@ def test_onnx_bias_correction_removes_the_mean_output_shift_of_weight_rounding(k
              for bc in (False, True)}
     # measured: a mean shift of 0.96 (MatMul) and 0.38 (Conv) without, 0.035 and 0.001 with
     assert shift[True] < 0.2 * shift[False], shift
+
+
+def test_onnx_smooth_quant_and_bias_correction_handle_a_gemm_with_transposed_weights():
+    rng = np.random.default_rng(6)
+    w, b = rng.normal(size=(4, 8)), rng.normal(size=4)  # transB: [out, in], as torch exports a Linear
+    proto = _model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)], {"w": w, "b": b},
+                   [("x", ["n", 8])], ["y"])
+    batches = [_outliers(rng, 16, 8) + 2.0 for _ in range(2)]
+    stats = _stats(proto, batches)
+    smoothed, n = onnx_recipes.smooth(proto, stats, 0.5)
+    x = _outliers(rng, 8, 8)
+    assert n == 1
+    np.testing.assert_allclose(_run(smoothed, x)[0], _run(proto, x)[0], rtol=1e-4, atol=1e-4)
+    after = _stats(smoothed, batches)
+    w_after = numpy_helper.to_array(next(i for i in smoothed.graph.initializer if i.name == "w"))
+    np.testing.assert_allclose(after["fc"].absmax, np.abs(w_after).max(0), rtol=1e-4)  # columns are inputs
+    from lpot_research.quant.space import OpChoice, QSpec
+
+    choice = OpChoice("int8", QSpec("int8", "sym", "per_tensor", "minmax"), QSpec("uint8", "asym", "per_tensor",
+                                                                                 "minmax"))
+    corrected, done = onnx_recipes.correct_biases(proto, {"fc": choice}, stats, False)
+    assert done == ["fc"]
+    b_after = numpy_helper.to_array(next(i for i in corrected.graph.initializer if i.name == "b"))
+    scale = np.abs(w).max() / 127
+    wq = np.clip(np.round(w / scale), -127, 127) * scale
+    np.testing.assert_allclose(b_after - b, (w - wq) @ stats["fc"].mean, rtol=1e-4, atol=1e-6)
