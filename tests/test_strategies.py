@@ -196,3 +196,19 @@ def test_random_and_exhaustive_say_how_much_of_the_space_they_cover(tmp_path, ca
                for m in said)
     assert any(m.startswith("exhaustive: the space (1.33e+36 configs) exceeds max_trials (20)") and
                "(1.5e-33% of it)" in m for m in said)
+
+
+@pytest.mark.parametrize("strategy", [TPEStrategy, BayesianStrategy], ids=["tpe", "bayesian"])
+def test_the_prior_tries_the_recipes_before_the_ladder_and_climbs_it_from_the_best_of_them(tmp_path, strategy):
+    # 4 ops, all-INT8 (kl) 0.95; SmoothQuant 0.5 removes 40% of the loss (0.98), bias correction 20%: the
+    # rungs (1, 2 ops in BF16) are built on the SmoothQuant config, and its 2-fallback rung passes (0.992)
+    gains = {"smooth_quant=0.5": 0.4, "bias_correction": 0.2}
+    recipes = {"quantization": {"recipes": {"smooth_quant": [0.5], "bias_correction": True}}}
+    res = run_fake(tmp_path, FakeAdaptor(ops=4, recipe_gains=gains), strategy(seed=1), recipes)
+    notes = history_notes(res)
+    name = strategy.name
+    assert notes[4:7] == [f"{name} 5 (prior: recipes: smooth_quant 0.5)", f"{name} 6 (prior: recipes: bias_correction)",
+                          f"{name} 7 (prior: recipes: smooth_quant 0.5, bias_correction (each recipe's best))"]
+    rungs = [t for t in trials(res) if "rung" in t.note or "most sensitive" in t.note]
+    assert rungs and all(t.config.get("recipes") == {"smooth_quant": 0.5, "bias_correction": True} for t in rungs)
+    assert res.summary.met_criterion and res.summary.best.recipes

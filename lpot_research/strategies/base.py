@@ -143,15 +143,21 @@ class FallbackLadder:
 
 def start_from_what_the_run_knows(ctx: StrategyContext, name: str) -> Generator[Any, Any, list[Result]]:
     """The initial design of a model-based strategy (`results = yield from ...`; notes "<name> <k> (prior:
-    ...)"): every model-wise config (one batch); then, unless one passed, from the best of them the rungs
-    of the sensitivity ladder (one batch); then the configs that fill the ladder between its rungs
+    ...)"): every model-wise config (one batch); then, unless one passed, the space's recipes on the best
+    of them (`try_recipes`; the best with a recipe replaces it when it ranks above); then from the best the
+    rungs of the sensitivity ladder (one batch); then the configs that fill the ladder between its rungs
     (`FallbackLadder.fill`: around the closest rung when none passed, else the fewest fallbacks that
     pass), stopping at the first that passes. The results of every config proposed, in order."""
     out: list[Result] = []
+    proposed = 0
 
     def note(cfgs: list[TuneConfig]) -> list[TuneConfig]:
-        return [c.with_note(f"{name} {len(out) + i} ({c.note if c.note.startswith('prior: ') else 'prior: ' + c.note})")
-                for i, c in enumerate(cfgs, 1)]
+        nonlocal proposed
+        noted = [c.with_note(f"{name} {proposed + i} "
+                             f"({c.note if c.note.startswith('prior: ') else 'prior: ' + c.note})")
+                 for i, c in enumerate(cfgs, 1)]
+        proposed += len(noted)
+        return noted
 
     seen: set[str] = set()
 
@@ -167,6 +173,10 @@ def start_from_what_the_run_knows(ctx: StrategyContext, name: str) -> Generator[
     results = yield note(fresh(ctx.space.model_wise_configs()))
     out += results
     best = select_best(results, ctx.criterion.hib)
+    if best is not None and not best.passed and ctx.space.recipes:  # keep ops INT8 with a recipe first
+        tried, chosen = yield from try_recipes(ctx, best.config, best, "recipes", lambda cfgs: note(fresh(cfgs)))
+        out += tried
+        best = chosen or best
     ladder = FallbackLadder.of(ctx, best.config) if best is not None and not best.passed else None
     if ladder is None:
         return out
@@ -181,6 +191,33 @@ def start_from_what_the_run_knows(ctx: StrategyContext, name: str) -> Generator[
     if fill:
         out += (yield UntilPass(note(fill)))
     return out
+
+
+def try_recipes(ctx: StrategyContext, base: TuneConfig, best: Result | None, label: str,
+                wrap: Callable[[list[TuneConfig]], list[TuneConfig]] = list) -> Generator[Any, Any, Any]:
+    """The recipes of the space (`quantization.recipes`) on `base`: each recipe value alone (one batch, ending at
+    its first pass), then, with more than one recipe, every recipe at its best value alone together
+    (`wrap` may renote or drop configs before each batch goes out). Returns (every result, the chosen
+    one): the chosen is the passing result, else the best-ranked when it ranks above `best` (the base's
+    own result), else None."""
+    hib = ctx.criterion.hib
+    singles = [base.with_recipes({name: v}, f"{label}: {name} {v}" if v is not True else f"{label}: {name}")
+               for name, values in ctx.space.recipes for v in values[1:]]
+    results = list((yield UntilPass(wrap(singles))))
+    if len(ctx.space.recipes) > 1 and not any(r.passed for r in results):
+        every = {}
+        for name, _ in ctx.space.recipes:
+            top = select_best([r for r in results if r.config.recipe(name) is not None], hib)
+            if top is not None:
+                every[name] = top.config.recipe(name)
+        combined = wrap([base.with_recipes(every, f"{label}: {base.with_recipes(every).describe_recipes()} (each "
+                                                  "recipe's best)")]) if len(every) > 1 else []
+        if combined:
+            results += (yield combined)
+    top = select_best(results, hib)
+    if top is None or top.passed or best is None:
+        return results, top
+    return results, (top if select_best([best, top], hib) is top else None)
 
 
 class UntilPass(list):

@@ -48,6 +48,7 @@ from lpot_research.strategies.base import (
     StrategyContext,
     UntilPass,
     select_best,
+    try_recipes,
 )
 
 STAGE2 = ("sensitivity", "trials")
@@ -99,7 +100,7 @@ class BasicStrategy(Strategy):
         # breaks: start from the first (recommended) one.
         base = best.config if best is not None else model_wise[0]
         if ctx.space.recipes:
-            with_recipe = yield from self.recipe_stage(ctx, base, best)
+            _, with_recipe = yield from try_recipes(ctx, base, best, "stage 1b")
             if with_recipe is not None and with_recipe.passed:
                 said = (f"the best model-wise configuration with {with_recipe.config.describe_recipes()} meets the "
                         "criterion")
@@ -122,30 +123,6 @@ class BasicStrategy(Strategy):
             if block is not None:
                 return (yield from self.refinement(ctx, base, block, order, "block"))
         return "every candidate op has fallen back without meeting the criterion"
-
-    @staticmethod
-    def recipe_stage(ctx: StrategyContext, base: TuneConfig, best: Result | None) -> Proposals:
-        """Stage 1b: `base` with each recipe value of the space alone (one batch ending at its first pass),
-        then, with more than one recipe, every recipe at its best value alone together. Returns the
-        passing result, else the best-ranked one when it ranks above `best` (the base's own), else None."""
-        hib = ctx.criterion.hib
-        singles = [base.with_recipes({name: v}, f"stage 1b: {name} {v}" if v is not True else f"stage 1b: {name}")
-                   for name, values in ctx.space.recipes for v in values[1:]]
-        results = list((yield UntilPass(singles)))
-        if len(ctx.space.recipes) > 1 and not any(r.passed for r in results):
-            every = {}
-            for name, _ in ctx.space.recipes:
-                top = select_best([r for r in results if r.config.recipe(name) is not None], hib)
-                if top is not None:
-                    every[name] = top.config.recipe(name)
-            if len(every) > 1:
-                combined = base.with_recipes(every)
-                results.append((yield combined.with_note(f"stage 1b: {combined.describe_recipes()} (each recipe's "
-                                                         "best)")))
-        top = select_best(results, hib)
-        if top is None or top.passed or best is None:
-            return top
-        return top if select_best([best, top], hib) is top else None
 
     def refinement(self, ctx: StrategyContext, base: TuneConfig, passing: Result, order: list[str],
                    how: str) -> Proposals:
