@@ -627,7 +627,9 @@ class MXNetAdaptor(Adaptor):
             model.write(Path(tmp) / "model")
             arrays = numpy_inputs(inputs, float32=True)
             np.savez(Path(tmp) / "inputs.npz", **dict(zip(model.data_names, arrays, strict=True)))
-            env = {**os.environ, **ENV, "MXNET_OMP_MAX_THREADS": str(mxnet_threads() or _threads_from_env())}
+            root = str(Path(__file__).resolve().parents[2])  # this package's parent: importable without install
+            env = {**os.environ, **ENV, "MXNET_OMP_MAX_THREADS": str(mxnet_threads() or _threads_from_env()),
+                   "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
             command = [sys.executable, "-m", "lpot_research.adaptors.mxnet_profile", str(Path(tmp) / "model"),
                        str(Path(tmp) / "inputs.npz"), str(runs), str(warmup)]
             done = subprocess.run(command,
