@@ -71,7 +71,7 @@ class BasicStrategy(Strategy):
     name = "basic"
 
     def __init__(self, seed: int = DEFAULT_SEED, stage2: str = "sensitivity", refine: int = 8,
-                 order: str = "impact", **options: object) -> None:
+                 order: str = "impact_per_ms", **options: object) -> None:
         super().__init__(seed, **options)
         if stage2 not in STAGE2:
             raise ConfigError(f"strategy.stage2={stage2!r} is unknown; valid choices: {list(STAGE2)}")
