@@ -5,8 +5,8 @@
    one with each recipe value alone (one batch, ending at its first pass), then with each recipe at its
    best value together. The best of them becomes the base of the fallback stages when it ranks above the
    model-wise one: ops are kept INT8 with a better recipe before any is given up;
-2. from the best of them, each op's impact on accuracy, to order the fallbacks (with `order=impact_per_ms`
-   and a profiler's per-op costs, the impact per millisecond the fallback gives back). The seed spends one
+2. from the best of them, each op's impact on accuracy, to order the fallbacks (with `order=impact_per_ms`,
+   the default, and a profiler's per-op costs: the impact per millisecond the fallback gives back). The seed spends one
    full trial per op on this (each op alone falling back: 37 trials on MiniLM, 51 on PP-OCRv4). Here it is
    measured without trials (`ctx.sensitivity`): each op quantized *alone* (every other op FP32) on one
    probe batch, the impact being how far that moves the output from FP32's. Alone, because error spread
@@ -19,7 +19,7 @@
    passed: the first k ops in model order fall back together, for the smallest such k up to half of the
    ops. k grows one at a time when the first passing config ends the run (timeout 0), else it is
    bisected;
-3. ops fall back cumulatively in impact order, most sensitive first, until the criterion is met (one
+3. ops fall back cumulatively in that order, highest first, until the criterion is met (one
    batch: the configs are known in advance; it stops at the first that passes);
 4. refinement: a fallback that the passing config does not need gives speed back for nothing, so each
    fallback op is quantized again, one at a time, and kept INT8 when the config still passes: costliest
