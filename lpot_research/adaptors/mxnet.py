@@ -107,6 +107,9 @@ FUSED_OPS = {"_sg_mkldnn_conv": "Convolution", "_sg_mkldnn_fully_connected": "Fu
 HIST_BINS = 8001  # MXNet's entropy calibration histogram
 QUANTIZED_BINS = 255  # MXNet's num_quantized_bins for int8 (doubled + 1 for non-negative, uint8, tensors)
 _import_threads: int | None = None  # the OpenMP thread count MXNet fixed at import
+# set for the profiling process (lpot_research.adaptors.mxnet_profile) before it imports mxnet: no bulking,
+# so the profiler records one operator event per node
+PROFILE_ENV = {"MXNET_EXEC_BULK_EXEC_INFERENCE": "0", "MXNET_EXEC_BULK_EXEC_TRAIN": "0"}
 
 
 def _threads_from_env() -> int:
@@ -620,15 +623,13 @@ class MXNetAdaptor(Adaptor):
 
     def _profile(self, model: MXModel, inputs: Any, runs: int, tunable: frozenset[str],
                  warmup: int = 2) -> tuple[dict[str, float], float]:
-        from lpot_research.adaptors.mxnet_profile import ENV
-
         self._mx()
         with tempfile.TemporaryDirectory(prefix="lpot_mx_profile_") as tmp:
             model.write(Path(tmp) / "model")
             arrays = numpy_inputs(inputs, float32=True)
             np.savez(Path(tmp) / "inputs.npz", **dict(zip(model.data_names, arrays, strict=True)))
             root = str(Path(__file__).resolve().parents[2])  # this package's parent: importable without install
-            env = {**os.environ, **ENV, "MXNET_OMP_MAX_THREADS": str(mxnet_threads() or _threads_from_env()),
+            env = {**os.environ, **PROFILE_ENV, "MXNET_OMP_MAX_THREADS": str(mxnet_threads() or _threads_from_env()),
                    "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
             command = [sys.executable, "-m", "lpot_research.adaptors.mxnet_profile", str(Path(tmp) / "model"),
                        str(Path(tmp) / "inputs.npz"), str(runs), str(warmup)]

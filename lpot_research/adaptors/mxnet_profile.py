@@ -4,10 +4,10 @@ name) and prints, as JSON, each run's milliseconds per graph node (non-variable 
 
 It runs in a process of its own, started by `MXNetAdaptor.op_costs`, because what it needs is fixed for a
 whole process: MXNet bulks consecutive ops into one profiled segment (named by op types, e.g.
-`_sg_mkldnn_conv,...,Pooling`) unless bulking is off before the engine starts
-(MXNET_EXEC_BULK_EXEC_INFERENCE=0, set by the parent), and the profiler takes its configuration once. The
-symbolic executor then runs (and the profiler records) each node as one operator event, in graph order on
-one thread, so the k-th event of a run is the k-th node: the event's op type is checked against the node's.
+`_sg_mkldnn_conv,...,Pooling`) unless bulking is off before the engine starts (MXNET_EXEC_BULK_EXEC_INFERENCE=0:
+`mxnet.PROFILE_ENV`, set by the parent), and the profiler takes its configuration once. The symbolic executor
+then runs (and the profiler records) each node as one operator event, in graph order on one thread, so the
+k-th event of a run is the k-th node: the event's op type is checked against the node's.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# what a parent sets before this process imports mxnet
-ENV = {"MXNET_EXEC_BULK_EXEC_INFERENCE": "0", "MXNET_EXEC_BULK_EXEC_TRAIN": "0"}
 
 
 def graph_nodes(symbol_json: dict[str, Any]) -> list[dict[str, Any]]:
