@@ -313,3 +313,16 @@ def test_onnx_smooth_quant_and_bias_correction_handle_a_gemm_with_transposed_wei
     scale = np.abs(w).max() / 127
     wq = np.clip(np.round(w / scale), -127, 127) * scale
     np.testing.assert_allclose(b_after - b, (w - wq) @ stats["fc"].mean, rtol=1e-4, atol=1e-6)
+
+
+def test_onnx_cle_leaves_a_depthwise_conv_with_a_channel_multiplier_alone():
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", group=4, pads=[1, 1, 1, 1])]
+    proto = _model(nodes, {"w1": rng.normal(size=(4, 3, 1, 1)), "w2": rng.normal(size=(8, 1, 3, 3))},
+                   [("x", ["n", 3, 8, 8])], ["y"])
+    out, pairs = onnx_recipes.equalize(proto)
+    assert pairs == []
+    x = rng.normal(size=(2, 3, 8, 8))
+    np.testing.assert_allclose(_run(out, x)[0], _run(proto, x)[0])

@@ -12,6 +12,7 @@ pytest.importorskip("torchao", reason="torchao is not installed (pip install 'lp
 from torch import nn  # noqa: E402
 
 from lpot_research.adaptors import torch_recipes  # noqa: E402
+from lpot_research.adaptors.export_graph import op_nodes  # noqa: E402
 from lpot_research.adaptors.pytorch_export import PyTorchExportAdaptor  # noqa: E402
 from lpot_research.quant.space import build_space  # noqa: E402
 
@@ -77,7 +78,8 @@ def test_smooth_quant_keeps_fp32_outputs_balances_ranges_and_folds_into_layer_no
     gm = adaptor.prepare(block, (x,))
     loader = loader_of([torch.randn(16, 8).numpy() for _ in range(4)])
     stats = torch_recipes.collect_stats(gm, loader, 64)
-    assert sorted(stats) == ["k", "out", "q"]
+    call = {op: nodes[0].name for op, nodes in op_nodes(gm).items()}  # statistics are per call
+    assert sorted(stats) == sorted(call.values()) and sorted(call) == ["k", "out", "q"]
     smoothed, n = torch_recipes.smooth(gm, stats, 0.5)
     assert n == 3
     torch.testing.assert_close(smoothed(x), gm(x), rtol=1e-4, atol=1e-4)
@@ -89,9 +91,9 @@ def test_smooth_quant_keeps_fp32_outputs_balances_ranges_and_folds_into_layer_no
     w = {name: p for name, p in smoothed.named_parameters()}
     q_w, k_w, out_w = (next(v for k, v in w.items() if k.endswith(f"{m}.weight")) for m in ("q", "k", "out"))
     # alpha 0.5: each input channel's activation range equals the largest weight column of its group
-    np.testing.assert_allclose(after["q"].absmax, torch.maximum(q_w.abs().amax(0), k_w.abs().amax(0)).numpy(),
-                               rtol=1e-4)
-    np.testing.assert_allclose(after["out"].absmax, out_w.abs().amax(0).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(after[call["q"]].absmax,
+                               torch.maximum(q_w.abs().amax(0), k_w.abs().amax(0)).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(after[call["out"]].absmax, out_w.abs().amax(0).numpy(), rtol=1e-4)
 
 
 def outliers(rng, n, channels=16, scale=60.0):
@@ -183,3 +185,47 @@ def test_cle_cuts_the_int8_error_of_a_depthwise_pair(adaptor):
     # per-channel weights (PT2E's) round each channel well, but the activation between is per tensor: its small
     # channels round to 0 and the depthwise conv scales that up; measured: 0.24 mean error without, 0.014 with
     assert errors[True] < 0.2 * errors[False], errors
+
+
+class TwoCalls(nn.Module):
+    """One module, two functional linear calls of different widths (one op name, two calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(16, 8)), nn.Parameter(torch.randn(16))
+        self.w2, self.b2 = nn.Parameter(torch.randn(4, 16)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return nn.functional.linear(torch.relu(nn.functional.linear(x, self.w1, self.b1)), self.w2, self.b2)
+
+
+@torch.no_grad()
+def test_statistics_are_per_call_when_a_module_makes_several_of_different_widths(adaptor):
+    torch.manual_seed(7)
+    x = torch.randn(8, 8) + 2.0
+    gm = adaptor.prepare(nn.Sequential(TwoCalls()).eval(), (x,))
+    assert {op: len(nodes) for op, nodes in op_nodes(gm).items()} == {"0": 2}  # one op name, two calls
+    loader = loader_of([(torch.randn(16, 8) + 2.0).numpy() for _ in range(2)])
+    smoothed, n = torch_recipes.smooth(gm, torch_recipes.collect_stats(gm, loader, 32), 0.5)
+    assert n == 2
+    torch.testing.assert_close(smoothed(x), gm(x), rtol=1e-4, atol=1e-4)
+    fp32 = gm(x)
+    shift = {bc: (quantized(adaptor, gm, loader, {"bias_correction": True, "smooth_quant": 0.5} if bc else None)(x)
+                  - fp32).mean(dim=0).abs().mean().item() for bc in (False, True)}
+    assert shift[True] < shift[False], shift
+
+
+def test_cle_leaves_a_depthwise_conv_with_a_channel_multiplier_alone(adaptor):
+    class Multiplier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, padding=1, groups=4)
+
+        def forward(self, x):
+            return self.conv2(torch.relu(self.conv1(x)))
+
+    x = torch.randn(2, 3, 8, 8)
+    gm = adaptor.prepare(Multiplier().eval(), (x,))
+    out, pairs = torch_recipes.equalize(gm)
+    assert pairs == []
+    torch.testing.assert_close(out(x), gm(x))

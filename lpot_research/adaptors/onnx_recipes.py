@@ -170,7 +170,8 @@ def equalize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, s
             continue
         a, b = g.array(w1), g.array(w2)
         channels, group2 = a.shape[0], _attr(second, "group", 1)
-        if group2 not in (1, channels) or (group2 == 1 and b.shape[1] != channels):
+        if group2 not in (1, channels) or (group2 == 1 and b.shape[1] != channels) or \
+                (group2 == channels and b.shape[0] != channels):  # (a depthwise multiplier > 1: not equalized)
             continue
         r1 = np.abs(a.reshape(channels, -1)).max(axis=1)
         # input channel i of the second conv: a column of a plain conv, the whole filter i of a depthwise one

@@ -36,17 +36,17 @@ def _axis(node: fx.Node) -> int:
 
 @torch.inference_mode()
 def collect_stats(gm: fx.GraphModule, loader: Iterable[Any], sampling_size: int) -> dict[str, ChannelStats]:
-    """Per op, the ChannelStats of its input activation over the first `sampling_size` calibration samples
-    (a module called twice: both calls), read by running the graph node by node."""
+    """Per Linear/Conv call (keyed by its graph node's name: a module may make several calls, of different
+    widths), the ChannelStats of its input activation over the first `sampling_size` calibration samples,
+    read by running the graph node by node."""
     stats: dict[str, ChannelStats] = {}
-    targets = {n.name: (op_name(n), _axis(n)) for nodes in op_nodes(gm).values() for n in nodes}
+    targets = {n.name: _axis(n) for nodes in op_nodes(gm).values() for n in nodes}
 
     class Recorder(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
             if n.name in targets:
-                name, axis = targets[n.name]
                 x = self.env[n.args[0]].detach().float().cpu().numpy()
-                stats.setdefault(name, ChannelStats()).update(x, axis % x.ndim)
+                stats.setdefault(n.name, ChannelStats()).update(x, targets[n.name] % x.ndim)
             return super().run_node(n)
 
     for inputs in limited_batches(loader, sampling_size, "calibration"):
@@ -122,7 +122,7 @@ def smooth(gm: fx.GraphModule, stats: Mapping[str, ChannelStats], alpha: float) 
     readers = _readers(gm)
     groups: dict[fx.Node, list[fx.Node]] = {}
     for node in gm.graph.nodes:
-        if node.op == "call_function" and OPS.get(node.target) == "Linear" and op_name(node) in stats:
+        if node.op == "call_function" and OPS.get(node.target) == "Linear" and node.name in stats:
             w = node.args[1]
             if _get(gm, w) is not None and readers.get(str(w.target)) == 1:
                 groups.setdefault(node.args[0], []).append(node)
@@ -131,7 +131,7 @@ def smooth(gm: fx.GraphModule, stats: Mapping[str, ChannelStats], alpha: float) 
         if any(OPS.get(u.target) == "Linear" for u in x.users if u not in nodes):
             continue  # another Linear reads x with a weight shared elsewhere: it would need the same s
         weights = [_get(gm, n.args[1]) for n in nodes]
-        act = stats[op_name(nodes[0])].absmax
+        act = stats[nodes[0].name].absmax
         w_absmax = np.max([w.detach().abs().amax(dim=0).float().numpy() for w in weights], axis=0)
         if act is None or act.shape != w_absmax.shape:
             continue
@@ -186,7 +186,8 @@ def equalize(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[tuple[str, str]]]
             continue
         channels = w1.shape[0]
         groups = int(second.args[6]) if len(second.args) > 6 else 1
-        if groups not in (1, channels) or (groups == 1 and w2.shape[1] != channels):
+        if groups not in (1, channels) or (groups == 1 and w2.shape[1] != channels) or \
+                (groups == channels and w2.shape[0] != channels):  # (a depthwise multiplier > 1: not equalized)
             continue
         bias = first.args[2] if len(first.args) > 2 else None
         b1 = _get(gm, bias)
@@ -214,16 +215,18 @@ def correct_biases(source: fx.GraphModule, converted: fx.GraphModule, ops: Itera
     fp32, int8 = op_nodes(source), op_nodes(converted)
     done = []
     for name in ops:
-        if name not in stats or name not in int8 or len(int8[name]) != len(fp32.get(name, [])):
+        if name not in int8 or len(int8[name]) != len(fp32.get(name, [])):
             continue
         for before, node in zip(fp32[name], int8[name], strict=True):
+            if before.name not in stats:
+                continue
             w = _get(source, before.args[1])
             wq = _constant(converted, node.args[1])
             if w is None or not isinstance(wq, torch.Tensor) or wq.shape != w.shape:
                 continue
             groups = int(node.args[6]) if OPS[node.target] != "Linear" and len(node.args) > 6 else 1
             shift = torch.as_tensor(bias_shift(w.detach().float().numpy(), wq.detach().float().numpy(),
-                                               stats[name].mean, groups), dtype=torch.float32)
+                                               stats[before.name].mean, groups), dtype=torch.float32)
             bias = node.args[2] if len(node.args) > 2 else None
             current = _get(converted, bias)
             if bias is not None and current is None:

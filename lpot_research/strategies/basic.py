@@ -209,10 +209,11 @@ class BasicStrategy(Strategy):
         if ctx.sensitivity is not None and self.stage2 == "sensitivity":
             impact = ctx.sensitivity(base, ops)
             savings = op_savings(profiled(ctx)) if self.order == "impact_per_ms" else {}
-            if savings:  # accuracy recovered per millisecond given back (an op no faster in INT8 costs ~nothing)
+            if savings:  # accuracy recovered per millisecond given back (an op no faster in INT8 costs ~nothing;
+                # one the profiler did not find, the mean)
                 positive = [v for v in savings.values() if v > 0]
-                floor = 0.05 * (sum(positive) / len(positive)) if positive else 1.0
-                impact = {n: v / max(savings.get(n, floor), floor) for n, v in impact.items()}
+                mean = sum(positive) / len(positive) if positive else 1.0
+                impact = {n: v / max(savings.get(n, mean), 0.05 * mean) for n, v in impact.items()}
             order = sorted(range(len(ops)), key=lambda i: (-impact[ops[i]], i))
             return [ops[i] for i in order], False
         hib = ctx.criterion.hib
