@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -39,13 +40,20 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = ""
+            for _ in range(100):  # the holder writes its PID just after taking the lock: give it a second
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
             os.close(fd)
+            holder = holder or "unknown"
             raise ConfigError(f"{str(self.run_dir)!r} is in use by another run (pid {holder}): one run dir takes "
                               "one writer; wait for that run to end (then resume it), or choose another directory"
                               ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)  # then cut what a longer earlier PID left: the file is never empty in between
+        os.ftruncate(fd, len(pid))
         _HELD[key] = [fd, 1]
         self._key = key
         return self
