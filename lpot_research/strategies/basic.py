@@ -5,8 +5,8 @@
    one with each recipe value alone (one batch, ending at its first pass), then with each recipe at its
    best value together. The best of them becomes the base of the fallback stages when it ranks above the
    model-wise one: ops are kept INT8 with a better recipe before any is given up;
-2. from the best of them, each op's impact on accuracy, to order the fallbacks (with `order=impact_per_ms`,
-   the default, and a profiler's per-op costs: the impact per millisecond the fallback gives back). The seed spends one
+2. from the best of them, each op's impact on accuracy, to order the fallbacks (with `order=impact_per_ms`
+   and a profiler's per-op costs: the impact per millisecond the fallback gives back). The seed spends one
    full trial per op on this (each op alone falling back: 37 trials on MiniLM, 51 on PP-OCRv4). Here it is
    measured without trials (`ctx.sensitivity`): each op quantized *alone* (every other op FP32) on one
    probe batch, the impact being how far that moves the output from FP32's. Alone, because error spread
@@ -71,7 +71,7 @@ class BasicStrategy(Strategy):
     name = "basic"
 
     def __init__(self, seed: int = DEFAULT_SEED, stage2: str = "sensitivity", refine: int = 8,
-                 order: str = "impact_per_ms", **options: object) -> None:
+                 order: str = "impact", **options: object) -> None:
         super().__init__(seed, **options)
         if stage2 not in STAGE2:
             raise ConfigError(f"strategy.stage2={stage2!r} is unknown; valid choices: {list(STAGE2)}")
