@@ -92,21 +92,16 @@ class BasicStrategy(Strategy):
         results = yield UntilPass(model_wise) if ctx.first_pass_ends else model_wise
         best = select_best(results, ctx.criterion.hib)
         if best is not None and best.passed:
-            said = "the best model-wise configuration meets the criterion"
-            if (not self.refine and ctx.first_pass_ends) or ctx.op_costs is None:
-                return f"{said}; fallback cannot improve on it"
-            return said + (yield from self.speed_step(ctx, best))
+            return (yield from self.passed_in_int8(ctx, best, "the best model-wise configuration meets the criterion",
+                                                   "; fallback cannot improve on it"))
         # If every model-wise config failed to quantize, fallback may still route around the op that
         # breaks: start from the first (recommended) one.
         base = best.config if best is not None else model_wise[0]
         if ctx.space.recipes:
             _, with_recipe = yield from try_recipes(ctx, base, best, "stage 1b")
             if with_recipe is not None and with_recipe.passed:
-                said = (f"the best model-wise configuration with {with_recipe.config.describe_recipes()} meets the "
-                        "criterion")
-                if (not self.refine and ctx.first_pass_ends) or ctx.op_costs is None:
-                    return said
-                return said + (yield from self.speed_step(ctx, with_recipe))
+                return (yield from self.passed_in_int8(ctx, with_recipe, "the best model-wise configuration with "
+                                                       f"{with_recipe.config.describe_recipes()} meets the criterion"))
             if with_recipe is not None:
                 base = with_recipe.config
         for dtype in FALLBACK_DTYPES:
@@ -123,6 +118,13 @@ class BasicStrategy(Strategy):
             if block is not None:
                 return (yield from self.refinement(ctx, base, block, order, "block"))
         return "every candidate op has fallen back without meeting the criterion"
+
+    def passed_in_int8(self, ctx: StrategyContext, passing: Result, said: str, no_step: str = "") -> Proposals:
+        """A config without fallbacks passed: the speed step follows where the profiler measured the ops (and
+        the first pass does not simply end the run); returns the stop reason (`no_step` added without it)."""
+        if (not self.refine and ctx.first_pass_ends) or ctx.op_costs is None:
+            return said + no_step
+        return said + (yield from self.speed_step(ctx, passing))
 
     def refinement(self, ctx: StrategyContext, base: TuneConfig, passing: Result, order: list[str],
                    how: str) -> Proposals:
